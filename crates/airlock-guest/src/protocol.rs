@@ -1,0 +1,231 @@
+//! The host <-> guest wire protocol, version [`PROTOCOL_VERSION`].
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON,
+//! an object tagged by `type`. The guest speaks first with `hello`; the host then
+//! sends `exec` frames, one at a time, and the guest answers each with any number of
+//! `result` and `error` frames and exactly one `done`. stdout and stderr travel
+//! outside the channel (the guest's own fds 1 and 2, or stream frames where a
+//! transport has a single channel).
+//!
+//! Everything the guest sends is untrusted: the decoder bounds frame sizes and
+//! rejects malformed frames instead of trusting them.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this host speaks. A guest announcing another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame accepted from a guest (a frame carries at most one result, e.g. a PNG).
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// Frames the host sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostFrame {
+    /// Run a cell.
+    Exec {
+        /// `python` or `bash`.
+        language: String,
+        /// The code.
+        code: String,
+        /// Globals to define first.
+        #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+        globals: serde_json::Map<String, serde_json::Value>,
+        /// CPU budget of the cell in ms (the guest lowers its RLIMIT_CPU to match).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu_ms: Option<u64>,
+    },
+    /// Exit cleanly.
+    Shutdown,
+}
+
+/// Frames the guest sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestFrame {
+    /// The first frame: who the guest is.
+    Hello {
+        /// The protocol version the guest speaks.
+        protocol: u32,
+        /// The interpreter's version, e.g. `3.11.2`.
+        #[serde(default)]
+        python: String,
+        /// `cpython`, ...
+        #[serde(default)]
+        implementation: String,
+        /// The driver's pid inside the sandbox.
+        #[serde(default)]
+        pid: i64,
+    },
+    /// A rich result.
+    Result {
+        /// MIME type to content.
+        data: std::collections::BTreeMap<String, serde_json::Value>,
+        /// True for the last expression's value.
+        #[serde(default)]
+        main: bool,
+    },
+    /// An uncaught exception.
+    Error {
+        /// Exception type name.
+        name: String,
+        /// Exception message.
+        value: String,
+        /// Cleaned traceback.
+        traceback: String,
+    },
+    /// Output bytes (single-channel transports such as virtio-serial or WASI hosts
+    /// that multiplex streams into the channel).
+    Stream {
+        /// `stdout` or `stderr`.
+        name: String,
+        /// The text.
+        text: String,
+    },
+    /// The cell has ended.
+    Done {
+        /// `ok`, `error`, `interrupted` or `signal`.
+        status: String,
+        /// Exit status of `sys.exit()` or of a bash cell.
+        #[serde(default)]
+        exit_code: Option<i64>,
+        /// Signal that ended a bash cell.
+        #[serde(default)]
+        signal: Option<i32>,
+        /// The cell's number in this sandbox.
+        #[serde(default)]
+        execution_count: u64,
+        /// CPU used by the cell, as the guest measured it.
+        #[serde(default)]
+        cpu_ms: u64,
+        /// The guest's peak resident memory so far.
+        #[serde(default)]
+        peak_memory_bytes: u64,
+        /// True when the cell's exception was a `MemoryError` (or a subclass).
+        #[serde(default)]
+        memory_error: bool,
+        /// Set when the guest did not understand the host's frame.
+        #[serde(default)]
+        protocol_error: Option<String>,
+    },
+}
+
+/// Encodes one frame (length prefix + JSON).
+pub fn encode<T: Serialize>(frame: &T) -> Vec<u8> {
+    let body = serde_json::to_vec(frame).expect("frames always serialise");
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A protocol violation by the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "guest protocol violation: {}", self.0)
+    }
+}
+
+/// Incremental frame decoder: feed it bytes as they arrive, take frames out.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// A new, empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered but not yet decoded.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    pub fn next_frame<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, ProtocolError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_FRAME_BYTES {
+            return Err(ProtocolError(format!(
+                "frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte maximum"
+            )));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let parsed = serde_json::from_slice(&self.buf[4..4 + len])
+            .map_err(|e| ProtocolError(format!("malformed frame: {e}")));
+        self.buf.drain(..4 + len);
+        parsed.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_in_pieces() {
+        let f = GuestFrame::Error {
+            name: "E".into(),
+            value: "v".into(),
+            traceback: "t".into(),
+        };
+        let bytes = encode(&f);
+        let mut d = FrameDecoder::new();
+        for b in &bytes[..bytes.len() - 1] {
+            d.push(std::slice::from_ref(b));
+            assert_eq!(d.next_frame::<GuestFrame>().unwrap(), None);
+        }
+        d.push(&bytes[bytes.len() - 1..]);
+        assert_eq!(d.next_frame::<GuestFrame>().unwrap(), Some(f));
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn oversized_and_malformed_frames_are_errors() {
+        let mut d = FrameDecoder::new();
+        d.push(&u32::MAX.to_be_bytes());
+        assert!(
+            d.next_frame::<GuestFrame>()
+                .unwrap_err()
+                .0
+                .contains("exceeds")
+        );
+        let mut d = FrameDecoder::new();
+        d.push(&encode(&serde_json::json!({"type": "nonsense"})));
+        assert!(
+            d.next_frame::<GuestFrame>()
+                .unwrap_err()
+                .0
+                .contains("malformed")
+        );
+    }
+
+    #[test]
+    fn exec_frame_shape() {
+        let f = HostFrame::Exec {
+            language: "python".into(),
+            code: "1".into(),
+            globals: Default::default(),
+            cpu_ms: Some(5),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&encode(&f)[4..]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "exec", "language": "python", "code": "1", "cpu_ms": 5})
+        );
+    }
+}
