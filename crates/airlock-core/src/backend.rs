@@ -13,9 +13,7 @@ use crate::paths::WorkspacePath;
 use crate::request::{ExecRequest, Language, Limits, NetworkPolicy};
 
 /// The backends airlock knows.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// A plain child process with rlimits. **No isolation**: the code runs as your user.
@@ -30,18 +28,13 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// Every backend, safest-by-default order for automatic choice is [`BackendKind::PREFERENCE`].
-    pub const ALL: [BackendKind; 4] = [
-        BackendKind::Process,
-        BackendKind::Jail,
-        BackendKind::Wasm,
-        BackendKind::Microvm,
-    ];
+    pub const ALL: [BackendKind; 4] =
+        [BackendKind::Process, BackendKind::Jail, BackendKind::Wasm, BackendKind::Microvm];
 
     /// The order in which a backend is chosen when a request names none: the first
     /// that works on this host. `process` is last: it is never chosen while a
     /// safer backend works.
-    pub const PREFERENCE: [BackendKind; 3] =
-        [BackendKind::Jail, BackendKind::Wasm, BackendKind::Process];
+    pub const PREFERENCE: [BackendKind; 3] = [BackendKind::Jail, BackendKind::Wasm, BackendKind::Process];
 
     /// The lowercase name used on the wire and in the CLI.
     pub fn as_str(self) -> &'static str {
@@ -66,11 +59,7 @@ impl std::str::FromStr for BackendKind {
         BackendKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s.to_ascii_lowercase())
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "unknown backend '{s}': use one of process, jail, wasm, microvm"
-                ))
-            })
+            .ok_or_else(|| Error::invalid(format!("unknown backend '{s}': use one of process, jail, wasm, microvm")))
     }
 }
 
@@ -275,11 +264,7 @@ pub fn run_once(
 ) -> Result<Outcome, Error> {
     req.validate(&Limits::generous_max())?;
     let started = Instant::now();
-    let spec = SandboxSpec {
-        env: req.env.clone(),
-        network: req.network,
-        ..SandboxSpec::new(req.limits)
-    };
+    let spec = SandboxSpec { env: req.env.clone(), network: req.network, ..SandboxSpec::new(req.limits) };
     let mut sandbox = backend.create(&spec)?;
     let result = run_in(sandbox.as_mut(), req, execution_id, started, events);
     let destroyed = sandbox.destroy();
@@ -318,12 +303,7 @@ pub fn run_in(
                 content_base64: Some(base64_encode(&bytes)),
                 error: None,
             },
-            Err(e) => OutputFile {
-                path: path.to_string(),
-                size: 0,
-                content_base64: None,
-                error: Some(e.to_string()),
-            },
+            Err(e) => OutputFile { path: path.to_string(), size: 0, content_base64: None, error: Some(e.to_string()) },
         };
         outcome.files.push(file);
     }

@@ -16,9 +16,7 @@ pub mod paths;
 pub mod request;
 pub mod units;
 
-pub use backend::{
-    Backend, BackendKind, Cell, Event, FileEntry, Isolation, Probe, Sandbox, SandboxSpec, run_once,
-};
+pub use backend::{Backend, BackendKind, Cell, Event, FileEntry, Isolation, Probe, Sandbox, SandboxSpec, run_once};
 pub use error::Error;
 pub use outcome::{ErrorInfo, Outcome, OutputFile, ResultBundle, Status, Usage};
 pub use request::{ExecRequest, FileInput, Language, Limits, NetworkPolicy};

@@ -105,10 +105,7 @@ impl ResultBundle {
 
     /// The decoded `image/png` bytes, if any.
     pub fn png(&self) -> Option<Vec<u8>> {
-        self.data
-            .get("image/png")
-            .and_then(|v| v.as_str())
-            .and_then(|s| base64_decode(s).ok())
+        self.data.get("image/png").and_then(|v| v.as_str()).and_then(|s| base64_decode(s).ok())
     }
 }
 
@@ -279,10 +276,7 @@ mod tests {
         let mut o = Outcome::new("exe_1".into(), BackendKind::Process, Isolation::None);
         let mut data = BTreeMap::new();
         data.insert("text/plain".to_string(), serde_json::Value::from("2"));
-        o.results.push(ResultBundle {
-            data,
-            is_main_result: true,
-        });
+        o.results.push(ResultBundle { data, is_main_result: true });
         assert_eq!(o.text(), Some("2"));
         let v = serde_json::to_value(&o).unwrap();
         assert_eq!(v["status"], "ok");

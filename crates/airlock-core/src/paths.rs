@@ -54,9 +54,7 @@ impl WorkspacePath {
             }
         }
         if parts.is_empty() && !allow_root {
-            return Err(Error::invalid(format!(
-                "path '{raw}' names no file; give a file name"
-            )));
+            return Err(Error::invalid(format!("path '{raw}' names no file; give a file name")));
         }
         if parts.iter().map(|p| p.len()).any(|l| l > 255) || rel.len() > 4096 {
             return Err(Error::invalid(format!("path '{raw}' is too long")));
@@ -100,25 +98,14 @@ mod tests {
     #[test]
     fn normalises_and_accepts_workspace_prefix() {
         assert_eq!(WorkspacePath::parse("a/./b//c").unwrap().as_str(), "a/b/c");
-        assert_eq!(
-            WorkspacePath::parse("/workspace/out.png").unwrap().as_str(),
-            "out.png"
-        );
+        assert_eq!(WorkspacePath::parse("/workspace/out.png").unwrap().as_str(), "out.png");
         assert!(WorkspacePath::parse_dir("/workspace").unwrap().is_root());
         assert!(WorkspacePath::parse_dir(".").unwrap().is_root());
     }
 
     #[test]
     fn refuses_escapes() {
-        for bad in [
-            "../x",
-            "a/../../x",
-            "/etc/passwd",
-            "",
-            ".",
-            "a\0b",
-            "/workspacex/y",
-        ] {
+        for bad in ["../x", "a/../../x", "/etc/passwd", "", ".", "a\0b", "/workspacex/y"] {
             assert!(WorkspacePath::parse(bad).is_err(), "{bad:?} accepted");
         }
         let e = WorkspacePath::parse("/etc/shadow").unwrap_err().to_string();

@@ -37,9 +37,7 @@ impl std::str::FromStr for Language {
         match s.to_ascii_lowercase().as_str() {
             "python" | "py" | "python3" => Ok(Language::Python),
             "bash" | "sh" | "shell" => Ok(Language::Bash),
-            other => Err(Error::invalid(format!(
-                "unknown language '{other}': use 'python' or 'bash'"
-            ))),
+            other => Err(Error::invalid(format!("unknown language '{other}': use 'python' or 'bash'"))),
         }
     }
 }
@@ -115,56 +113,15 @@ impl Limits {
     /// naming the first offending field and what to do about it.
     pub fn validate(&self, max: &Limits) -> Result<(), Error> {
         let min = Limits::MIN;
-        let checks: [(&str, u64, u64, u64, fn(u64) -> String); 7] = [
-            (
-                "timeout_ms",
-                self.timeout_ms,
-                min.timeout_ms,
-                max.timeout_ms,
-                format_duration_ms,
-            ),
-            (
-                "cpu_ms",
-                self.cpu_ms,
-                min.cpu_ms,
-                max.cpu_ms,
-                format_duration_ms,
-            ),
-            (
-                "memory_bytes",
-                self.memory_bytes,
-                min.memory_bytes,
-                max.memory_bytes,
-                format_size,
-            ),
-            (
-                "processes",
-                self.processes.into(),
-                min.processes.into(),
-                max.processes.into(),
-                |v| v.to_string(),
-            ),
-            (
-                "output_bytes",
-                self.output_bytes,
-                min.output_bytes,
-                max.output_bytes,
-                format_size,
-            ),
-            (
-                "file_bytes",
-                self.file_bytes,
-                min.file_bytes,
-                max.file_bytes,
-                format_size,
-            ),
-            (
-                "open_files",
-                self.open_files.into(),
-                min.open_files.into(),
-                max.open_files.into(),
-                |v| v.to_string(),
-            ),
+        type Check = (&'static str, u64, u64, u64, fn(u64) -> String);
+        let checks: [Check; 7] = [
+            ("timeout_ms", self.timeout_ms, min.timeout_ms, max.timeout_ms, format_duration_ms),
+            ("cpu_ms", self.cpu_ms, min.cpu_ms, max.cpu_ms, format_duration_ms),
+            ("memory_bytes", self.memory_bytes, min.memory_bytes, max.memory_bytes, format_size),
+            ("processes", self.processes.into(), min.processes.into(), max.processes.into(), |v| v.to_string()),
+            ("output_bytes", self.output_bytes, min.output_bytes, max.output_bytes, format_size),
+            ("file_bytes", self.file_bytes, min.file_bytes, max.file_bytes, format_size),
+            ("open_files", self.open_files.into(), min.open_files.into(), max.open_files.into(), |v| v.to_string()),
         ];
         for (name, value, lo, hi, show) in checks {
             if value < lo {
@@ -226,11 +183,7 @@ pub struct FileInput {
 impl FileInput {
     /// A text file.
     pub fn text(path: impl Into<String>, content: impl Into<String>) -> Self {
-        FileInput {
-            path: path.into(),
-            content: content.into(),
-            encoding: ContentEncoding::Utf8,
-        }
+        FileInput { path: path.into(), content: content.into(), encoding: ContentEncoding::Utf8 }
     }
 
     /// A binary file, stored base64-encoded.
@@ -247,14 +200,8 @@ impl FileInput {
         let path = WorkspacePath::parse(&self.path)?;
         let bytes = match self.encoding {
             ContentEncoding::Utf8 => self.content.as_bytes().to_vec(),
-            ContentEncoding::Base64 => {
-                crate::outcome::base64_decode(&self.content).map_err(|e| {
-                    Error::invalid(format!(
-                        "file '{}': content is not valid base64: {e}",
-                        self.path
-                    ))
-                })?
-            }
+            ContentEncoding::Base64 => crate::outcome::base64_decode(&self.content)
+                .map_err(|e| Error::invalid(format!("file '{}': content is not valid base64: {e}", self.path)))?,
         };
         Ok((path, bytes))
     }
@@ -340,9 +287,7 @@ pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), Error> {
             )));
         }
         if v.contains('\0') {
-            return Err(Error::invalid(format!(
-                "environment variable {k} contains a NUL byte"
-            )));
+            return Err(Error::invalid(format!("environment variable {k} contains a NUL byte")));
         }
     }
     Ok(())
@@ -368,28 +313,13 @@ mod tests {
 
     #[test]
     fn limits_validate_names_the_field() {
-        let l = Limits {
-            memory_bytes: 1024,
-            ..Limits::default()
-        };
+        let l = Limits { memory_bytes: 1024, ..Limits::default() };
         let e = l.validate(&Limits::generous_max()).unwrap_err().to_string();
-        assert!(
-            e.contains("limits.memory_bytes") && e.contains("minimum"),
-            "{e}"
-        );
-        let l = Limits {
-            timeout_ms: 10_000,
-            ..Limits::default()
-        };
-        let max = Limits {
-            timeout_ms: 5_000,
-            ..Limits::generous_max()
-        };
+        assert!(e.contains("limits.memory_bytes") && e.contains("minimum"), "{e}");
+        let l = Limits { timeout_ms: 10_000, ..Limits::default() };
+        let max = Limits { timeout_ms: 5_000, ..Limits::generous_max() };
         let e = l.validate(&max).unwrap_err().to_string();
-        assert!(
-            e.contains("limits.timeout_ms") && e.contains("maximum"),
-            "{e}"
-        );
+        assert!(e.contains("limits.timeout_ms") && e.contains("maximum"), "{e}");
     }
 
     #[test]
@@ -406,24 +336,10 @@ mod tests {
     fn request_validation_checks_files_and_env() {
         let mut r = ExecRequest::python("print(1)");
         r.files.push(FileInput::text("../etc/passwd", "x"));
-        assert!(
-            r.validate(&Limits::generous_max())
-                .unwrap_err()
-                .to_string()
-                .contains("..")
-        );
+        assert!(r.validate(&Limits::generous_max()).unwrap_err().to_string().contains(".."));
         let mut r = ExecRequest::python("print(1)");
-        r.files.push(FileInput {
-            path: "a.bin".into(),
-            content: "!!".into(),
-            encoding: ContentEncoding::Base64,
-        });
-        assert!(
-            r.validate(&Limits::generous_max())
-                .unwrap_err()
-                .to_string()
-                .contains("base64")
-        );
+        r.files.push(FileInput { path: "a.bin".into(), content: "!!".into(), encoding: ContentEncoding::Base64 });
+        assert!(r.validate(&Limits::generous_max()).unwrap_err().to_string().contains("base64"));
         let mut r = ExecRequest::python("print(1)");
         r.env.insert("A=B".into(), "x".into());
         assert!(r.validate(&Limits::generous_max()).is_err());
@@ -433,12 +349,6 @@ mod tests {
     fn language_parses_aliases() {
         assert_eq!("py".parse::<Language>().unwrap(), Language::Python);
         assert_eq!("sh".parse::<Language>().unwrap(), Language::Bash);
-        assert!(
-            "cobol"
-                .parse::<Language>()
-                .unwrap_err()
-                .to_string()
-                .contains("cobol")
-        );
+        assert!("cobol".parse::<Language>().unwrap_err().to_string().contains("cobol"));
     }
 }

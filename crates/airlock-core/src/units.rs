@@ -7,15 +7,10 @@ use crate::error::Error;
 /// (also `KiB`, `MB`, ... all powers of 1024) or `B`. `512M` is 512 MiB.
 pub fn parse_size(s: &str) -> Result<u64, Error> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || {
-        Error::invalid(format!(
-            "'{s}' is not a size: use a number with an optional unit, e.g. 512M, 1G, 65536"
-        ))
-    };
+    let bad =
+        || Error::invalid(format!("'{s}' is not a size: use a number with an optional unit, e.g. 512M, 1G, 65536"));
     if num.is_empty() {
         return Err(bad());
     }
@@ -39,15 +34,10 @@ pub fn parse_size(s: &str) -> Result<u64, Error> {
 /// suffixes `ms`, `s`, `m`, `h` are accepted.
 pub fn parse_duration_ms(s: &str) -> Result<u64, Error> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || {
-        Error::invalid(format!(
-            "'{s}' is not a duration: use seconds (e.g. 1, 0.5) or a unit (250ms, 2m, 1h)"
-        ))
-    };
+    let bad =
+        || Error::invalid(format!("'{s}' is not a duration: use seconds (e.g. 1, 0.5) or a unit (250ms, 2m, 1h)"));
     if num.is_empty() {
         return Err(bad());
     }
@@ -60,7 +50,7 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, Error> {
         _ => return Err(bad()),
     };
     let v = n * mult;
-    if !v.is_finite() || v < 0.0 || v > 1e15 {
+    if !v.is_finite() || !(0.0..=1e15).contains(&v) {
         return Err(bad());
     }
     Ok(v.round() as u64)
@@ -75,20 +65,12 @@ pub fn format_size(bytes: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 || v.fract() == 0.0 {
-        format!("{} {}", v as u64, UNITS[i])
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
+    if i == 0 || v.fract() == 0.0 { format!("{} {}", v as u64, UNITS[i]) } else { format!("{v:.1} {}", UNITS[i]) }
 }
 
 /// Formats milliseconds for people: `250 ms`, `1.5 s`.
 pub fn format_duration_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else {
-        format!("{} s", ms as f64 / 1000.0)
-    }
+    if ms < 1000 { format!("{ms} ms") } else { format!("{} s", ms as f64 / 1000.0) }
 }
 
 #[cfg(test)]

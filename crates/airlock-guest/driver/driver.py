@@ -20,6 +20,7 @@ import os
 import _ast
 
 PROTOCOL = 1
+# The host compiles this file under a name of its own, so tracebacks can drop its frames.
 _DRIVER_FILE = sys._getframe().f_code.co_filename
 _MAX_TEXT = 1 << 20  # cap on one text/plain or text/html representation, in characters
 
@@ -221,6 +222,25 @@ def bundle(value):
 
 # ---- the driver ----
 
+def _scrub(te, seen):
+    """Removes the driver's own frames from a traceback (and its chained ones)."""
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    import traceback
+
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if f.filename != _DRIVER_FILE])
+    for other in (te.__cause__, te.__context__):
+        if other is not None:
+            _scrub(other, seen)
+    for sub in getattr(te, "exceptions", None) or ():
+        _scrub(sub, seen)
+
+
+class SandboxInterrupt(KeyboardInterrupt):
+    """Raised in a running cell when the host stops it (a time, CPU or output limit)."""
+
+
 class Driver:
     def __init__(self, channel, workspace):
         self.ch = channel
@@ -282,11 +302,10 @@ class Driver:
 
         for name, src in self.sources.items():
             linecache.cache[name] = (len(src), None, src.splitlines(True), name)
-        tb = e.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename == _DRIVER_FILE:
-            tb = tb.tb_next
         try:
-            text = "".join(traceback.format_exception(type(e), e, tb))
+            te = traceback.TracebackException(type(e), e, e.__traceback__, compact=True)
+            _scrub(te, set())
+            text = "".join(te.format())
         except Exception as fmt_err:
             text = "%s: %s\n(traceback unavailable: %s)\n" % (type(e).__name__, e, fmt_err)
         try:
@@ -398,9 +417,9 @@ class Driver:
                 done["exit_code"] = c if type(c) is int else 1
                 if type(c) is not int:
                     print(c, file=sys.stderr)
-                err = self._error(e)
-                self.ch.send(dict(err, type="error"))
-        except KeyboardInterrupt as e:
+                # Like the python command, no traceback for an explicit exit.
+                self.ch.send({"type": "error", "name": "SystemExit", "value": str(c), "traceback": ""})
+        except SandboxInterrupt as e:
             done["status"] = "interrupted"
             self.ch.send(dict(self._error(e), type="error"))
         except BaseException as e:
@@ -447,7 +466,7 @@ class Driver:
 
 def _on_sigint(signum, frame):
     if _driver is not None and _driver.running:
-        raise KeyboardInterrupt
+        raise SandboxInterrupt("the cell was stopped by the sandbox (time, CPU or output limit reached)")
 
 
 _driver = None
@@ -457,8 +476,8 @@ def main(argv):
     global _driver
     import signal
 
-    rfd = int(argv[1]) if len(argv) > 1 else 3
-    wfd = int(argv[2]) if len(argv) > 2 else rfd
+    rfd = int(argv[0]) if len(argv) > 0 else 3
+    wfd = int(argv[1]) if len(argv) > 1 else rfd
     for fd in {rfd, wfd}:
         os.set_inheritable(fd, False)
     workspace = os.getcwd()
@@ -471,4 +490,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    # Started as `python -c BOOTSTRAP DRIVER_SOURCE FD...` (see driver_args in lib.rs):
+    # argv is ['-c', source, fd, ...].
+    sys.exit(main(sys.argv[2:]))

@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use airlock_core::backend::{Canceller, EventSink};
 use airlock_core::units::{format_duration_ms, format_size};
-use airlock_core::{
-    BackendKind, Cell, Error, ErrorInfo, Event, Isolation, Outcome, ResultBundle, Status,
-};
+use airlock_core::{BackendKind, Cell, Error, ErrorInfo, Event, Isolation, Outcome, ResultBundle, Status};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::protocol::{FrameDecoder, GuestFrame, HostFrame, PROTOCOL_VERSION, encode};
@@ -194,8 +192,7 @@ pub struct Guest<S: Supervisor> {
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), Error> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let flags =
-        fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(|e| Error::host(format!("fcntl: {e}")))?;
+    let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(|e| Error::host(format!("fcntl: {e}")))?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
     fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags)).map_err(|e| Error::host(format!("fcntl: {e}")))?;
     Ok(())
@@ -217,12 +214,7 @@ fn read_some(f: &mut File, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
 impl<S: Supervisor> Guest<S> {
     /// Takes over a freshly started guest and waits (up to `startup`) for its `hello`.
     /// On failure the guest is killed and the error says what it printed.
-    pub fn connect(
-        pipes: GuestPipes,
-        mut sup: S,
-        meta: GuestMeta,
-        startup: Duration,
-    ) -> Result<Self, Error> {
+    pub fn connect(pipes: GuestPipes, mut sup: S, meta: GuestMeta, startup: Duration) -> Result<Self, Error> {
         for fd in [&pipes.channel, &pipes.stdout, &pipes.stderr] {
             if let Err(e) = set_nonblocking(fd) {
                 sup.kill();
@@ -258,22 +250,13 @@ impl<S: Supervisor> Guest<S> {
         let mut buf = vec![0u8; CHUNK];
         loop {
             match self.decoder.next_frame::<GuestFrame>() {
-                Ok(Some(GuestFrame::Hello {
-                    protocol,
-                    python,
-                    implementation,
-                    pid,
-                })) => {
+                Ok(Some(GuestFrame::Hello { protocol, python, implementation, pid })) => {
                     if protocol != PROTOCOL_VERSION {
                         return Err(Error::host(format!(
                             "guest driver speaks protocol {protocol}, this host speaks {PROTOCOL_VERSION}"
                         )));
                     }
-                    return Ok(Hello {
-                        python,
-                        implementation,
-                        pid,
-                    });
+                    return Ok(Hello { python, implementation, pid });
                 }
                 Ok(Some(other)) => {
                     return Err(Error::host(format!("guest sent {other:?} before hello")));
@@ -296,24 +279,17 @@ impl<S: Supervisor> Guest<S> {
                     PollFd::new(self.stdout.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.stderr.as_fd(), PollFlags::POLLIN),
                 ];
-                let _ = poll(
-                    &mut fds,
-                    PollTimeout::try_from(wait.as_millis() as u64).unwrap_or(PollTimeout::MAX),
-                );
+                let _ = poll(&mut fds, PollTimeout::try_from(wait.as_millis() as u64).unwrap_or(PollTimeout::MAX));
                 let r = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
                 (r(&fds[0]), r(&fds[1]), r(&fds[2]))
             };
             for (ready, which) in [(out_ready, 1), (err_ready, 2)] {
                 if ready {
-                    let f = if which == 1 {
-                        &mut self.stdout
-                    } else {
-                        &mut self.stderr
-                    };
-                    if let Ok(Some(n)) = read_some(f, &mut buf) {
-                        if self.stray.len() < 64 * 1024 {
-                            self.stray.extend_from_slice(&buf[..n]);
-                        }
+                    let f = if which == 1 { &mut self.stdout } else { &mut self.stderr };
+                    if let Ok(Some(n)) = read_some(f, &mut buf)
+                        && self.stray.len() < 64 * 1024
+                    {
+                        self.stray.extend_from_slice(&buf[..n]);
                     }
                 }
             }
@@ -343,11 +319,7 @@ impl<S: Supervisor> Guest<S> {
 
     fn drain_stray(&mut self, buf: &mut [u8]) {
         for which in [1, 2] {
-            let f = if which == 1 {
-                &mut self.stdout
-            } else {
-                &mut self.stderr
-            };
+            let f = if which == 1 { &mut self.stdout } else { &mut self.stderr };
             while let Ok(Some(n)) = read_some(f, buf) {
                 if n == 0 || self.stray.len() >= 64 * 1024 {
                     break;
@@ -362,14 +334,7 @@ impl<S: Supervisor> Guest<S> {
             return String::new();
         }
         let text = String::from_utf8_lossy(&self.stray);
-        let tail: String = text
-            .chars()
-            .rev()
-            .take(2000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let tail: String = text.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
         format!("; it printed:\n{}", tail.trim_end())
     }
 
@@ -431,10 +396,7 @@ impl<S: Supervisor> Guest<S> {
                     }
                     let mut fds = [PollFd::new(self.channel.as_fd(), PollFlags::POLLOUT)];
                     let ms = (deadline - now).min(TICK).as_millis() as u64;
-                    let _ = poll(
-                        &mut fds,
-                        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-                    );
+                    let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
                 }
                 Err(e) => return Err(Error::io("writing to the guest channel", e)),
             }
@@ -468,25 +430,11 @@ impl<S: Supervisor> Guest<S> {
             self.sup.kill();
             let exit = self.sup.wait(Duration::from_secs(2)).unwrap_or_default();
             self.alive = false;
-            return Ok(self.finish(
-                outcome,
-                End::Protocol(e.to_string()),
-                None,
-                &exit,
-                cpu_start,
-                started,
-                cell,
-            ));
+            return Ok(self.finish(outcome, End::Protocol(e.to_string()), None, &exit, cpu_start, started, cell));
         }
 
-        let mut out = Stream {
-            open: true,
-            ..Stream::default()
-        };
-        let mut err = Stream {
-            open: true,
-            ..Stream::default()
-        };
+        let mut out = Stream { open: true, ..Stream::default() };
+        let mut err = Stream { open: true, ..Stream::default() };
         let mut total: u64 = 0;
         let mut stop: Option<Stop> = None;
         let mut kill_at: Option<Instant> = None;
@@ -506,31 +454,32 @@ impl<S: Supervisor> Guest<S> {
             }
             if stop.is_none() && now.duration_since(last_cpu_check) >= TICK {
                 last_cpu_check = now;
-                if let (Some(c0), Some(c)) = (cpu_start, self.sup.cpu_ms()) {
-                    if c.saturating_sub(c0) >= cell.cpu_ms {
-                        stop = Some(Stop::CpuLimit);
-                    }
+                if let (Some(c0), Some(c)) = (cpu_start, self.sup.cpu_ms())
+                    && c.saturating_sub(c0) >= cell.cpu_ms
+                {
+                    stop = Some(Stop::CpuLimit);
                 }
             }
             if stop.is_some() && kill_at.is_none() {
                 self.sup.interrupt();
                 kill_at = Some(now + INTERRUPT_GRACE);
             }
-            if let Some(k) = kill_at {
-                if now >= k && !killed {
-                    self.sup.kill();
-                    killed = true;
-                }
+            if let Some(k) = kill_at
+                && now >= k
+                && !killed
+            {
+                self.sup.kill();
+                killed = true;
             }
 
             let mut wake = now + TICK;
             if stop.is_none() {
                 wake = wake.min(deadline);
             }
-            if let Some(k) = kill_at {
-                if !killed {
-                    wake = wake.min(k);
-                }
+            if let Some(k) = kill_at
+                && !killed
+            {
+                wake = wake.min(k);
             }
             let wait_ms = wake.saturating_duration_since(now).as_millis() as u64;
             let (chan_rev, out_rev, err_rev) = {
@@ -542,10 +491,7 @@ impl<S: Supervisor> Guest<S> {
                 if err.open {
                     fds.push(PollFd::new(self.stderr.as_fd(), PollFlags::POLLIN));
                 }
-                let _ = poll(
-                    &mut fds,
-                    PollTimeout::try_from(wait_ms).unwrap_or(PollTimeout::MAX),
-                );
+                let _ = poll(&mut fds, PollTimeout::try_from(wait_ms).unwrap_or(PollTimeout::MAX));
                 let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
                 let mut it = fds.iter();
                 let c = ready(it.next().expect("channel is always polled"));
@@ -559,23 +505,12 @@ impl<S: Supervisor> Guest<S> {
                 if !ready {
                     continue;
                 }
-                let (f, s) = if is_out {
-                    (&mut self.stdout, &mut out)
-                } else {
-                    (&mut self.stderr, &mut err)
-                };
-                if let Some(over) = pump(
-                    f,
-                    s,
-                    &mut total,
-                    cell.output_bytes,
-                    &mut buf,
-                    is_out,
-                    events,
-                ) {
-                    if over && stop.is_none() {
-                        stop = Some(Stop::OutputLimit);
-                    }
+                let (f, s) = if is_out { (&mut self.stdout, &mut out) } else { (&mut self.stderr, &mut err) };
+                if let Some(over) = pump(f, s, &mut total, cell.output_bytes, &mut buf, is_out, events)
+                    && over
+                    && stop.is_none()
+                {
+                    stop = Some(Stop::OutputLimit);
                 }
             }
 
@@ -591,32 +526,19 @@ impl<S: Supervisor> Guest<S> {
                 match self.decoder.next_frame::<GuestFrame>() {
                     Ok(None) => break,
                     Ok(Some(GuestFrame::Result { data, main })) => {
-                        let r = ResultBundle {
-                            data,
-                            is_main_result: main,
-                        };
+                        let r = ResultBundle { data, is_main_result: main };
                         events(Event::Result { result: r.clone() });
                         outcome.results.push(r);
                     }
-                    Ok(Some(GuestFrame::Error {
-                        name,
-                        value,
-                        traceback,
-                    })) => {
-                        let e = ErrorInfo {
-                            name,
-                            value,
-                            traceback,
-                        };
-                        events(Event::Error { error: e.clone() });
-                        error = Some(e);
+                    Ok(Some(GuestFrame::Error { name, value, traceback })) => {
+                        // Delivered as an event after the outcome is classified, so the
+                        // stream and the outcome agree (e.g. a timeout's error).
+                        error = Some(ErrorInfo { name, value, traceback });
                     }
                     Ok(Some(GuestFrame::Stream { name, text })) => {
                         let is_out = name != "stderr";
                         let s = if is_out { &mut out } else { &mut err };
-                        if accept(s, text.as_bytes(), &mut total, cell.output_bytes)
-                            && stop.is_none()
-                        {
+                        if accept(s, text.as_bytes(), &mut total, cell.output_bytes) && stop.is_none() {
                             stop = Some(Stop::OutputLimit);
                         }
                         emit(s, is_out, false, events);
@@ -674,21 +596,9 @@ impl<S: Supervisor> Guest<S> {
 
         // Whatever the guest wrote before it finished is in the pipes now: drain it.
         for is_out in [true, false] {
-            let (f, s) = if is_out {
-                (&mut self.stdout, &mut out)
-            } else {
-                (&mut self.stderr, &mut err)
-            };
+            let (f, s) = if is_out { (&mut self.stdout, &mut out) } else { (&mut self.stderr, &mut err) };
             for _ in 0..1024 {
-                match pump(
-                    f,
-                    s,
-                    &mut total,
-                    cell.output_bytes,
-                    &mut buf,
-                    is_out,
-                    events,
-                ) {
+                match pump(f, s, &mut total, cell.output_bytes, &mut buf, is_out, events) {
                     Some(_) if s.open => {}
                     _ => break,
                 }
@@ -722,7 +632,11 @@ impl<S: Supervisor> Guest<S> {
         outcome.stdout_truncated = out.truncated;
         outcome.stderr_truncated = err.truncated;
         outcome.error = error;
-        Ok(self.finish(outcome, end, stop, &exit, cpu_start, started, cell))
+        let outcome = self.finish(outcome, end, stop, &exit, cpu_start, started, cell);
+        if let Some(e) = &outcome.error {
+            events(Event::Error { error: e.clone() });
+        }
+        Ok(outcome)
     }
 
     fn sup_exited(&mut self) -> bool {
@@ -742,12 +656,7 @@ impl<S: Supervisor> Guest<S> {
     ) -> Outcome {
         o.usage.wall_ms = started.elapsed().as_millis() as u64;
         let (guest_cpu, guest_peak) = match &end {
-            End::Done {
-                cpu_ms,
-                peak,
-                count,
-                ..
-            } => {
+            End::Done { cpu_ms, peak, count, .. } => {
                 o.execution_count = *count;
                 (Some(*cpu_ms), Some(*peak))
             }
@@ -769,10 +678,7 @@ impl<S: Supervisor> Guest<S> {
             ),
             Stop::CpuLimit => (
                 Status::Timeout,
-                format!(
-                    "execution used more than {} of CPU time (limits.cpu_ms)",
-                    format_duration_ms(cell.cpu_ms)
-                ),
+                format!("execution used more than {} of CPU time (limits.cpu_ms)", format_duration_ms(cell.cpu_ms)),
             ),
             Stop::OutputLimit => (
                 Status::OutputLimit,
@@ -784,18 +690,12 @@ impl<S: Supervisor> Guest<S> {
         };
 
         let (status, reason) = match end {
-            End::Cancelled => (
-                Status::Killed,
-                Some("the execution was cancelled by the host (sandbox killed)".to_string()),
-            ),
+            End::Cancelled => {
+                (Status::Killed, Some("the execution was cancelled by the host (sandbox killed)".to_string()))
+            }
             End::Protocol(p) => {
                 self.alive = false;
-                (
-                    Status::Killed,
-                    Some(format!(
-                        "the guest broke the airlock protocol ({p}); the sandbox was killed"
-                    )),
-                )
+                (Status::Killed, Some(format!("the guest broke the airlock protocol ({p}); the sandbox was killed")))
             }
             End::Died(e) => {
                 o.exit_code = e.code;
@@ -809,29 +709,20 @@ impl<S: Supervisor> Guest<S> {
                     classify_exit(&e, self.meta.memory_bytes)
                 }
             }
-            End::Done {
-                status,
-                exit_code,
-                signal,
-                memory_error,
-                ..
-            } => {
+            End::Done { status, exit_code, signal, memory_error, .. } => {
                 o.exit_code = exit_code.map(|c| c.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
                 if let Some(s) = stop {
                     let (st, r) = limit_reason(s);
-                    if let (Status::Timeout, Some(e)) = (st, o.error.as_mut()) {
-                        if e.name == "KeyboardInterrupt" {
-                            e.name = "TimeoutError".into();
-                            e.value = r.clone();
-                        }
+                    if let Some(e) = o.error.as_mut().filter(|e| e.name == "SandboxInterrupt") {
+                        e.name = if st == Status::Timeout { "TimeoutError" } else { "OutputLimitError" }.into();
+                        e.value = r.clone();
+                        let body = e.traceback.trim_end().rsplit_once('\n').map(|(b, _)| b).unwrap_or("");
+                        e.traceback = format!("{body}\n{}: {r}\n", e.name).trim_start().to_string();
                     }
                     (st, Some(r))
                 } else if let Some(sig) = signal {
                     o.signal = Some(sig);
-                    let e = ExitInfo {
-                        signal: Some(sig),
-                        ..ExitInfo::default()
-                    };
+                    let e = ExitInfo { signal: Some(sig), ..ExitInfo::default() };
                     self.sup
                         .explain_death(&e)
                         .map(|(s, r)| (s, Some(r)))
@@ -847,15 +738,9 @@ impl<S: Supervisor> Guest<S> {
                                     format_size(self.meta.memory_bytes)
                                 )),
                             ),
-                            Some(e) => (
-                                Status::Error,
-                                Some(format!("{}: {}", e.name, first_line(&e.value))),
-                            ),
+                            Some(e) => (Status::Error, Some(format!("{}: {}", e.name, first_line(&e.value)))),
                             None => match o.exit_code {
-                                Some(c) => (
-                                    Status::Error,
-                                    Some(format!("the program exited with status {c}")),
-                                ),
+                                Some(c) => (Status::Error, Some(format!("the program exited with status {c}"))),
                                 None => (Status::Error, Some("the program failed".to_string())),
                             },
                         },
@@ -877,11 +762,7 @@ impl<S: Supervisor> Drop for Guest<S> {
 
 fn first_line(s: &str) -> &str {
     let l = s.lines().next().unwrap_or("");
-    if l.len() > 200 {
-        &l[..l.floor_char_boundary(200)]
-    } else {
-        l
-    }
+    if l.len() > 200 { &l[..l.floor_char_boundary(200)] } else { l }
 }
 
 /// Reads once from a stream into its capture. Returns `Some(over_limit)` if bytes were
@@ -924,26 +805,18 @@ fn accept(s: &mut Stream, bytes: &[u8], total: &mut u64, cap: u64) -> bool {
 
 fn emit(s: &mut Stream, is_out: bool, flush: bool, events: &mut EventSink<'_>) {
     if let Some(text) = s.take_new_text(flush) {
-        events(if is_out {
-            Event::Stdout { text }
-        } else {
-            Event::Stderr { text }
-        });
+        events(if is_out { Event::Stdout { text } } else { Event::Stderr { text } });
     }
 }
 
 /// A signal's name, e.g. `SIGKILL`.
 pub fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig)
-        .map(|s| s.as_str().to_string())
-        .unwrap_or_else(|_| format!("signal {sig}"))
+    nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"))
 }
 
 fn describe_exit(exit: Option<&ExitInfo>) -> String {
     match exit {
-        Some(ExitInfo {
-            signal: Some(s), ..
-        }) => format!("killed by {}", signal_name(*s)),
+        Some(ExitInfo { signal: Some(s), .. }) => format!("killed by {}", signal_name(*s)),
         Some(ExitInfo { code: Some(c), .. }) => format!("exit status {c}"),
         _ => "no exit status".to_string(),
     }
@@ -955,32 +828,16 @@ pub fn classify_exit(e: &ExitInfo, memory_bytes: u64) -> (Status, Option<String>
     match (e.signal, e.code) {
         (Some(sig), _) if sig == libc::SIGXCPU => (
             Status::Timeout,
-            Some(
-                "the program used up its CPU time limit (limits.cpu_ms) and was killed by SIGXCPU"
-                    .into(),
-            ),
+            Some("the program used up its CPU time limit (limits.cpu_ms) and was killed by SIGXCPU".into()),
         ),
-        (Some(sig), _) if sig == libc::SIGSYS => (
-            Status::Killed,
-            Some(
-                "the program was killed by SIGSYS: it made a system call the sandbox forbids"
-                    .into(),
-            ),
-        ),
+        (Some(sig), _) if sig == libc::SIGSYS => {
+            (Status::Killed, Some("the program was killed by SIGSYS: it made a system call the sandbox forbids".into()))
+        }
         (Some(sig), _) if sig == libc::SIGXFSZ => (
             Status::Killed,
-            Some(
-                "the program was killed by SIGXFSZ: it wrote a file larger than limits.file_bytes"
-                    .into(),
-            ),
+            Some("the program was killed by SIGXFSZ: it wrote a file larger than limits.file_bytes".into()),
         ),
-        (Some(sig), _) => (
-            Status::Killed,
-            Some(format!(
-                "the interpreter was killed by {}",
-                signal_name(sig)
-            )),
-        ),
+        (Some(sig), _) => (Status::Killed, Some(format!("the interpreter was killed by {}", signal_name(sig)))),
         (None, Some(0)) => (Status::Ok, None),
         (None, Some(c)) => (
             Status::Error,
@@ -989,9 +846,6 @@ pub fn classify_exit(e: &ExitInfo, memory_bytes: u64) -> (Status, Option<String>
                 format_size(memory_bytes)
             )),
         ),
-        (None, None) => (
-            Status::Killed,
-            Some("the interpreter disappeared without an exit status".into()),
-        ),
+        (None, None) => (Status::Killed, Some("the interpreter disappeared without an exit status".into())),
     }
 }

@@ -71,13 +71,8 @@ pub fn guest_env(
 
 /// A connected pair of Unix stream sockets, both close-on-exec: `(host, guest)`.
 pub fn channel_pair() -> Result<(OwnedFd, OwnedFd), Error> {
-    socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| Error::host(format!("socketpair: {}", e.desc())))
+    socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| Error::host(format!("socketpair: {}", e.desc())))
 }
 
 /// A directory for matplotlib's font cache that survives between sandboxes, so the
@@ -102,11 +97,7 @@ pub struct ChildSupervisor {
 impl ChildSupervisor {
     /// Supervises `pid`, which must be our child and a process-group leader.
     pub fn new(pid: u32) -> Self {
-        ChildSupervisor {
-            pid: Pid::from_raw(pid as i32),
-            exit: None,
-            retired: Arc::new(AtomicBool::new(false)),
-        }
+        ChildSupervisor { pid: Pid::from_raw(pid as i32), exit: None, retired: Arc::new(AtomicBool::new(false)) }
     }
 
     /// The child's pid.

@@ -21,12 +21,5 @@ pub const DRIVER_SOURCE: &str = include_str!("../driver/driver.py");
 /// isolated mode (no user site, no `PYTHON*` variables), unbuffered output, no
 /// bytecode writes.
 pub fn driver_args(fd: i32) -> Vec<String> {
-    vec![
-        "-I".into(),
-        "-u".into(),
-        "-B".into(),
-        "-c".into(),
-        DRIVER_SOURCE.into(),
-        fd.to_string(),
-    ]
+    vec!["-I".into(), "-u".into(), "-B".into(), "-c".into(), DRIVER_SOURCE.into(), fd.to_string()]
 }

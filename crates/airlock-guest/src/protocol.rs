@@ -158,15 +158,13 @@ impl FrameDecoder {
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
         if len > MAX_FRAME_BYTES {
-            return Err(ProtocolError(format!(
-                "frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte maximum"
-            )));
+            return Err(ProtocolError(format!("frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte maximum")));
         }
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
-        let parsed = serde_json::from_slice(&self.buf[4..4 + len])
-            .map_err(|e| ProtocolError(format!("malformed frame: {e}")));
+        let parsed =
+            serde_json::from_slice(&self.buf[4..4 + len]).map_err(|e| ProtocolError(format!("malformed frame: {e}")));
         self.buf.drain(..4 + len);
         parsed.map(Some)
     }
@@ -178,11 +176,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip_in_pieces() {
-        let f = GuestFrame::Error {
-            name: "E".into(),
-            value: "v".into(),
-            traceback: "t".into(),
-        };
+        let f = GuestFrame::Error { name: "E".into(), value: "v".into(), traceback: "t".into() };
         let bytes = encode(&f);
         let mut d = FrameDecoder::new();
         for b in &bytes[..bytes.len() - 1] {
@@ -198,20 +192,10 @@ mod tests {
     fn oversized_and_malformed_frames_are_errors() {
         let mut d = FrameDecoder::new();
         d.push(&u32::MAX.to_be_bytes());
-        assert!(
-            d.next_frame::<GuestFrame>()
-                .unwrap_err()
-                .0
-                .contains("exceeds")
-        );
+        assert!(d.next_frame::<GuestFrame>().unwrap_err().0.contains("exceeds"));
         let mut d = FrameDecoder::new();
         d.push(&encode(&serde_json::json!({"type": "nonsense"})));
-        assert!(
-            d.next_frame::<GuestFrame>()
-                .unwrap_err()
-                .0
-                .contains("malformed")
-        );
+        assert!(d.next_frame::<GuestFrame>().unwrap_err().0.contains("malformed"));
     }
 
     #[test]
@@ -223,9 +207,6 @@ mod tests {
             cpu_ms: Some(5),
         };
         let v: serde_json::Value = serde_json::from_slice(&encode(&f)[4..]).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"type": "exec", "language": "python", "code": "1", "cpu_ms": 5})
-        );
+        assert_eq!(v, serde_json::json!({"type": "exec", "language": "python", "code": "1", "cpu_ms": 5}));
     }
 }

@@ -41,9 +41,7 @@ fn map_errno(e: Errno, path: &WorkspacePath, what: &str) -> Error {
         )),
         Errno::ENOTDIR => Error::invalid(format!("a parent of '{path}' is not a directory")),
         Errno::EISDIR => Error::invalid(format!("'{path}' is a directory")),
-        Errno::ENOSPC | Errno::EDQUOT => {
-            Error::TooLarge(format!("the workspace is full while writing '{path}'"))
-        }
+        Errno::ENOSPC | Errno::EDQUOT => Error::TooLarge(format!("the workspace is full while writing '{path}'")),
         Errno::EFBIG => Error::TooLarge(format!("'{path}' exceeds the sandbox's file size limit")),
         Errno::ENOTEMPTY => Error::invalid(format!("directory '{path}' is not empty")),
         other => Error::host(format!("{what} '{path}': {}", other.desc())),
@@ -59,17 +57,8 @@ impl Workspace {
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| {
-            Error::host(format!(
-                "opening workspace {}: {}",
-                path.display(),
-                e.desc()
-            ))
-        })?;
-        Ok(Workspace {
-            dir: fd,
-            owner: None,
-        })
+        .map_err(|e| Error::host(format!("opening workspace {}: {}", path.display(), e.desc())))?;
+        Ok(Workspace { dir: fd, owner: None })
     }
 
     /// Wraps an already-open directory descriptor (e.g. one passed out of a sandbox).
@@ -91,15 +80,12 @@ impl Workspace {
 
     /// Opens `rel` (a relative path without `..`) beneath `base` without following any symlink.
     fn open_beneath(base: &OwnedFd, rel: &str, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
-        let how = OpenHow::new()
-            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-            .mode(mode)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
-                    | ResolveFlag::RESOLVE_NO_XDEV,
-            );
+        let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW).mode(mode).resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
         match openat2(base.as_fd(), rel, how) {
             Err(Errno::ENOSYS) | Err(Errno::EPERM) => {}
             other => return other,
@@ -121,12 +107,7 @@ impl Workspace {
             cur = Some(next);
         }
         let at = cur.as_ref().unwrap_or(base);
-        openat(
-            at.as_fd(),
-            *last,
-            flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-            mode,
-        )
+        openat(at.as_fd(), *last, flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, mode)
     }
 
     fn chown(&self, fd: &OwnedFd) {
@@ -137,34 +118,19 @@ impl Workspace {
 
     /// Opens (creating as needed) the directory `comps` beneath the workspace.
     fn ensure_dir(&self, comps: &[&str], path: &WorkspacePath) -> Result<OwnedFd, Error> {
-        let mut cur = Self::open_beneath(
-            &self.dir,
-            ".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-            Mode::empty(),
-        )
-        .map_err(|e| map_errno(e, path, "opening workspace"))?;
+        let mut cur = Self::open_beneath(&self.dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+            .map_err(|e| map_errno(e, path, "opening workspace"))?;
         for c in comps {
             match mkdirat(cur.as_fd(), *c, Mode::from_bits_truncate(0o755)) {
                 Ok(()) => {
-                    let fd = Self::open_beneath(
-                        &cur,
-                        c,
-                        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| map_errno(e, path, "opening directory"))?;
+                    let fd = Self::open_beneath(&cur, c, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+                        .map_err(|e| map_errno(e, path, "opening directory"))?;
                     self.chown(&fd);
                     cur = fd;
                 }
                 Err(Errno::EEXIST) => {
-                    cur = Self::open_beneath(
-                        &cur,
-                        c,
-                        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| map_errno(e, path, "opening directory"))?;
+                    cur = Self::open_beneath(&cur, c, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+                        .map_err(|e| map_errno(e, path, "opening directory"))?;
                 }
                 Err(e) => return Err(map_errno(e, path, "creating directory")),
             }
@@ -181,9 +147,7 @@ impl Workspace {
                 format_size(max_bytes)
             )));
         }
-        let (parents, name) = path
-            .split_last()
-            .ok_or_else(|| Error::invalid("cannot write to the workspace root"))?;
+        let (parents, name) = path.split_last().ok_or_else(|| Error::invalid("cannot write to the workspace root"))?;
         let dir = self.ensure_dir(&parents, path)?;
         let fd = Self::open_beneath(
             &dir,
@@ -194,9 +158,7 @@ impl Workspace {
         .map_err(|e| map_errno(e, path, "creating"))?;
         let st = fstat(fd.as_fd()).map_err(|e| map_errno(e, path, "inspecting"))?;
         if !is_regular(&st) {
-            return Err(Error::invalid(format!(
-                "'{path}' exists and is not a regular file"
-            )));
+            return Err(Error::invalid(format!("'{path}' exists and is not a regular file")));
         }
         self.chown(&fd);
         let mut f = File::from(fd);
@@ -208,13 +170,8 @@ impl Workspace {
 
     /// Reads `path`, refusing non-regular files and files over `max_bytes`.
     pub fn read(&self, path: &WorkspacePath, max_bytes: u64) -> Result<Vec<u8>, Error> {
-        let fd = Self::open_beneath(
-            &self.dir,
-            path.as_str(),
-            OFlag::O_RDONLY | OFlag::O_NONBLOCK,
-            Mode::empty(),
-        )
-        .map_err(|e| map_errno(e, path, "opening"))?;
+        let fd = Self::open_beneath(&self.dir, path.as_str(), OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty())
+            .map_err(|e| map_errno(e, path, "opening"))?;
         let st = fstat(fd.as_fd()).map_err(|e| map_errno(e, path, "inspecting"))?;
         if !is_regular(&st) {
             return Err(Error::invalid(format!("'{path}' is not a regular file")));
@@ -232,10 +189,7 @@ impl Workspace {
             .read_to_end(&mut out)
             .map_err(|e| Error::io(format!("reading '{path}'"), e))?;
         if out.len() as u64 > max_bytes {
-            return Err(Error::TooLarge(format!(
-                "'{path}' grew beyond {} while being read",
-                format_size(max_bytes)
-            )));
+            return Err(Error::TooLarge(format!("'{path}' grew beyond {} while being read", format_size(max_bytes))));
         }
         Ok(out)
     }
@@ -251,11 +205,7 @@ impl Workspace {
         )
         .map_err(|e| map_errno(e, dir, "opening directory"))?;
         let mut out = Vec::new();
-        let prefix = if dir.is_root() {
-            String::new()
-        } else {
-            format!("{dir}/")
-        };
+        let prefix = if dir.is_root() { String::new() } else { format!("{dir}/") };
         list_into(start, &prefix, 0, &mut out)?;
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
@@ -263,9 +213,7 @@ impl Workspace {
 
     /// Removes a file, a symlink or an empty directory.
     pub fn remove(&self, path: &WorkspacePath) -> Result<(), Error> {
-        let (parents, name) = path
-            .split_last()
-            .ok_or_else(|| Error::invalid("cannot remove the workspace root"))?;
+        let (parents, name) = path.split_last().ok_or_else(|| Error::invalid("cannot remove the workspace root"))?;
         let parent = parents.join("/");
         let dir = Self::open_beneath(
             &self.dir,
@@ -276,8 +224,9 @@ impl Workspace {
         .map_err(|e| map_errno(e, path, "opening directory"))?;
         match unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) => Ok(()),
-            Err(Errno::EISDIR) => unlinkat(dir.as_fd(), name, UnlinkatFlags::RemoveDir)
-                .map_err(|e| map_errno(e, path, "removing")),
+            Err(Errno::EISDIR) => {
+                unlinkat(dir.as_fd(), name, UnlinkatFlags::RemoveDir).map_err(|e| map_errno(e, path, "removing"))
+            }
             Err(e) => Err(map_errno(e, path, "removing")),
         }
     }
@@ -287,17 +236,9 @@ fn is_regular(st: &FileStat) -> bool {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
 }
 
-fn list_into(
-    dir: OwnedFd,
-    prefix: &str,
-    depth: usize,
-    out: &mut Vec<FileEntry>,
-) -> Result<(), Error> {
-    let dup = dir
-        .try_clone()
-        .map_err(|e| Error::io("listing workspace", e))?;
-    let mut d = nix::dir::Dir::from_fd(dup)
-        .map_err(|e| Error::host(format!("listing workspace: {}", e.desc())))?;
+fn list_into(dir: OwnedFd, prefix: &str, depth: usize, out: &mut Vec<FileEntry>) -> Result<(), Error> {
+    let dup = dir.try_clone().map_err(|e| Error::io("listing workspace", e))?;
+    let mut d = nix::dir::Dir::from_fd(dup).map_err(|e| Error::host(format!("listing workspace: {}", e.desc())))?;
     let mut subdirs = Vec::new();
     for entry in d.iter() {
         let Ok(entry) = entry else { continue };
@@ -308,21 +249,13 @@ fn list_into(
         if out.len() >= MAX_LIST_ENTRIES {
             return Ok(());
         }
-        let Ok(st) = fstatat(
-            dir.as_fd(),
-            name.as_str(),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) else {
+        let Ok(st) = fstatat(dir.as_fd(), name.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) else {
             continue;
         };
         let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
         let path = format!("{prefix}{name}");
         let is_dir = kind == SFlag::S_IFDIR;
-        out.push(FileEntry {
-            path: path.clone(),
-            size: if is_dir { 0 } else { st.st_size as u64 },
-            is_dir,
-        });
+        out.push(FileEntry { path: path.clone(), size: if is_dir { 0 } else { st.st_size as u64 }, is_dir });
         if is_dir && depth < MAX_LIST_DEPTH {
             subdirs.push((name, path));
         }
@@ -354,18 +287,11 @@ mod tests {
         let ws = Workspace::open(tmp.path()).unwrap();
         ws.write(&p("a/b/c.txt"), b"hello", 100).unwrap();
         assert_eq!(ws.read(&p("a/b/c.txt"), 100).unwrap(), b"hello");
-        let names: Vec<_> = ws
-            .list(&WorkspacePath::parse_dir(".").unwrap())
-            .unwrap()
-            .into_iter()
-            .map(|e| e.path)
-            .collect();
+        let names: Vec<_> =
+            ws.list(&WorkspacePath::parse_dir(".").unwrap()).unwrap().into_iter().map(|e| e.path).collect();
         assert_eq!(names, ["a", "a/b", "a/b/c.txt"]);
         ws.remove(&p("a/b/c.txt")).unwrap();
-        assert!(matches!(
-            ws.read(&p("a/b/c.txt"), 100),
-            Err(Error::NotFound(_))
-        ));
+        assert!(matches!(ws.read(&p("a/b/c.txt"), 100), Err(Error::NotFound(_))));
         ws.remove(&p("a/b")).unwrap();
     }
 
@@ -373,10 +299,7 @@ mod tests {
     fn size_caps() {
         let tmp = tempfile::tempdir().unwrap();
         let ws = Workspace::open(tmp.path()).unwrap();
-        assert!(matches!(
-            ws.write(&p("big"), &[0u8; 10], 5),
-            Err(Error::TooLarge(_))
-        ));
+        assert!(matches!(ws.write(&p("big"), &[0u8; 10], 5), Err(Error::TooLarge(_))));
         ws.write(&p("big"), &[0u8; 10], 10).unwrap();
         assert!(matches!(ws.read(&p("big"), 9), Err(Error::TooLarge(_))));
     }
@@ -395,18 +318,11 @@ mod tests {
         // Writing through a link must not touch the target.
         assert!(ws.write(&p("link"), b"pwned", 100).is_err());
         assert!(ws.write(&p("dirlink/new"), b"pwned", 100).is_err());
-        assert_eq!(
-            std::fs::read(outside.path().join("secret")).unwrap(),
-            b"host secret"
-        );
+        assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"host secret");
         assert!(!outside.path().join("new").exists());
         // Listing shows the link but does not descend into it.
-        let names: Vec<_> = ws
-            .list(&WorkspacePath::parse_dir("").unwrap())
-            .unwrap()
-            .into_iter()
-            .map(|e| e.path)
-            .collect();
+        let names: Vec<_> =
+            ws.list(&WorkspacePath::parse_dir("").unwrap()).unwrap().into_iter().map(|e| e.path).collect();
         assert_eq!(names, ["dirlink", "link"]);
     }
 

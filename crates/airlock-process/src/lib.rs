@@ -19,13 +19,9 @@ use std::time::Duration;
 use airlock_core::backend::{Canceller, EventSink};
 use airlock_core::paths::WorkspacePath;
 use airlock_core::units::format_size;
-use airlock_core::{
-    Backend, BackendKind, Cell, Error, FileEntry, Isolation, Outcome, Probe, Sandbox, SandboxSpec,
-};
+use airlock_core::{Backend, BackendKind, Cell, Error, FileEntry, Isolation, Outcome, Probe, Sandbox, SandboxSpec};
 use airlock_guest::host::{Guest, GuestMeta, GuestPipes};
-use airlock_guest::launch::{
-    CHANNEL_FD, ChildSupervisor, channel_pair, default_python, guest_env, shared_mpl_cache,
-};
+use airlock_guest::launch::{CHANNEL_FD, ChildSupervisor, channel_pair, default_python, guest_env, shared_mpl_cache};
 use airlock_guest::workspace::Workspace;
 use nix::sys::resource::{Resource, setrlimit};
 
@@ -40,9 +36,7 @@ pub struct ProcessBackend {
 
 impl Default for ProcessBackend {
     fn default() -> Self {
-        ProcessBackend {
-            python: default_python(),
-        }
+        ProcessBackend { python: default_python() }
     }
 }
 
@@ -60,7 +54,10 @@ impl ProcessBackend {
 
 /// The limits the `process` backend cannot enforce as asked, said once per outcome.
 fn warnings(spec: &SandboxSpec) -> Vec<String> {
-    let mut w = vec!["backend 'process' has NO isolation: the code ran as your user with access to your files and network".to_string()];
+    let mut w = vec![
+        "backend 'process' has NO isolation: the code ran as your user with access to your files and network"
+            .to_string(),
+    ];
     w.push(format!(
         "memory is limited by RLIMIT_DATA ({}), which counts reserved as well as used memory; only 'jail' and 'microvm' enforce limits.memory_bytes exactly",
         format_size(spec.limits.memory_bytes)
@@ -84,26 +81,15 @@ impl Backend for ProcessBackend {
     /// executable. `airlock doctor` runs a real sandbox on top of this.
     fn probe(&self) -> Probe {
         use std::os::unix::fs::PermissionsExt;
-        let fix = Some("install Python 3 (apt-get install python3) or set AIRLOCK_PYTHON to a working interpreter".to_string());
+        let fix = Some(
+            "install Python 3 (apt-get install python3) or set AIRLOCK_PYTHON to a working interpreter".to_string(),
+        );
         let (available, detail, fix) = match std::fs::metadata(&self.python) {
-            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => (
-                true,
-                format!(
-                    "runs {} as your user with rlimits only: NO isolation",
-                    self.python.display()
-                ),
-                None,
-            ),
-            Ok(_) => (
-                false,
-                format!("{} is not an executable file", self.python.display()),
-                fix,
-            ),
-            Err(e) => (
-                false,
-                format!("cannot use {}: {e}", self.python.display()),
-                fix,
-            ),
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
+                (true, format!("runs {} as your user with rlimits only: NO isolation", self.python.display()), None)
+            }
+            Ok(_) => (false, format!("{} is not an executable file", self.python.display()), fix),
+            Err(e) => (false, format!("cannot use {}: {e}", self.python.display()), fix),
         };
         Probe {
             backend: BackendKind::Process,
@@ -121,19 +107,13 @@ impl Backend for ProcessBackend {
             .tempdir()
             .map_err(|e| Error::io("creating the sandbox's working directory", e))?;
         let tmp = dir.path().join(".tmp");
-        std::fs::create_dir(&tmp)
-            .map_err(|e| Error::io("creating the sandbox's temporary directory", e))?;
+        std::fs::create_dir(&tmp).map_err(|e| Error::io("creating the sandbox's temporary directory", e))?;
         let workspace = Workspace::open(dir.path())?;
         let (host_end, guest_end) = channel_pair()?;
 
         let home = dir.path().to_string_lossy().into_owned();
         let mpl = shared_mpl_cache();
-        let env = guest_env(
-            &home,
-            &tmp.to_string_lossy(),
-            mpl.as_deref().and_then(|p| p.to_str()),
-            &spec.env,
-        );
+        let env = guest_env(&home, &tmp.to_string_lossy(), mpl.as_deref().and_then(|p| p.to_str()), &spec.env);
         let limits = spec.limits;
         let guest_raw = guest_end.as_raw_fd();
         let is_root = nix::unistd::geteuid().is_root();
@@ -154,9 +134,7 @@ impl Backend for ProcessBackend {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
                 if guest_raw == CHANNEL_FD {
                     let flags = libc::fcntl(CHANNEL_FD, libc::F_GETFD);
-                    if flags < 0
-                        || libc::fcntl(CHANNEL_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                    {
+                    if flags < 0 || libc::fcntl(CHANNEL_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 } else if libc::dup2(guest_raw, CHANNEL_FD) < 0 {
@@ -168,12 +146,8 @@ impl Backend for ProcessBackend {
                 set(Resource::RLIMIT_FSIZE, limits.file_bytes.max(1))?;
                 set(Resource::RLIMIT_DATA, limits.memory_bytes)?;
                 // The driver lowers the soft CPU limit per cell; the hard limit stays open.
-                setrlimit(
-                    Resource::RLIMIT_CPU,
-                    limits.cpu_ms.div_ceil(1000) + 1,
-                    libc::RLIM_INFINITY,
-                )
-                .map_err(std::io::Error::from)?;
+                setrlimit(Resource::RLIMIT_CPU, limits.cpu_ms.div_ceil(1000) + 1, libc::RLIM_INFINITY)
+                    .map_err(std::io::Error::from)?;
                 if !is_root {
                     // RLIMIT_NPROC counts every process of the user, not of this sandbox;
                     // it is only a backstop against fork bombs here.
@@ -198,16 +172,7 @@ impl Backend for ProcessBackend {
             memory_bytes: limits.memory_bytes,
             warnings: warnings(spec),
         };
-        let guest = Guest::connect(
-            GuestPipes {
-                channel: host_end,
-                stdout,
-                stderr,
-            },
-            sup,
-            meta,
-            STARTUP_TIMEOUT,
-        )?;
+        let guest = Guest::connect(GuestPipes { channel: host_end, stdout, stderr }, sup, meta, STARTUP_TIMEOUT)?;
         Ok(Box::new(ProcessSandbox {
             id: spec.id.clone(),
             guest,
@@ -275,8 +240,7 @@ impl ProcessSandbox {
         self.guest.supervisor().retire();
         if let Some(dir) = self.dir.take() {
             let path = dir.path().to_path_buf();
-            dir.close()
-                .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+            dir.close().map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
         }
         Ok(())
     }

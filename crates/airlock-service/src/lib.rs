@@ -1,0 +1,133 @@
+//! Airlock's service layer without a transport: which backends exist, how they are
+//! configured, and which one a request gets. The CLI, the HTTP server and the MCP
+//! server all go through a [`Registry`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use airlock_core::{Backend, BackendKind, Error, Probe};
+
+/// Settings every backend draws from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where airlock keeps its state (artifacts, the audit store, keys).
+    pub data_dir: PathBuf,
+    /// The Python interpreter native backends run.
+    pub python: PathBuf,
+}
+
+impl Config {
+    /// Defaults: `$AIRLOCK_DATA_DIR`, else `$XDG_DATA_HOME/airlock`, else
+    /// `~/.local/share/airlock`; the interpreter from [`airlock_guest::launch::default_python`].
+    pub fn from_env() -> Self {
+        Config { data_dir: default_data_dir(), python: airlock_guest::launch::default_python() }
+    }
+}
+
+/// Airlock's data directory (see [`Config::from_env`]).
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("AIRLOCK_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("airlock");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".local/share/airlock");
+    }
+    PathBuf::from("/var/lib/airlock")
+}
+
+/// The backends of this build, with cached probes.
+pub struct Registry {
+    config: Config,
+    backends: BTreeMap<BackendKind, Arc<dyn Backend>>,
+    probes: Mutex<BTreeMap<BackendKind, Probe>>,
+}
+
+impl Registry {
+    /// Every backend compiled into this build, configured from `config`.
+    pub fn new(config: Config) -> Self {
+        let mut backends: BTreeMap<BackendKind, Arc<dyn Backend>> = BTreeMap::new();
+        backends.insert(BackendKind::Process, Arc::new(airlock_process::ProcessBackend::new(config.python.clone())));
+        Registry { config, backends, probes: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// A registry with exactly these backends (tests, embedding).
+    pub fn with_backends(config: Config, list: Vec<Arc<dyn Backend>>) -> Self {
+        let backends = list.into_iter().map(|b| (b.kind(), b)).collect();
+        Registry { config, backends, probes: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The probe of one backend (cached after the first call).
+    pub fn probe(&self, kind: BackendKind) -> Option<Probe> {
+        let backend = self.backends.get(&kind)?;
+        let mut cache = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        Some(cache.entry(kind).or_insert_with(|| backend.probe()).clone())
+    }
+
+    /// Probes of every known backend, including those not compiled in.
+    pub fn probes(&self) -> Vec<Probe> {
+        BackendKind::ALL
+            .into_iter()
+            .map(|k| {
+                self.probe(k).unwrap_or_else(|| Probe {
+                    backend: k,
+                    isolation: isolation_of(k),
+                    available: false,
+                    detail: "not built into this airlock binary".into(),
+                    fix: Some("build airlock with this backend's crate".into()),
+                    checks: BTreeMap::new(),
+                })
+            })
+            .collect()
+    }
+
+    /// The backend a request gets: the named one if it works here, else the first
+    /// of [`BackendKind::PREFERENCE`] that works.
+    pub fn resolve(&self, wanted: Option<BackendKind>) -> Result<Arc<dyn Backend>, Error> {
+        match wanted {
+            Some(kind) => {
+                let backend = self.backends.get(&kind).ok_or_else(|| Error::Unavailable {
+                    backend: kind,
+                    reason: "not built into this airlock binary".into(),
+                    fix: None,
+                })?;
+                let probe = self.probe(kind).expect("backend exists");
+                if !probe.available {
+                    return Err(Error::Unavailable { backend: kind, reason: probe.detail, fix: probe.fix });
+                }
+                Ok(backend.clone())
+            }
+            None => {
+                for kind in BackendKind::PREFERENCE {
+                    if self.probe(kind).is_some_and(|p| p.available) {
+                        return Ok(self.backends[&kind].clone());
+                    }
+                }
+                Err(Error::Unavailable {
+                    backend: BackendKind::Process,
+                    reason: "no backend works on this host".into(),
+                    fix: Some("run `airlock doctor` to see why".into()),
+                })
+            }
+        }
+    }
+}
+
+/// The boundary each backend kind provides (for backends not compiled in).
+pub fn isolation_of(kind: BackendKind) -> airlock_core::Isolation {
+    use airlock_core::Isolation;
+    match kind {
+        BackendKind::Process => Isolation::None,
+        BackendKind::Jail => Isolation::Namespaces,
+        BackendKind::Wasm => Isolation::Wasm,
+        BackendKind::Microvm => Isolation::Vm,
+    }
+}

@@ -1,0 +1,294 @@
+//! `airlock bench`: the harness behind every performance figure airlock quotes.
+//!
+//! Each workload runs N times per backend and mode, and the baseline (a bare
+//! `python3 -c` of the same code with the same interpreter) runs N times in the same
+//! invocation, so every figure also appears as a ratio to a baseline measured under
+//! the same conditions. Medians, not means; min and p99 beside them.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use airlock_core::{BackendKind, Cell, ExecRequest, Language, Limits, SandboxSpec, Status, run_once};
+use airlock_service::{Config, Registry};
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+/// Arguments of `airlock bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Backends to measure (repeatable; default: every backend that works here).
+    #[arg(short = 'b', long = "backend", value_parser = super::backend_arg)]
+    backends: Vec<BackendKind>,
+    /// Workloads: print, pandas, cpu (repeatable; default: all that can run here).
+    #[arg(short = 'w', long = "workload")]
+    workloads: Vec<String>,
+    /// Iterations per row (after one warm-up run).
+    #[arg(short = 'n', long, default_value_t = 20)]
+    iterations: usize,
+    /// Modes: cold (fresh sandbox per run) and cell (runs in one live session).
+    #[arg(long = "mode", default_values_t = ["cold".to_string(), "cell".to_string()])]
+    modes: Vec<String>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The Python interpreter for native backends and the baseline.
+    #[arg(long, env = "AIRLOCK_PYTHON")]
+    python: Option<std::path::PathBuf>,
+}
+
+/// A named piece of code to time.
+struct Workload {
+    name: &'static str,
+    code: &'static str,
+    /// A module that must be importable by the baseline interpreter.
+    needs: Option<&'static str>,
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload { name: "print", code: "print(1)", needs: None },
+    Workload {
+        name: "pandas",
+        code: "import pandas as pd\ndf = pd.DataFrame({'A': [1, 2, 3], 'B': [4, 5, 6]})\ndf.A.sum()",
+        needs: Some("pandas"),
+    },
+    Workload { name: "cpu", code: "sum(i * i for i in range(1_000_000))", needs: None },
+];
+
+/// Statistics of one row, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Runs measured.
+    pub n: usize,
+    /// Fastest run.
+    pub min_ms: f64,
+    /// Median run.
+    pub median_ms: f64,
+    /// 99th percentile (nearest rank).
+    pub p99_ms: f64,
+    /// Runs per second, run one after another.
+    pub throughput_per_s: f64,
+}
+
+impl Stats {
+    /// Statistics of a set of durations.
+    pub fn of(samples: &[Duration], total: Duration) -> Stats {
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let n = ms.len();
+        let median = if n % 2 == 1 { ms[n / 2] } else { (ms[n / 2 - 1] + ms[n / 2]) / 2.0 };
+        let p99 = ms[((n as f64 * 0.99).ceil() as usize).clamp(1, n) - 1];
+        Stats { n, min_ms: ms[0], median_ms: median, p99_ms: p99, throughput_per_s: n as f64 / total.as_secs_f64() }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Serialize)]
+struct Row {
+    workload: String,
+    /// `baseline` for bare python3, else the backend.
+    target: String,
+    /// `cold` (fresh sandbox per run), `cell` (in a live session), or `process` (baseline).
+    mode: String,
+    #[serde(flatten)]
+    stats: Stats,
+    /// Median divided by the baseline's median for the same workload.
+    ratio_to_baseline: Option<f64>,
+}
+
+/// Runs `f` once to warm up, then `n` times, and returns the statistics.
+fn measure(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Stats> {
+    f()?;
+    let mut samples = Vec::with_capacity(n);
+    let total = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        f()?;
+        samples.push(t.elapsed());
+    }
+    Ok(Stats::of(&samples, total.elapsed()))
+}
+
+fn baseline(python: &std::path::Path, code: &str) -> anyhow::Result<()> {
+    let st = Command::new(python)
+        .args(["-c", code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !st.success() {
+        bail!("baseline `{} -c` failed ({st})", python.display());
+    }
+    Ok(())
+}
+
+fn importable(python: &std::path::Path, module: &str) -> bool {
+    Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn check(o: &airlock_core::Outcome) -> anyhow::Result<()> {
+    if o.status != Status::Ok {
+        bail!("{} on {}: {}\n{}", o.status, o.backend, o.reason.clone().unwrap_or_default(), o.stderr);
+    }
+    Ok(())
+}
+
+/// Runs `airlock bench`.
+pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
+    if a.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    let mut config = Config::from_env();
+    if let Some(p) = &a.python {
+        config.python = p.clone();
+    }
+    let python = config.python.clone();
+    let registry = Registry::new(config);
+    let backends: Vec<BackendKind> = if a.backends.is_empty() {
+        registry.probes().into_iter().filter(|p| p.available).map(|p| p.backend).collect()
+    } else {
+        a.backends.clone()
+    };
+    for m in &a.modes {
+        if m != "cold" && m != "cell" {
+            bail!("unknown mode '{m}': use cold or cell");
+        }
+    }
+    let selected: Vec<&Workload> = if a.workloads.is_empty() {
+        WORKLOADS.iter().collect()
+    } else {
+        a.workloads
+            .iter()
+            .map(|w| {
+                WORKLOADS.iter().find(|x| x.name == w).with_context(|| {
+                    format!(
+                        "unknown workload '{w}': use {}",
+                        WORKLOADS.iter().map(|x| x.name).collect::<Vec<_>>().join(", ")
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    for w in selected {
+        if let Some(m) = w.needs
+            && !importable(&python, m)
+        {
+            skipped.push(format!("{}: skipped: {} cannot import {m}", w.name, python.display()));
+            continue;
+        }
+        if !a.json {
+            eprintln!("measuring {} ...", w.name);
+        }
+        let base = measure(a.iterations, || baseline(&python, w.code))?;
+        let base_median = base.median_ms;
+        rows.push(Row {
+            workload: w.name.into(),
+            target: "baseline".into(),
+            mode: format!("{} -c", python.display()),
+            stats: base,
+            ratio_to_baseline: Some(1.0),
+        });
+        for &kind in &backends {
+            let backend = match registry.resolve(Some(kind)) {
+                Ok(b) => b,
+                Err(e) => {
+                    skipped.push(format!("{}/{kind}: skipped: {e}", w.name));
+                    continue;
+                }
+            };
+            let mut req = ExecRequest::python(w.code);
+            req.limits = Limits { timeout_ms: 120_000, cpu_ms: 120_000, ..Limits::default() };
+            for mode in &a.modes {
+                let stats = if mode == "cold" {
+                    measure(a.iterations, || check(&run_once(backend.as_ref(), &req, None, &mut |_| {})?))
+                } else {
+                    let mut sb = backend.create(&SandboxSpec::new(req.limits))?;
+                    let cell = Cell::new(Language::Python, w.code, &req.limits);
+                    let r = measure(a.iterations, || check(&sb.execute(&cell, &mut |_| {})?));
+                    sb.destroy()?;
+                    r
+                };
+                match stats {
+                    Ok(s) => {
+                        let ratio = s.median_ms / base_median;
+                        rows.push(Row {
+                            workload: w.name.into(),
+                            target: kind.to_string(),
+                            mode: mode.clone(),
+                            stats: s,
+                            ratio_to_baseline: Some(ratio),
+                        });
+                    }
+                    Err(e) => skipped.push(format!("{}/{kind}/{mode}: failed: {e:#}", w.name)),
+                }
+            }
+        }
+    }
+
+    if a.json {
+        let v = serde_json::json!({
+            "iterations": a.iterations,
+            "python": python,
+            "host": host_info(),
+            "rows": rows,
+            "skipped": skipped,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    println!("airlock bench — {} iterations per row after one warm-up; {}", a.iterations, host_info());
+    println!(
+        "{:<8} {:<10} {:<24} {:>9} {:>9} {:>9} {:>10} {:>8}",
+        "workload", "target", "mode", "min ms", "median", "p99", "runs/s", "ratio"
+    );
+    for r in &rows {
+        println!(
+            "{:<8} {:<10} {:<24} {:>9.2} {:>9.2} {:>9.2} {:>10.1} {:>7.2}x",
+            r.workload,
+            r.target,
+            r.mode,
+            r.stats.min_ms,
+            r.stats.median_ms,
+            r.stats.p99_ms,
+            r.stats.throughput_per_s,
+            r.ratio_to_baseline.unwrap_or(f64::NAN)
+        );
+    }
+    for s in &skipped {
+        println!("{s}");
+    }
+    println!("ratio = median / median of the baseline (bare `python3 -c` of the same code) measured in this run");
+    Ok(0)
+}
+
+fn host_info() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} CPUs, Linux {}", kernel.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_median_and_p99() {
+        let d: Vec<Duration> = [5, 1, 3, 2, 4].iter().map(|&m| Duration::from_millis(m)).collect();
+        let s = Stats::of(&d, Duration::from_millis(15));
+        assert_eq!(s.min_ms, 1.0);
+        assert_eq!(s.median_ms, 3.0);
+        assert_eq!(s.p99_ms, 5.0);
+        assert!((s.throughput_per_s - 333.33).abs() < 0.1);
+        let d: Vec<Duration> = [4, 1, 3, 2].iter().map(|&m| Duration::from_millis(m)).collect();
+        assert_eq!(Stats::of(&d, Duration::from_millis(10)).median_ms, 2.5);
+    }
+}

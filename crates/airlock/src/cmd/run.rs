@@ -1,0 +1,319 @@
+//! `airlock run`: one request, one fresh sandbox, output streamed live.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use airlock_core::backend::{Canceller, run_in};
+use airlock_core::units::format_size;
+use airlock_core::{
+    BackendKind, Event, ExecRequest, FileInput, Language, Limits, NetworkPolicy, Outcome, SandboxSpec, Status,
+};
+use airlock_service::{Config, Registry};
+use anyhow::{Context, bail};
+
+use crate::exit;
+
+/// Arguments of `airlock run`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = exit::HELP)]
+pub struct RunArgs {
+    /// The code to run.
+    #[arg(short = 'c', long = "code", value_name = "CODE", conflicts_with = "script")]
+    code: Option<String>,
+    /// A file with the code to run, or `-` for standard input.
+    #[arg(value_name = "FILE")]
+    script: Option<PathBuf>,
+    /// Backend: jail, wasm, microvm or process (default: the safest that works here).
+    #[arg(short = 'b', long, env = "AIRLOCK_BACKEND", value_parser = super::backend_arg)]
+    backend: Option<BackendKind>,
+    /// Language: python or bash (default: from the file's extension, else python).
+    #[arg(short = 'l', long = "lang", value_parser = super::language_arg)]
+    lang: Option<Language>,
+    /// Wall-clock limit, in seconds or with a unit (1, 0.5, 250ms, 2m). Default 30 s.
+    #[arg(short = 't', long, value_parser = super::duration_arg, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// CPU time limit (same units as --timeout). Default 30 s.
+    #[arg(long, value_parser = super::duration_arg, value_name = "SECONDS")]
+    cpu: Option<u64>,
+    /// Memory limit of the sandbox (128M, 1G). Default 512M.
+    #[arg(short = 'm', long, value_parser = super::size_arg, value_name = "SIZE")]
+    memory: Option<u64>,
+    /// Limit on stdout+stderr (64K, 1M). Default 1M.
+    #[arg(long = "output-limit", value_parser = super::size_arg, value_name = "SIZE")]
+    output_limit: Option<u64>,
+    /// Largest file the code may write, and the workspace size. Default 64M.
+    #[arg(long = "file-limit", value_parser = super::size_arg, value_name = "SIZE")]
+    file_limit: Option<u64>,
+    /// Processes and threads the sandbox may have. Default 64.
+    #[arg(long)]
+    processes: Option<u32>,
+    /// Copy a local file into the workspace (as REMOTE, default its file name). Repeatable.
+    #[arg(short = 'f', long = "file", value_name = "LOCAL[:REMOTE]")]
+    files: Vec<String>,
+    /// Copy a workspace file out after the run (to LOCAL, default its file name). Repeatable.
+    #[arg(short = 'o', long = "out", value_name = "REMOTE[:LOCAL]")]
+    outputs: Vec<String>,
+    /// An environment variable for the code. Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// A Python global defined before the code runs, as JSON (e.g. n=5, name='"x"'). Repeatable.
+    #[arg(long = "var", value_name = "NAME=JSON")]
+    vars: Vec<String>,
+    /// Network: none (default) or host.
+    #[arg(long, value_parser = super::network_arg, default_value = "none")]
+    network: NetworkPolicy,
+    /// Print the full outcome as JSON instead of streaming output.
+    #[arg(long)]
+    json: bool,
+    /// Save rich results (plots, ...) as files in this directory.
+    #[arg(long = "save-results", value_name = "DIR")]
+    save_results: Option<PathBuf>,
+    /// The Python interpreter for native backends (default: $AIRLOCK_PYTHON, /usr/bin/python3).
+    #[arg(long, env = "AIRLOCK_PYTHON")]
+    python: Option<PathBuf>,
+}
+
+/// Builds the request from the arguments, reading files as needed.
+fn build_request(a: &RunArgs) -> anyhow::Result<ExecRequest> {
+    let (code, guessed) = match (&a.code, &a.script) {
+        (Some(c), _) => (c.clone(), None),
+        (None, Some(p)) if p.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading code from standard input")?;
+            (s, None)
+        }
+        (None, Some(p)) => {
+            let s = std::fs::read_to_string(p).with_context(|| format!("cannot read code from '{}'", p.display()))?;
+            let lang = match p.extension().and_then(|e| e.to_str()) {
+                Some("sh") | Some("bash") => Some(Language::Bash),
+                _ => None,
+            };
+            (s, lang)
+        }
+        (None, None) => bail!("nothing to run: give code with -c CODE, a FILE, or - to read standard input"),
+    };
+    let mut req = ExecRequest::python(code);
+    req.language = a.lang.or(guessed).unwrap_or(Language::Python);
+    req.backend = a.backend;
+    req.network = a.network;
+    let d = Limits::default();
+    req.limits = Limits {
+        timeout_ms: a.timeout.unwrap_or(d.timeout_ms),
+        cpu_ms: a.cpu.unwrap_or(d.cpu_ms),
+        memory_bytes: a.memory.unwrap_or(d.memory_bytes),
+        processes: a.processes.unwrap_or(d.processes),
+        output_bytes: a.output_limit.unwrap_or(d.output_bytes),
+        file_bytes: a.file_limit.unwrap_or(d.file_bytes),
+        open_files: d.open_files,
+    };
+    for spec in &a.files {
+        let (local, remote) = match spec.split_once(':') {
+            Some((l, r)) => (PathBuf::from(l), r.to_string()),
+            None => {
+                let p = PathBuf::from(spec);
+                let name = p
+                    .file_name()
+                    .with_context(|| format!("--file '{spec}' names no file"))?
+                    .to_string_lossy()
+                    .into_owned();
+                (p, name)
+            }
+        };
+        let bytes = std::fs::read(&local).with_context(|| format!("--file: cannot read '{}'", local.display()))?;
+        req.files.push(FileInput::binary(remote, &bytes));
+    }
+    for spec in &a.outputs {
+        let remote = spec.split_once(':').map(|(r, _)| r).unwrap_or(spec);
+        req.outputs.push(remote.to_string());
+    }
+    for kv in &a.env {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--env '{kv}' is not KEY=VALUE"))?;
+        req.env.insert(k.to_string(), v.to_string());
+    }
+    for kv in &a.vars {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--var '{kv}' is not NAME=JSON"))?;
+        let value: serde_json::Value = serde_json::from_str(v)
+            .with_context(|| format!("--var {k}: '{v}' is not JSON (quote strings: {k}='\"text\"')"))?;
+        req.global_variables.insert(k.to_string(), value);
+    }
+    req.validate(&Limits::generous_max())?;
+    Ok(req)
+}
+
+/// The running sandbox's canceller, for Ctrl-C.
+static CANCEL: Mutex<Option<Canceller>> = Mutex::new(None);
+
+fn install_ctrlc() {
+    let _ = ctrlc::set_handler(|| {
+        let c = CANCEL.lock().ok().and_then(|g| g.clone());
+        match c {
+            Some(cancel) => cancel(),
+            None => std::process::exit(130),
+        }
+    });
+}
+
+/// Runs `airlock run`.
+pub fn main(a: RunArgs) -> anyhow::Result<i32> {
+    let req = build_request(&a)?;
+    let mut config = Config::from_env();
+    if let Some(p) = &a.python {
+        config.python = p.clone();
+    }
+    let registry = Registry::new(config);
+    let backend = registry.resolve(req.backend)?;
+    install_ctrlc();
+
+    let started = Instant::now();
+    let spec = SandboxSpec { env: req.env.clone(), network: req.network, ..SandboxSpec::new(req.limits) };
+    let mut sandbox = backend.create(&spec)?;
+    if let Ok(mut g) = CANCEL.lock() {
+        *g = sandbox.canceller();
+    }
+
+    let json = a.json;
+    let saved = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut n_results = 0usize;
+    let save_dir = a.save_results.clone();
+    let saved_in = saved.clone();
+    let mut on_event = |ev: Event| {
+        if json {
+            return;
+        }
+        match ev {
+            Event::Stdout { text } => {
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(text.as_bytes());
+                let _ = o.flush();
+            }
+            Event::Stderr { text } => {
+                let mut e = std::io::stderr().lock();
+                let _ = e.write_all(text.as_bytes());
+                let _ = e.flush();
+            }
+            Event::Result { result } => {
+                n_results += 1;
+                if let Some(dir) = &save_dir
+                    && let Some(name) = save_result(dir, n_results, &result)
+                {
+                    saved_in.lock().unwrap_or_else(|p| p.into_inner()).push(name);
+                }
+                if result.is_main_result {
+                    if let Some(t) = result.text() {
+                        println!("{t}");
+                    }
+                } else {
+                    let kinds: Vec<&str> =
+                        result.data.keys().filter(|k| *k != "text/plain").map(|s| s.as_str()).collect();
+                    if kinds.is_empty() {
+                        if let Some(t) = result.text() {
+                            println!("{t}");
+                        }
+                    } else if save_dir.is_none() {
+                        eprintln!("[result: {} — use --save-results DIR or --json to get it]", kinds.join(", "));
+                    }
+                }
+            }
+            Event::Error { error } if !error.traceback.is_empty() => {
+                let mut e = std::io::stderr().lock();
+                let _ = e.write_all(error.traceback.as_bytes());
+                if !error.traceback.ends_with('\n') {
+                    let _ = e.write_all(b"\n");
+                }
+            }
+            Event::Error { .. } => {}
+        }
+    };
+    let result = run_in(sandbox.as_mut(), &req, None, started, &mut on_event);
+    if let Ok(mut g) = CANCEL.lock() {
+        *g = None;
+    }
+    let destroyed = sandbox.destroy();
+    let outcome = result?;
+    if let Err(e) = destroyed {
+        tracing::warn!("cleaning up the sandbox failed: {e}");
+    }
+    write_outputs(&a, &outcome)?;
+
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        for name in saved.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            eprintln!("[saved {name}]");
+        }
+        status_line(&outcome, started.elapsed().as_millis() as u64);
+    }
+    Ok(exit::for_outcome(&outcome))
+}
+
+/// Saves files fetched with `--out`.
+fn write_outputs(a: &RunArgs, o: &Outcome) -> anyhow::Result<()> {
+    for (spec, file) in a.outputs.iter().zip(&o.files) {
+        let local = match spec.split_once(':') {
+            Some((_, l)) => PathBuf::from(l),
+            None => PathBuf::from(file.path.rsplit('/').next().unwrap_or(&file.path)),
+        };
+        match &file.content_base64 {
+            Some(b64) => {
+                let bytes = airlock_core::outcome::base64_decode(b64).context("decoding an output file")?;
+                std::fs::write(&local, bytes).with_context(|| format!("writing '{}'", local.display()))?;
+                if !a.json {
+                    eprintln!("[copied {} -> {}]", file.path, local.display());
+                }
+            }
+            None => eprintln!(
+                "airlock: could not copy '{}': {}",
+                file.path,
+                file.error.as_deref().unwrap_or("unknown error")
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn save_result(dir: &std::path::Path, n: usize, r: &airlock_core::ResultBundle) -> Option<String> {
+    let _ = std::fs::create_dir_all(dir);
+    for (mime, ext) in [("image/png", "png"), ("image/jpeg", "jpg"), ("image/svg+xml", "svg"), ("text/html", "html")] {
+        let Some(v) = r.data.get(mime).and_then(|v| v.as_str()) else { continue };
+        let bytes = if ext == "png" || ext == "jpg" {
+            airlock_core::outcome::base64_decode(v).ok()?
+        } else {
+            v.as_bytes().to_vec()
+        };
+        let path = dir.join(format!("result-{n}.{ext}"));
+        std::fs::write(&path, bytes).ok()?;
+        return Some(path.display().to_string());
+    }
+    None
+}
+
+/// The one-line summary printed after the run.
+fn status_line(o: &Outcome, total_ms: u64) {
+    let color = std::io::stderr().is_terminal();
+    let (on, off) = match (color, o.status) {
+        (false, _) => ("", ""),
+        (true, Status::Ok) => ("\x1b[32m", "\x1b[0m"),
+        (true, _) => ("\x1b[31m", "\x1b[0m"),
+    };
+    let iso = if o.backend == BackendKind::Process { " (NO ISOLATION)".to_string() } else { String::new() };
+    let mut line = format!("{on}airlock: {}{off}", o.status);
+    if let Some(r) = &o.reason
+        && (o.status != Status::Error || o.error.as_ref().is_none_or(|e| e.traceback.is_empty()))
+    {
+        line.push_str(&format!(" — {r}"));
+    }
+    line.push_str(&format!(
+        " · {}{iso} · {} ms (run {} ms) · cpu {} ms · peak {}",
+        o.backend,
+        total_ms,
+        o.usage.wall_ms,
+        o.usage.cpu_ms,
+        format_size(o.usage.peak_memory_bytes)
+    ));
+    if o.stdout_truncated || o.stderr_truncated {
+        line.push_str(" · output truncated");
+    }
+    eprintln!("{line}");
+}
