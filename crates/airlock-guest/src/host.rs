@@ -137,6 +137,9 @@ enum End {
         memory_error: bool,
     },
     Died(ExitInfo),
+    /// An agent inside the sandbox reported the interpreter's end (`exited` frame);
+    /// the flag says whether the guest kernel's OOM killer ran.
+    Exited(ExitInfo, bool),
     Cancelled,
     Protocol(String),
 }
@@ -568,6 +571,11 @@ impl<S: Supervisor> Guest<S> {
                         }
                         break;
                     }
+                    Ok(Some(GuestFrame::Exited { code, signal, oom_kill })) => {
+                        let e = ExitInfo { code, signal, ..ExitInfo::default() };
+                        finished = Some(End::Exited(e, oom_kill));
+                        break;
+                    }
                     Ok(Some(GuestFrame::Hello { .. })) => {
                         finished = Some(End::Protocol("unexpected hello".into()));
                         break;
@@ -617,14 +625,14 @@ impl<S: Supervisor> Guest<S> {
         }
 
         let exit = match &end {
-            End::Died(e) => *e,
+            End::Died(e) | End::Exited(e, _) => *e,
             End::Cancelled | End::Protocol(_) => {
                 self.alive = false;
                 self.sup.wait(Duration::from_secs(2)).unwrap_or_default()
             }
             End::Done { .. } => ExitInfo::default(),
         };
-        if matches!(end, End::Died(_)) {
+        if matches!(end, End::Died(_) | End::Exited(..)) {
             self.alive = false;
         }
         outcome.stdout = String::from_utf8_lossy(&out.bytes).into_owned();
@@ -697,7 +705,18 @@ impl<S: Supervisor> Guest<S> {
                 self.alive = false;
                 (Status::Killed, Some(format!("the guest broke the airlock protocol ({p}); the sandbox was killed")))
             }
-            End::Died(e) => {
+            End::Exited(e, true) => {
+                o.exit_code = e.code;
+                o.signal = e.signal;
+                (
+                    Status::MemoryLimit,
+                    Some(format!(
+                        "the sandbox ran out of memory: the guest kernel's OOM killer ended the interpreter under the {} limit (limits.memory_bytes)",
+                        format_size(self.meta.memory_bytes)
+                    )),
+                )
+            }
+            End::Died(e) | End::Exited(e, false) => {
                 o.exit_code = e.code;
                 o.signal = e.signal;
                 if let Some((s, r)) = self.sup.explain_death(&e) {
