@@ -115,6 +115,7 @@ struct State<'a> {
     attach: Option<AgentRequest>,
     attached: bool,
     configure_pending: bool,
+    ready_sent: bool,
     shutting_down: bool,
     workspace: Workspace,
     oom_before: u64,
@@ -244,6 +245,7 @@ pub fn serve(port: OwnedFd, cfg: &ServeConfig) -> Result<ServeEnd, String> {
         attach: None,
         attached: false,
         configure_pending: false,
+        ready_sent: false,
         shutting_down: false,
         workspace,
         oom_before: oom_kills(),
@@ -343,7 +345,10 @@ impl State<'_> {
                         self.handle_host_frames()?;
                     }
                     Ok(None) => {
-                        if !self.cfg.in_vm {
+                        if !self.cfg.in_vm || self.attached {
+                            // The host went away (outside a VM the socket closed; inside,
+                            // QEMU's end of an attached port did): nobody will collect
+                            // this sandbox, so stop.
                             self.kill_driver();
                             return Ok(ServeEnd::HostGone);
                         }
@@ -467,6 +472,11 @@ impl State<'_> {
                 self.hello = Some(frame);
                 if let Some(a) = self.attach.take() {
                     self.do_attach(a);
+                } else if !self.ready_sent {
+                    // Tells a cold-booting host that the guest is idle and may be
+                    // snapshotted; restored clones never send it again.
+                    self.ready_sent = true;
+                    self.queue_host(encode(&serde_json::json!({"type": "ready"})));
                 }
                 continue;
             }
