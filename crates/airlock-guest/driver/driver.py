@@ -69,11 +69,20 @@ loads, dumps = _make_json()
 # ---- the channel ----
 
 class Channel:
-    """Length-prefixed JSON frames over a file descriptor (a socket or a pipe pair)."""
+    """Length-prefixed JSON frames over a file descriptor (a socket or a pipe pair).
+
+    Python-level output (sys.stdout / sys.stderr) travels as "stream" frames on the
+    same channel, line-buffered, so its order relative to results is exact. Output
+    written to the file descriptors directly (C code, child processes) reaches the
+    host through the process's own fds 1 and 2.
+    """
 
     def __init__(self, rfd, wfd):
         self.rfd = rfd
         self.wfd = wfd
+        self._pending = []
+        self._pending_len = 0
+        self._pending_name = None
         try:
             import _thread
 
@@ -94,20 +103,101 @@ class Channel:
         n = int.from_bytes(self._read_exact(4), "big")
         return loads(self._read_exact(n).decode("utf-8"))
 
-    def send(self, obj):
+    def _write(self, obj):
         data = dumps(obj).encode("utf-8")
-        frame = len(data).to_bytes(4, "big") + data
+        view = memoryview(len(data).to_bytes(4, "big") + data)
+        while view:
+            n = os.write(self.wfd, view)
+            view = view[n:]
+
+    def _flush_locked(self):
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending = []
+            self._pending_len = 0
+            self._write({"type": "stream", "name": self._pending_name, "text": text})
+
+    def _locked(self, fn, *args):
         lock = self._lock
         if lock is not None:
             lock.acquire()
         try:
-            view = memoryview(frame)
-            while view:
-                n = os.write(self.wfd, view)
-                view = view[n:]
+            return fn(*args)
         finally:
             if lock is not None:
                 lock.release()
+
+    def _stream_locked(self, name, text):
+        if self._pending and self._pending_name != name:
+            self._flush_locked()
+        self._pending_name = name
+        self._pending.append(text)
+        self._pending_len += len(text)
+        if "\n" in text or self._pending_len >= 8192:
+            self._flush_locked()
+
+    def _send_locked(self, obj):
+        self._flush_locked()
+        self._write(obj)
+
+    def stream(self, name, text):
+        """Queues output text; sent at a newline, at 8 KiB, or before any other frame."""
+        self._locked(self._stream_locked, name, text)
+
+    def flush_streams(self):
+        self._locked(self._flush_locked)
+
+    def send(self, obj):
+        self._locked(self._send_locked, obj)
+
+
+def _make_writer_class():
+    import io
+
+    class StreamWriter(io.TextIOBase):
+        """sys.stdout / sys.stderr for user code: text goes to the channel as stream frames."""
+
+        def __init__(self, channel, name, original):
+            self._channel = channel
+            self._name = name
+            self._original = original
+
+        def write(self, s):
+            if not isinstance(s, str):
+                raise TypeError("write() argument must be str, not %s" % type(s).__name__)
+            if s:
+                self._channel.stream(self._name, s)
+            return len(s)
+
+        def writable(self):
+            return True
+
+        def flush(self):
+            self._channel.flush_streams()
+
+        def fileno(self):
+            return self._original.fileno()
+
+        def isatty(self):
+            return False
+
+        @property
+        def encoding(self):
+            return "utf-8"
+
+        @property
+        def errors(self):
+            return "strict"
+
+        @property
+        def buffer(self):
+            return self._original.buffer
+
+        @property
+        def name(self):
+            return "<%s>" % self._name
+
+    return StreamWriter
 
 
 # ---- rich representations (what Jupyter and E2B return) ----
@@ -369,6 +459,7 @@ class Driver:
     def _run_bash(self, code):
         import subprocess
 
+        self.ch.flush_streams()
         self.running = True
         try:
             p = subprocess.Popen(["bash", "-c", code], stdin=subprocess.DEVNULL)
@@ -431,7 +522,7 @@ class Driver:
             self._flush_figures()
         except BaseException as e:  # e.g. an interrupt while rendering
             self.ch.send({"type": "result", "data": {"text/plain": "<figures not rendered: %s>" % type(e).__name__}, "main": False})
-        for f in (sys.stdout, sys.stderr):
+        for f in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             try:
                 f.flush()
             except Exception:
@@ -487,12 +578,16 @@ def main(argv):
     sys.argv = [""]
     if workspace not in sys.path:
         sys.path.insert(0, workspace)
-    _driver = Driver(Channel(rfd, wfd), workspace)
+    channel = Channel(rfd, wfd)
+    _driver = Driver(channel, workspace)
+    writer = _make_writer_class()
+    sys.stdout = writer(channel, "stdout", sys.__stdout__)
+    sys.stderr = writer(channel, "stderr", sys.__stderr__)
     signal.signal(signal.SIGINT, _on_sigint)
     return _driver.serve()
 
 
 if __name__ == "__main__":
-    # Started as `python -c BOOTSTRAP DRIVER_SOURCE FD...` (see driver_args in lib.rs):
-    # argv is ['-c', source, fd, ...].
-    sys.exit(main(sys.argv[2:]))
+    # Started as `python -c BOOTSTRAP [DRIVER_SOURCE] FD [FD]` (see driver_args in
+    # lib.rs): the channel's fds are the trailing numeric arguments.
+    sys.exit(main([a for a in sys.argv[1:] if a.isdigit()]))
