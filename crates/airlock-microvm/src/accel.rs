@@ -124,29 +124,31 @@ pub fn choose(art: &Artifacts, forced: Option<Accel>) -> AccelChoice {
         return c.choice;
     }
     let t = Instant::now();
-    let choice = match probe_kvm(art) {
-        Ok(ms) => AccelChoice { accel: Accel::Kvm, detail: format!("a KVM guest booted to the agent in {ms} ms") },
-        Err(why) => AccelChoice { accel: Accel::Tcg, detail: format!("KVM probe failed: {why}") },
+    let (choice, definitive) = match probe_kvm(art) {
+        Ok(ms) => (AccelChoice { accel: Accel::Kvm, detail: format!("a KVM guest booted to the agent in {ms} ms") }, true),
+        Err((why, definitive)) => (AccelChoice { accel: Accel::Tcg, detail: format!("KVM probe failed: {why}") }, definitive),
     };
     let probe_ms = t.elapsed().as_millis() as u64;
     tracing::info!(probe_ms, accel = choice.accel.as_str(), "microvm: KVM probe: {}", choice.detail);
     let cached = Cached { boot_id: boot_id(), qemu: qemu_version(), agent, choice: choice.clone(), probe_ms };
-    if let Ok(bytes) = serde_json::to_vec_pretty(&cached) {
+    // Only a guest that booted or hung says something lasting about KVM; a host
+    // fault (QEMU not starting) is tried again next time.
+    if definitive && let Ok(bytes) = serde_json::to_vec_pretty(&cached) {
         let _ = std::fs::write(&cache_path, bytes);
     }
     choice
 }
 
 /// Boots the real guest under KVM and waits (bounded) for the agent.
-fn probe_kvm(art: &Artifacts) -> Result<u64, String> {
+fn probe_kvm(art: &Artifacts) -> Result<u64, (String, bool)> {
     if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-        return Err(format!("cannot open /dev/kvm: {e}"));
+        return Err((format!("cannot open /dev/kvm: {e}"), true));
     }
-    art.ensure_initrd().map_err(|e| e.to_string())?;
+    art.ensure_initrd().map_err(|e| (e.to_string(), false))?;
     let shape = VmShape { accel: Accel::Kvm, memory_mib: 256, vcpus: 1, tsc_khz: host_tsc_khz() };
     let t = Instant::now();
     let mut vm = vm::launch(art, &shape, Boot::Cold, &format!("kvm-probe-{}", std::process::id()))
-        .map_err(|e| format!("QEMU did not start with KVM: {e}"))?;
+        .map_err(|e| (format!("QEMU did not start with KVM: {e}"), false))?;
     let r = vm.wait_ready(KVM_PROBE_TIMEOUT);
     let _ = nix::sys::signal::kill(vm.pid, nix::sys::signal::Signal::SIGKILL);
     let _ = nix::sys::wait::waitpid(vm.pid, None);
@@ -156,12 +158,12 @@ fn probe_kvm(art: &Artifacts) -> Result<u64, String> {
             let console = std::fs::read_to_string(vm.run_dir.path().join("console.log")).unwrap_or_default();
             let progressed = !console.trim().is_empty();
             let first = e.to_string().lines().next().unwrap_or("").to_string();
-            Err(format!(
+            Err((format!(
                 "the guest did not reach the agent within {} s ({}; {})",
                 KVM_PROBE_TIMEOUT.as_secs(),
                 first.trim_start_matches("host error: "),
                 if progressed { "the kernel printed something, then stalled" } else { "the kernel printed nothing: it hangs early (nested virtualisation)" }
-            ))
+            ), true))
         }
     }
 }

@@ -262,6 +262,13 @@ pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, Error> {
     if !payload.starts_with(b"\xfd7zXZ\x00") {
         return Err(bad("the payload is not xz-compressed (only xz is supported, as Debian uses)"));
     }
+    // The kernel build appends the uncompressed size (4 bytes) after the xz stream,
+    // which ends with the footer magic "YZ".
+    let payload = if payload.len() > 6 && &payload[payload.len() - 6..payload.len() - 4] == b"YZ" {
+        &payload[..payload.len() - 4]
+    } else {
+        payload
+    };
     let mut out = Vec::new();
     xz2::read::XzDecoder::new(payload).read_to_end(&mut out).map_err(|e| bad(&format!("xz: {e}")))?;
     if !out.starts_with(b"\x7fELF") {
@@ -422,7 +429,7 @@ pub fn setup(art: &Artifacts, opts: &SetupOptions, progress: &mut dyn FnMut(&str
 }
 
 fn chroot_output(rootfs: &Path, args: &[&str]) -> Result<String, Error> {
-    let out = Command::new("chroot")
+    let out = Command::new("/usr/sbin/chroot")
         .arg(rootfs)
         .args(args)
         .env_clear()
@@ -458,7 +465,7 @@ fn fetch_kernel(rootfs: &Path, work: &Path, art: &Artifacts) -> Result<(String, 
     let _ = std::fs::remove_dir_all(rootfs.join("tmp/kernel"));
     std::fs::create_dir_all(rootfs.join("tmp/kernel")).map_err(|e| Error::io("creating tmp/kernel", e))?;
     run(
-        Command::new("chroot").arg(rootfs).args(["sh", "-c", &format!("cd /tmp/kernel && apt-get download {pkg}")]),
+        Command::new("/usr/sbin/chroot").arg(rootfs).args(["sh", "-c", &format!("cd /tmp/kernel && apt-get download {pkg}")]),
         "downloading the kernel package",
         &work.join("kernel-download.log"),
     )?;
@@ -534,7 +541,7 @@ fn customize(rootfs: &Path, work: &Path) -> Result<(), Error> {
     let _ = std::fs::remove_dir_all(rootfs.join(mpl));
     std::fs::create_dir_all(rootfs.join(mpl)).map_err(|e| Error::io("creating the matplotlib cache dir", e))?;
     run(
-        Command::new("chroot")
+        Command::new("/usr/sbin/chroot")
             .arg(rootfs)
             .args([
                 "/usr/bin/python3",

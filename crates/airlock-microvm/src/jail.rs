@@ -129,7 +129,7 @@ struct Strings {
 }
 
 /// Failure steps reported by the child (for the error message).
-const STEPS: [&str; 14] = [
+const STEPS: [&str; 16] = [
     "waiting for the parent",
     "setsid",
     "making mounts private",
@@ -144,6 +144,8 @@ const STEPS: [&str; 14] = [
     "arranging descriptors",
     "setting no_new_privs",
     "exec",
+    "creating the jail's directories",
+    "switching to the mapped identity",
 ];
 
 /// The child's side. Only async-signal-safe calls on prepared data.
@@ -164,6 +166,13 @@ fn child(p: &Prepared) -> isize {
         if libc::setsid() < 0 {
             return fail(1);
         }
+        // Become the namespace's root, i.e. the mapped host identity: until now we
+        // still carry the parent's host credentials. Supplementary groups are dropped
+        // where the parent was allowed to leave setgroups enabled (it was root).
+        libc::setgroups(0, std::ptr::null());
+        if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+            return fail(15);
+        }
         let s = &p.s;
         let null = std::ptr::null::<libc::c_char>();
         if libc::mount(null, s.slash.as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
@@ -183,7 +192,9 @@ fn child(p: &Prepared) -> isize {
             return fail(3);
         }
         for d in [&s.usr_dst, &s.proc_dst, &s.dev_dir, &s.old] {
-            libc::mkdir(d.as_ptr(), 0o755);
+            if libc::mkdir(d.as_ptr(), 0o755) != 0 {
+                return fail(14);
+            }
         }
         if libc::mount(s.usr_src.as_ptr(), s.usr_dst.as_ptr(), null, libc::MS_BIND | libc::MS_REC, std::ptr::null())
             != 0
@@ -207,13 +218,8 @@ fn child(p: &Prepared) -> isize {
                 return fail(6);
             }
         }
-        if libc::syscall(libc::SYS_pivot_root, s.dot.as_ptr(), s.old.as_ptr()) != 0 {
-            return fail(7);
-        }
-        if libc::chdir(s.slash.as_ptr()) != 0 || libc::umount2(s.old_abs.as_ptr(), libc::MNT_DETACH) != 0 {
-            return fail(8);
-        }
-        libc::rmdir(s.old_abs.as_ptr());
+        // A fresh /proc for the new PID namespace; mounted while the host's /proc is
+        // still visible (the kernel only lets a user namespace mount proc then).
         if libc::mount(
             s.proc_.as_ptr(),
             s.proc_dst.as_ptr(),
@@ -224,6 +230,13 @@ fn child(p: &Prepared) -> isize {
         {
             return fail(9);
         }
+        if libc::syscall(libc::SYS_pivot_root, s.dot.as_ptr(), s.old.as_ptr()) != 0 {
+            return fail(7);
+        }
+        if libc::chdir(s.slash.as_ptr()) != 0 || libc::umount2(s.old_abs.as_ptr(), libc::MNT_DETACH) != 0 {
+            return fail(8);
+        }
+        libc::rmdir(s.old_abs.as_ptr());
         if libc::mount(
             null,
             s.slash.as_ptr(),
@@ -347,7 +360,10 @@ pub fn spawn(spec: JailSpec, cgroup: Option<&Cgroup>) -> Result<Jailed, Error> {
         HostIdentity::Root => (0, 0),
     };
     let proc_dir = format!("/proc/{}", pid.as_raw());
-    let _ = std::fs::write(format!("{proc_dir}/setgroups"), "deny");
+    if !nix::unistd::geteuid().is_root() {
+        // Required before an unprivileged gid_map write.
+        let _ = std::fs::write(format!("{proc_dir}/setgroups"), "deny");
+    }
     if let Err(e) = std::fs::write(format!("{proc_dir}/uid_map"), format!("0 {uid} 1")) {
         return Err(abort(format!("mapping QEMU's user namespace (uid {uid}): {e}")));
     }
