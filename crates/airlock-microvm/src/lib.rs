@@ -309,8 +309,17 @@ impl Backend for MicrovmBackend {
             memory_bytes: limits.memory_bytes,
             warnings: warnings(&accel, &vm),
         };
-        let guest = Guest::connect(GuestPipes { channel, stdout: out_r, stderr: err_r }, sup, meta, ATTACH_TIMEOUT)
-            .map_err(|e| Error::host(format!("{e}{}", vm::log_tail(vm.run_dir.path(), "console.log"))))?;
+        let guest = match Guest::connect(GuestPipes { channel, stdout: out_r, stderr: err_r }, sup, meta, ATTACH_TIMEOUT) {
+            Ok(g) => g,
+            Err(e) => {
+                let status = vm.qmp.status().unwrap_or_else(|e| e.to_string());
+                return Err(Error::host(format!(
+                    "{e} (VM state: {status}){}{}",
+                    vm::log_tail(vm.run_dir.path(), "qemu.log"),
+                    vm::log_tail(vm.run_dir.path(), "console.log")
+                )));
+            }
+        };
         tracing::info!(
             sandbox = %spec.id,
             ms = started.elapsed().as_millis() as u64,

@@ -233,7 +233,13 @@ pub fn launch(art: &Artifacts, shape: &VmShape, boot: Boot, name: &str) -> Resul
             return Err(Error::host(format!("{e}{}", log_tail(run_dir.path(), "qemu.log"))));
         }
     };
-    Ok(Vm { pid: jailed.pid, qmp, channel: Some(chan_host), cgroup, run_dir, cgroup_error })
+    let mut vm = Vm { pid: jailed.pid, qmp, channel: Some(chan_host), cgroup, run_dir, cgroup_error };
+    if restore && let Err(e) = vm.resume_restored(Duration::from_secs(60)) {
+        let _ = kill(vm.pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(vm.pid, None);
+        return Err(Error::host(format!("{e}{}", log_tail(vm.run_dir.path(), "qemu.log"))));
+    }
+    Ok(vm)
 }
 
 /// Who QEMU runs as under KVM: unprivileged when that identity can open `/dev/kvm`
@@ -265,6 +271,28 @@ pub fn log_tail(dir: &Path, name: &str) -> String {
 }
 
 impl Vm {
+    /// Waits for the incoming state to load, then starts the VM (the snapshot was
+    /// taken of a paused VM, so QEMU leaves it paused).
+    fn resume_restored(&mut self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.qmp.status()?;
+            match st.as_str() {
+                "inmigrate" => {}
+                "running" => return Ok(()),
+                "paused" | "postmigrate" | "prelaunch" => {
+                    self.qmp.execute("cont", None, Duration::from_secs(10))?;
+                    return Ok(());
+                }
+                other => return Err(Error::host(format!("the restored VM is in state '{other}'"))),
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::host("loading the VM snapshot took too long"));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Waits for the agent's unsolicited `ready` frame after a cold boot.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), Error> {
         let chan = self.channel.as_ref().ok_or_else(|| Error::host("the channel was handed over"))?;
