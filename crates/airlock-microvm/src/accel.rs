@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::image::Artifacts;
-use crate::vm::{self, Accel, Boot, VmShape};
+use crate::vm::{self, Accel, Boot, KvmCpu, VmShape};
 
 /// How long a KVM guest may take to boot to the agent before KVM is declared unusable.
 pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -20,8 +20,17 @@ pub struct AccelChoice {
     /// KVM or TCG.
     #[serde(with = "accel_serde")]
     pub accel: Accel,
+    /// The CPU model that booted under KVM.
+    #[serde(default)]
+    pub kvm_cpu: KvmCpu,
     /// Why, in a sentence.
     pub detail: String,
+}
+
+impl AccelChoice {
+    fn tcg(detail: impl Into<String>) -> Self {
+        AccelChoice { accel: Accel::Tcg, kvm_cpu: KvmCpu::Host, detail: detail.into() }
+    }
 }
 
 mod accel_serde {
@@ -103,15 +112,19 @@ pub fn host_tsc_khz() -> u64 {
 pub fn choose(art: &Artifacts, forced: Option<Accel>) -> AccelChoice {
     match forced {
         Some(Accel::Tcg) => {
-            return AccelChoice { accel: Accel::Tcg, detail: "TCG forced by AIRLOCK_MICROVM_ACCEL=tcg".into() };
+            return AccelChoice::tcg("TCG forced by AIRLOCK_MICROVM_ACCEL=tcg");
         }
         Some(Accel::Kvm) => {
-            return AccelChoice { accel: Accel::Kvm, detail: "KVM forced by AIRLOCK_MICROVM_ACCEL=kvm (not probed)".into() };
+            return AccelChoice {
+                accel: Accel::Kvm,
+                kvm_cpu: KvmCpu::Host,
+                detail: "KVM forced by AIRLOCK_MICROVM_ACCEL=kvm (not probed)".into(),
+            };
         }
         None => {}
     }
     if !Path::new("/dev/kvm").exists() {
-        return AccelChoice { accel: Accel::Tcg, detail: "no /dev/kvm on this host".into() };
+        return AccelChoice::tcg("no /dev/kvm on this host");
     }
     let cache_path = art.dir.join("kvm-probe.json");
     let agent = crate::image::agent_sha256();
@@ -125,8 +138,15 @@ pub fn choose(art: &Artifacts, forced: Option<Accel>) -> AccelChoice {
     }
     let t = Instant::now();
     let (choice, definitive) = match probe_kvm(art) {
-        Ok(ms) => (AccelChoice { accel: Accel::Kvm, detail: format!("a KVM guest booted to the agent in {ms} ms") }, true),
-        Err((why, definitive)) => (AccelChoice { accel: Accel::Tcg, detail: format!("KVM probe failed: {why}") }, definitive),
+        Ok((ms, kvm_cpu)) => (
+            AccelChoice {
+                accel: Accel::Kvm,
+                kvm_cpu,
+                detail: format!("a KVM guest (-cpu {}) booted to the agent in {ms} ms", kvm_cpu.as_arg()),
+            },
+            true,
+        ),
+        Err((why, definitive)) => (AccelChoice::tcg(format!("KVM probe failed: {why}")), definitive),
     };
     let probe_ms = t.elapsed().as_millis() as u64;
     tracing::info!(probe_ms, accel = choice.accel.as_str(), "microvm: KVM probe: {}", choice.detail);
@@ -139,31 +159,50 @@ pub fn choose(art: &Artifacts, forced: Option<Accel>) -> AccelChoice {
     choice
 }
 
-/// Boots the real guest under KVM and waits (bounded) for the agent.
-fn probe_kvm(art: &Artifacts) -> Result<u64, (String, bool)> {
+/// Boots the real guest under KVM and waits (bounded) for the agent. Tries `-cpu
+/// host`, then `-cpu host,-arch-capabilities` if QEMU cannot even start with the
+/// first (nested hosts that refuse that MSR). `Err((why, definitive))`: definitive
+/// when a guest was started and failed to boot (worth caching).
+fn probe_kvm(art: &Artifacts) -> Result<(u64, KvmCpu), (String, bool)> {
     if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         return Err((format!("cannot open /dev/kvm: {e}"), true));
     }
     art.ensure_initrd().map_err(|e| (e.to_string(), false))?;
-    let shape = VmShape { accel: Accel::Kvm, memory_mib: 256, vcpus: 1, tsc_khz: host_tsc_khz() };
-    let t = Instant::now();
-    let mut vm = vm::launch(art, &shape, Boot::Cold, &format!("kvm-probe-{}", std::process::id()))
-        .map_err(|e| (format!("QEMU did not start with KVM: {e}"), false))?;
-    let r = vm.wait_ready(KVM_PROBE_TIMEOUT);
-    let _ = nix::sys::signal::kill(vm.pid, nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::wait::waitpid(vm.pid, None);
-    match r {
-        Ok(()) => Ok(t.elapsed().as_millis() as u64),
-        Err(e) => {
-            let console = std::fs::read_to_string(vm.run_dir.path().join("console.log")).unwrap_or_default();
-            let progressed = !console.trim().is_empty();
-            let first = e.to_string().lines().next().unwrap_or("").to_string();
-            Err((format!(
-                "the guest did not reach the agent within {} s ({}; {})",
-                KVM_PROBE_TIMEOUT.as_secs(),
-                first.trim_start_matches("host error: "),
-                if progressed { "the kernel printed something, then stalled" } else { "the kernel printed nothing: it hangs early (nested virtualisation)" }
-            ), true))
-        }
+    let mut start_errors = Vec::new();
+    for kvm_cpu in [KvmCpu::Host, KvmCpu::HostWithoutArchCapabilities] {
+        let shape = VmShape { accel: Accel::Kvm, memory_mib: 256, vcpus: 1, kvm_cpu, tsc_khz: host_tsc_khz() };
+        let t = Instant::now();
+        let mut vm = match vm::launch(art, &shape, Boot::Cold, &format!("kvm-probe-{}", std::process::id())) {
+            Ok(vm) => vm,
+            Err(e) => {
+                let e = e.to_string();
+                let last = e.lines().last().unwrap_or("").to_string();
+                start_errors.push(format!("-cpu {}: QEMU did not start ({last})", kvm_cpu.as_arg()));
+                continue;
+            }
+        };
+        let r = vm.wait_ready(KVM_PROBE_TIMEOUT);
+        let _ = nix::sys::signal::kill(vm.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(vm.pid, None);
+        return match r {
+            Ok(()) => Ok((t.elapsed().as_millis() as u64, kvm_cpu)),
+            Err(_) => {
+                let console = std::fs::read_to_string(vm.run_dir.path().join("console.log")).unwrap_or_default();
+                let progressed = !console.trim().is_empty();
+                start_errors.push(format!(
+                    "-cpu {}: the guest did not reach the agent within {} s ({})",
+                    kvm_cpu.as_arg(),
+                    KVM_PROBE_TIMEOUT.as_secs(),
+                    if progressed {
+                        "the kernel printed something, then stalled"
+                    } else {
+                        "the kernel printed nothing: it hangs early, as nested KVM does on some hosts"
+                    }
+                ));
+                Err((start_errors.join("; "), true))
+            }
+        };
     }
+    // QEMU could not start a KVM guest with any CPU model: a lasting property too.
+    Err((start_errors.join("; "), true))
 }

@@ -115,9 +115,10 @@ impl MicrovmBackend {
         c
     }
 
-    fn shape(&self, spec: &SandboxSpec, accel: Accel) -> VmShape {
+    fn shape(&self, spec: &SandboxSpec, accel: &AccelChoice) -> VmShape {
         VmShape {
-            accel,
+            accel: accel.accel,
+            kvm_cpu: accel.kvm_cpu,
             memory_mib: spec.limits.memory_bytes >> 20,
             vcpus: self.cfg.vcpus,
             tsc_khz: accel::host_tsc_khz(),
@@ -129,9 +130,10 @@ impl MicrovmBackend {
         let rootfs = self.art.manifest().map(|m| m.rootfs_sha256).unwrap_or_default();
         let key = image::sha256_hex(
             format!(
-                "{agent}/{rootfs}/{}/{}/{}/{}/{}",
+                "{agent}/{rootfs}/{}/{}/{}/{}/{}/{}",
                 accel::qemu_version(),
                 shape.accel.as_str(),
+                shape.kvm_cpu.as_arg(),
                 shape.memory_mib,
                 shape.vcpus,
                 shape.tsc_khz
@@ -144,9 +146,10 @@ impl MicrovmBackend {
     /// Starts a VM for `spec` and returns it attached: restored from the snapshot when
     /// there is one; otherwise cold-booted (and, with snapshots on, saved first so the
     /// next sandbox of this shape restores). Also says which path was taken.
-    fn start_vm(&self, spec: &SandboxSpec, accel: Accel) -> Result<(Vm, bool), Error> {
+    fn start_vm(&self, spec: &SandboxSpec, choice: &AccelChoice) -> Result<(Vm, bool), Error> {
+        let accel = choice.accel;
         let agent = self.art.ensure_initrd()?;
-        let shape = self.shape(spec, accel);
+        let shape = self.shape(spec, choice);
         let snap = self.snapshot_path(&shape, &agent);
         if self.cfg.snapshots && snap.is_file() {
             let f = File::open(&snap).map_err(|e| Error::io(format!("opening {}", snap.display()), e))?;
@@ -285,7 +288,7 @@ impl Backend for MicrovmBackend {
         }
         let accel = self.accel();
         let started = Instant::now();
-        let (mut vm, restored) = self.start_vm(spec, accel.accel)?;
+        let (mut vm, restored) = self.start_vm(spec, &accel)?;
         let limits = spec.limits;
         let attach = AgentRequest::Attach {
             time_ms: std::time::SystemTime::now()

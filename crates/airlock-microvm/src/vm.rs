@@ -44,6 +44,29 @@ impl Accel {
     }
 }
 
+/// The CPU model a KVM guest gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvmCpu {
+    /// `-cpu host`.
+    #[default]
+    Host,
+    /// `-cpu host,-arch-capabilities`, for nested hosts whose KVM refuses the
+    /// IA32_ARCH_CAPABILITIES MSR (the guest then assumes it is vulnerable and keeps
+    /// its mitigations on).
+    HostWithoutArchCapabilities,
+}
+
+impl KvmCpu {
+    /// The `-cpu` value.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            KvmCpu::Host => "host",
+            KvmCpu::HostWithoutArchCapabilities => "host,-arch-capabilities",
+        }
+    }
+}
+
 /// The shape of one VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct VmShape {
@@ -53,6 +76,8 @@ pub struct VmShape {
     pub memory_mib: u64,
     /// vCPUs (`-smp`).
     pub vcpus: u32,
+    /// The CPU model under KVM.
+    pub kvm_cpu: KvmCpu,
     /// The host's TSC frequency in kHz, told to the guest under TCG (whose TSC is the
     /// host's), so the guest's clock runs at the right speed without calibration.
     pub tsc_khz: u64,
@@ -85,7 +110,7 @@ pub fn qemu_args(shape: &VmShape, restore: bool) -> Vec<String> {
     .map(String::from)
     .collect::<Vec<_>>();
     let (accel, cpu) = match shape.accel {
-        Accel::Kvm => ("kvm".to_string(), "host"),
+        Accel::Kvm => ("kvm".to_string(), shape.kvm_cpu.as_arg()),
         Accel::Tcg => {
             cmdline.push(format!("tsc_early_khz={}", shape.tsc_khz));
             // Speculation is not emulated by TCG: the guest's mitigations only cost time.
