@@ -65,6 +65,11 @@ pub trait Supervisor: Send {
     fn explain_death(&mut self, _exit: &ExitInfo) -> Option<(Status, String)> {
         None
     }
+    /// How long an interrupted cell may take to stop before the sandbox is killed
+    /// (longer for guests that run slowly, e.g. an emulated VM).
+    fn interrupt_grace(&self) -> Duration {
+        INTERRUPT_GRACE
+    }
     /// Waits up to `timeout` for the guest to exit.
     fn wait(&mut self, timeout: Duration) -> Option<ExitInfo> {
         let end = Instant::now() + timeout;
@@ -465,7 +470,7 @@ impl<S: Supervisor> Guest<S> {
             }
             if stop.is_some() && kill_at.is_none() {
                 self.sup.interrupt();
-                kill_at = Some(now + INTERRUPT_GRACE);
+                kill_at = Some(now + self.sup.interrupt_grace());
             }
             if let Some(k) = kill_at
                 && now >= k

@@ -50,6 +50,8 @@ pub const MIN_MEMORY_BYTES: u64 = 128 << 20;
 const COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a restored or freshly booted guest may take to answer the attach.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an interrupted cell may take to stop under TCG before the VM is killed.
+const TCG_INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 /// How long a file request may take.
 const FILE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -304,7 +306,11 @@ impl Backend for MicrovmBackend {
         let files = vm::dup_file(&channel)?;
         let sup_chan = vm::dup_file(&channel)?;
         let (out_r, err_r) = (closed_pipe()?, closed_pipe()?);
-        let sup = VmSupervisor::new(vm.pid, sup_chan, vm.cgroup.clone(), vm.run_dir.path().to_path_buf(), limits.memory_bytes);
+        // Python handles an interrupt in a few milliseconds natively; an emulated guest
+        // needs longer to unwind and format the traceback before it is killed.
+        let grace = if accel.accel == Accel::Tcg { TCG_INTERRUPT_GRACE } else { Duration::from_millis(500) };
+        let sup = VmSupervisor::new(vm.pid, sup_chan, vm.cgroup.clone(), vm.run_dir.path().to_path_buf(), limits.memory_bytes)
+            .with_interrupt_grace(grace);
         let meta = GuestMeta {
             backend: BackendKind::Microvm,
             isolation: Isolation::Vm,

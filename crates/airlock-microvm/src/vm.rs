@@ -404,12 +404,32 @@ pub struct VmSupervisor {
     cgroup: Option<Arc<Cgroup>>,
     run_dir: PathBuf,
     memory_bytes: u64,
+    /// Set when the cell loop killed the VM itself (a limit, a cancel).
+    killed_by_host: bool,
+    /// How long an interrupted cell may take before the VM is killed.
+    interrupt_grace: Duration,
 }
 
 impl VmSupervisor {
     /// Supervises `pid`, sending interrupts over `chan`.
     pub fn new(pid: Pid, chan: File, cgroup: Option<Arc<Cgroup>>, run_dir: PathBuf, memory_bytes: u64) -> Self {
-        VmSupervisor { pid, exit: None, retired: Arc::new(AtomicBool::new(false)), chan, cgroup, run_dir, memory_bytes }
+        VmSupervisor {
+            pid,
+            exit: None,
+            retired: Arc::new(AtomicBool::new(false)),
+            chan,
+            cgroup,
+            run_dir,
+            memory_bytes,
+            killed_by_host: false,
+            interrupt_grace: Duration::from_millis(500),
+        }
+    }
+
+    /// Sets how long an interrupted cell may take to stop (longer under TCG).
+    pub fn with_interrupt_grace(mut self, grace: Duration) -> Self {
+        self.interrupt_grace = grace;
+        self
     }
 
     /// After this, kill handles do nothing (the pid may be reused).
@@ -428,6 +448,7 @@ impl Supervisor for VmSupervisor {
     }
 
     fn kill(&mut self) {
+        self.killed_by_host = true;
         if !self.retired.load(Ordering::SeqCst) && self.exit.is_none() {
             let _ = kill(self.pid, Signal::SIGKILL);
         }
@@ -481,6 +502,10 @@ impl Supervisor for VmSupervisor {
                 ),
             ));
         }
+        if self.killed_by_host {
+            // The loop's own reason (timeout, output cap, cancel) stands.
+            return None;
+        }
         let how = match (exit.signal, exit.code) {
             (Some(s), _) => format!("killed by {}", signal_name(s)),
             (None, Some(c)) => format!("exited with status {c}"),
@@ -495,8 +520,8 @@ impl Supervisor for VmSupervisor {
         ))
     }
 
-    fn peak_memory_bytes(&mut self) -> Option<u64> {
-        None
+    fn interrupt_grace(&self) -> Duration {
+        self.interrupt_grace
     }
 }
 

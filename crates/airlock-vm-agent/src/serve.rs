@@ -198,6 +198,13 @@ fn spawn_driver(cfg: &ServeConfig) -> Result<Driver, String> {
             }
             let core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
             libc::setrlimit(libc::RLIMIT_CORE, &core);
+            // The agent protects itself from the OOM killer (-1000); the code must not
+            // inherit that, or an out-of-memory guest has nothing to kill and panics.
+            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"500".as_ptr().cast(), 3);
+                libc::close(fd);
+            }
             Ok(())
         });
     }
