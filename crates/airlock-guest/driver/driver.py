@@ -553,6 +553,13 @@ class Driver:
                 return 0
             elif kind == "configure":
                 os.environ.update(msg.get("env") or {})
+                for name in msg.get("preload") or ():
+                    # A template's modules, imported once before a snapshot so every
+                    # clone has them ready; a module that fails is simply not preloaded.
+                    try:
+                        __import__(name)
+                    except BaseException:
+                        pass
                 self.ch.send({"type": "done", "status": "ok", "execution_count": self.count})
             else:
                 self.ch.send({"type": "done", "status": "error", "protocol_error": "unknown frame type %r" % (kind,)})

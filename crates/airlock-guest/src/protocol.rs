@@ -44,6 +44,10 @@ pub enum HostFrame {
         /// Variables to set.
         #[serde(default)]
         env: std::collections::BTreeMap<String, String>,
+        /// Modules to import now (not into the user's namespace), e.g. before a
+        /// snapshot is taken so that every clone starts with them loaded.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        preload: Vec<String>,
     },
 }
 

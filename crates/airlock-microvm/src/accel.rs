@@ -170,7 +170,14 @@ fn probe_kvm(art: &Artifacts) -> Result<(u64, KvmCpu), (String, bool)> {
     art.ensure_initrd().map_err(|e| (e.to_string(), false))?;
     let mut start_errors = Vec::new();
     for kvm_cpu in [KvmCpu::Host, KvmCpu::HostWithoutArchCapabilities] {
-        let shape = VmShape { accel: Accel::Kvm, memory_mib: 256, vcpus: 1, kvm_cpu, tsc_khz: host_tsc_khz() };
+        let shape = VmShape {
+            accel: Accel::Kvm,
+            memory_mib: 256,
+            vcpus: 1,
+            kvm_cpu,
+            template: vm::Template::Bare,
+            tsc_khz: host_tsc_khz(),
+        };
         let t = Instant::now();
         let mut vm = match vm::launch(art, &shape, Boot::Cold, &format!("kvm-probe-{}", std::process::id())) {
             Ok(vm) => vm,

@@ -41,7 +41,7 @@ use airlock_vm_agent::{AgentReply, AgentRequest, GuestLimits};
 
 use crate::accel::AccelChoice;
 use crate::image::Artifacts;
-use crate::vm::{Accel, Boot, Vm, VmShape, VmSupervisor};
+use crate::vm::{Accel, Boot, Template, Vm, VmShape, VmSupervisor};
 
 /// The smallest guest memory the microvm backend accepts (the guest kernel, the agent
 /// and Python need about this much before user code allocates anything).
@@ -117,14 +117,15 @@ impl MicrovmBackend {
         c
     }
 
-    fn shape(&self, spec: &SandboxSpec, accel: &AccelChoice) -> VmShape {
-        VmShape {
+    fn shape(&self, spec: &SandboxSpec, accel: &AccelChoice) -> Result<VmShape, Error> {
+        Ok(VmShape {
+            template: Template::parse(spec.template.as_deref())?,
             accel: accel.accel,
             kvm_cpu: accel.kvm_cpu,
             memory_mib: spec.limits.memory_bytes >> 20,
             vcpus: self.cfg.vcpus,
             tsc_khz: accel::host_tsc_khz(),
-        }
+        })
     }
 
     /// The snapshot file for a shape (and this image and agent).
@@ -132,17 +133,25 @@ impl MicrovmBackend {
         let rootfs = self.art.manifest().map(|m| m.rootfs_sha256).unwrap_or_default();
         let key = image::sha256_hex(
             format!(
-                "{agent}/{rootfs}/{}/{}/{}/{}/{}/{}",
+                "{agent}/{rootfs}/{}/{}/{}/{}/{}/{}/{}",
+                shape.template.as_str(),
                 accel::qemu_version(),
                 shape.accel.as_str(),
-                shape.kvm_cpu.as_arg(),
+                if shape.accel == Accel::Kvm { shape.kvm_cpu.as_arg() } else { vm::tcg_cpu() },
                 shape.memory_mib,
                 shape.vcpus,
                 shape.tsc_khz
             )
             .as_bytes(),
         );
-        self.art.snapshots().join(format!("{}-{}m-{}cpu-{}.state", shape.accel.as_str(), shape.memory_mib, shape.vcpus, &key[..16]))
+        self.art.snapshots().join(format!(
+            "{}-{}-{}m-{}cpu-{}.state",
+            shape.template.as_str(),
+            shape.accel.as_str(),
+            shape.memory_mib,
+            shape.vcpus,
+            &key[..16]
+        ))
     }
 
     /// Starts a VM for `spec` and returns it attached: restored from the snapshot when
@@ -151,7 +160,7 @@ impl MicrovmBackend {
     fn start_vm(&self, spec: &SandboxSpec, choice: &AccelChoice) -> Result<(Vm, bool), Error> {
         let accel = choice.accel;
         let agent = self.art.ensure_initrd()?;
-        let shape = self.shape(spec, choice);
+        let shape = self.shape(spec, choice)?;
         let snap = self.snapshot_path(&shape, &agent);
         if self.cfg.snapshots && snap.is_file() {
             let f = File::open(&snap).map_err(|e| Error::io(format!("opening {}", snap.display()), e))?;
@@ -277,9 +286,7 @@ impl Backend for MicrovmBackend {
                 format_size(MIN_MEMORY_BYTES)
             )));
         }
-        if let Some(t) = spec.template.as_deref().filter(|t| *t != "default") {
-            return Err(Error::invalid(format!("backend 'microvm' has no template '{t}'; use 'default' or none")));
-        }
+        Template::parse(spec.template.as_deref())?;
         airlock_core::request::validate_env(&spec.env)?;
         if let Some(why) = self.art.missing() {
             return Err(Error::Unavailable {

@@ -67,6 +67,47 @@ impl KvmCpu {
     }
 }
 
+/// Modules the `default` template preloads before its snapshot.
+pub const DEFAULT_PRELOAD: &[&str] = &["numpy", "pandas", "matplotlib", "matplotlib.pyplot"];
+
+/// What the snapshot's interpreter has already imported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Template {
+    /// numpy, pandas and matplotlib preloaded (VMs of at least 256 MiB).
+    Default,
+    /// Nothing preloaded.
+    Bare,
+}
+
+impl Template {
+    /// Parses a template name (`None` is `default`).
+    pub fn parse(name: Option<&str>) -> Result<Template, Error> {
+        match name {
+            None | Some("default") => Ok(Template::Default),
+            Some("bare") => Ok(Template::Bare),
+            Some(other) => {
+                Err(Error::invalid(format!("backend 'microvm' has no template '{other}'; use 'default' or 'bare'")))
+            }
+        }
+    }
+
+    /// The name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Template::Default => "default",
+            Template::Bare => "bare",
+        }
+    }
+
+    /// The modules to preload in a VM of `memory_mib`.
+    pub fn preload(self, memory_mib: u64) -> &'static [&'static str] {
+        match self {
+            Template::Default if memory_mib >= 256 => DEFAULT_PRELOAD,
+            _ => &[],
+        }
+    }
+}
+
 /// The shape of one VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct VmShape {
@@ -78,9 +119,17 @@ pub struct VmShape {
     pub vcpus: u32,
     /// The CPU model under KVM.
     pub kvm_cpu: KvmCpu,
+    /// What the guest preloads before it reports ready.
+    pub template: Template,
     /// The host's TSC frequency in kHz, told to the guest under TCG (whose TSC is the
     /// host's), so the guest's clock runs at the right speed without calibration.
     pub tsc_khz: u64,
+}
+
+/// The CPU model under TCG (`$AIRLOCK_MICROVM_TCG_CPU`, default `max`).
+pub fn tcg_cpu() -> &'static str {
+    static CPU: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CPU.get_or_init(|| std::env::var("AIRLOCK_MICROVM_TCG_CPU").ok().filter(|c| !c.is_empty()).unwrap_or_else(|| "max".into()))
 }
 
 /// How the VM starts.
@@ -92,7 +141,7 @@ pub enum Boot {
 }
 
 /// QEMU's own memory beyond the guest's RAM, allowed by the cgroup.
-const QEMU_OVERHEAD_BYTES: u64 = 256 << 20;
+const QEMU_OVERHEAD_BYTES: u64 = 512 << 20;
 
 /// The QEMU command line (without the program).
 pub fn qemu_args(shape: &VmShape, restore: bool) -> Vec<String> {
@@ -109,13 +158,17 @@ pub fn qemu_args(shape: &VmShape, restore: bool) -> Vec<String> {
     .into_iter()
     .map(String::from)
     .collect::<Vec<_>>();
+    let preload = shape.template.preload(shape.memory_mib);
+    if !preload.is_empty() {
+        cmdline.push(format!("airlock.preload={}", preload.join(",")));
+    }
     let (accel, cpu) = match shape.accel {
         Accel::Kvm => ("kvm".to_string(), shape.kvm_cpu.as_arg()),
         Accel::Tcg => {
             cmdline.push(format!("tsc_early_khz={}", shape.tsc_khz));
             // Speculation is not emulated by TCG: the guest's mitigations only cost time.
             cmdline.push("mitigations=off".into());
-            ("tcg,tb-size=64".to_string(), "max")
+            ("tcg,tb-size=256".to_string(), tcg_cpu())
         }
     };
     let mut a: Vec<String> = vec![

@@ -20,6 +20,7 @@ pub fn main() -> ! {
                 tmp: "/tmp".into(),
                 run_as: Some((GUEST_UID, GUEST_UID)),
                 mpl_config: Some(GUEST_MPL_DIR.into()),
+                preload: preload_from_cmdline(),
                 in_vm: true,
             };
             if let Err(e) = airlock_vm_agent::serve(port, &cfg) {
@@ -34,6 +35,16 @@ pub fn main() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(60));
     }
+}
+
+/// `airlock.preload=a,b,c` on the kernel command line: the template's modules.
+fn preload_from_cmdline() -> Vec<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("airlock.preload="))
+        .map(|v| v.split(',').filter(|m| !m.is_empty()).map(String::from).collect())
+        .unwrap_or_default()
 }
 
 fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {

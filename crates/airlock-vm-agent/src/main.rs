@@ -36,6 +36,7 @@ fn serve_on_host(args: &[String]) -> i32 {
         tmp: std::env::temp_dir().to_string_lossy().into_owned(),
         run_as: None,
         mpl_config: None,
+        preload: Vec::new(),
         in_vm: false,
     };
     match airlock_vm_agent::serve(port, &cfg) {

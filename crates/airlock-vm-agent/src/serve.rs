@@ -49,6 +49,9 @@ pub struct ServeConfig {
     pub run_as: Option<(u32, u32)>,
     /// matplotlib's configuration directory, if prepared.
     pub mpl_config: Option<String>,
+    /// Modules the driver imports at boot, before the guest reports `ready` (a
+    /// template's preload; the snapshot then holds them).
+    pub preload: Vec<String>,
     /// True inside the VM: the agent may set the clock, seed the entropy pool and
     /// resize the tmpfs mounts on attach, and an end of file on the port means the
     /// host is not connected (rather than gone).
@@ -116,6 +119,10 @@ struct State<'a> {
     attached: bool,
     configure_pending: bool,
     ready_sent: bool,
+    preloaded: bool,
+    preload_pending: bool,
+    interrupt_pending: bool,
+    last_sigint: std::time::Instant,
     shutting_down: bool,
     workspace: Workspace,
     oom_before: u64,
@@ -253,6 +260,10 @@ pub fn serve(port: OwnedFd, cfg: &ServeConfig) -> Result<ServeEnd, String> {
         attached: false,
         configure_pending: false,
         ready_sent: false,
+        preloaded: false,
+        preload_pending: false,
+        interrupt_pending: false,
+        last_sigint: std::time::Instant::now(),
         shutting_down: false,
         workspace,
         oom_before: oom_kills(),
@@ -300,7 +311,7 @@ impl State<'_> {
                     idx[3] = fds.len();
                     fds.push(PollFd::new(d.pidfd.as_fd(), PollFlags::POLLIN));
                 }
-                let timeout = if port_hup { 20u16 } else { 1000 };
+                let timeout = if port_hup { 20u16 } else if self.interrupt_pending { 100 } else { 1000 };
                 match poll(&mut fds, PollTimeout::from(timeout)) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => return Err(format!("poll: {e}")),
@@ -321,6 +332,13 @@ impl State<'_> {
             };
             if port_hup {
                 port_hup = false; // look again: the host may have connected
+            }
+            if self.interrupt_pending
+                && self.last_sigint.elapsed() >= Duration::from_millis(250)
+                && let Some(d) = &self.driver
+            {
+                let _ = kill(d.pid, Signal::SIGINT);
+                self.last_sigint = std::time::Instant::now();
             }
             if p_out {
                 flush_some(&mut self.port, &mut self.to_host).map_err(|e| format!("writing to the host: {e}"))?;
@@ -477,14 +495,23 @@ impl State<'_> {
             let kind = frame.get("type").and_then(Value::as_str).unwrap_or("").to_string();
             if kind == "hello" {
                 self.hello = Some(frame);
-                if let Some(a) = self.attach.take() {
-                    self.do_attach(a);
-                } else if !self.ready_sent {
-                    // Tells a cold-booting host that the guest is idle and may be
-                    // snapshotted; restored clones never send it again.
-                    self.ready_sent = true;
-                    self.queue_host(encode(&serde_json::json!({"type": "ready"})));
+                if !self.cfg.preload.is_empty() && !self.preloaded {
+                    // The template's modules first; `ready` follows their `done`.
+                    self.preloaded = true;
+                    self.preload_pending = true;
+                    let f = encode(&airlock_guest::protocol::HostFrame::Configure {
+                        env: BTreeMap::new(),
+                        preload: self.cfg.preload.clone(),
+                    });
+                    self.send_to_driver(f);
+                    continue;
                 }
+                self.after_hello();
+                continue;
+            }
+            if kind == "done" && self.preload_pending {
+                self.preload_pending = false;
+                self.after_hello();
                 continue;
             }
             if kind == "done" && self.configure_pending {
@@ -499,8 +526,23 @@ impl State<'_> {
             if !self.attached {
                 continue;
             }
+            if kind == "done" {
+                self.interrupt_pending = false;
+            }
             self.drain_streams(buf);
             self.queue_host(encode(&frame));
+        }
+    }
+
+    /// The driver is up (and its template preloaded): attach if a host asked, else
+    /// tell a cold-booting host that the guest is idle and may be snapshotted
+    /// (restored clones never send `ready` again).
+    fn after_hello(&mut self) {
+        if let Some(a) = self.attach.take() {
+            self.do_attach(a);
+        } else if !self.ready_sent {
+            self.ready_sent = true;
+            self.queue_host(encode(&serde_json::json!({"type": "ready"})));
         }
     }
 
@@ -596,7 +638,7 @@ impl State<'_> {
     fn handle_request(&mut self, req: AgentRequest) {
         match req {
             AgentRequest::Attach { .. } => {
-                if self.hello.is_some() {
+                if self.hello.is_some() && !self.preload_pending {
                     self.do_attach(req);
                 } else {
                     self.attach = Some(req);
@@ -605,6 +647,10 @@ impl State<'_> {
             AgentRequest::Interrupt => {
                 if let Some(d) = &self.driver {
                     let _ = kill(d.pid, Signal::SIGINT);
+                    // The driver ignores SIGINT outside user code; in a slow guest the
+                    // cell may not have started yet, so repeat until its `done`.
+                    self.interrupt_pending = true;
+                    self.last_sigint = std::time::Instant::now();
                 }
             }
             AgentRequest::FileWrite { path, data, max_bytes } => {
@@ -651,7 +697,7 @@ impl State<'_> {
             apply_limits(d.pid, &limits);
         }
         self.configure_pending = true;
-        let f = encode(&airlock_guest::protocol::HostFrame::Configure { env });
+        let f = encode(&airlock_guest::protocol::HostFrame::Configure { env, preload: Vec::new() });
         self.send_to_driver(f);
     }
 }
