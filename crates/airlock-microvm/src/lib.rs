@@ -47,7 +47,7 @@ use crate::vm::{Accel, Boot, Template, Vm, VmShape, VmSupervisor};
 /// and Python need about this much before user code allocates anything).
 pub const MIN_MEMORY_BYTES: u64 = 128 << 20;
 /// How long a cold boot may take to reach the agent (TCG on a busy host is slow).
-const COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+const COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a restored or freshly booted guest may take to answer the attach.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an interrupted cell may take to stop under TCG before the VM is killed.
