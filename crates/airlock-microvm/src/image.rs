@@ -610,6 +610,15 @@ mod tests {
     fn agent_is_static() {
         // A static executable has no PT_INTERP program header.
         assert!(AGENT_BINARY.starts_with(b"\x7fELF"));
-        assert!(!AGENT_BINARY.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"), "the agent is dynamically linked");
+        let a = AGENT_BINARY;
+        let u16_at = |o: usize| u16::from_le_bytes([a[o], a[o + 1]]) as usize;
+        let phoff = u64::from_le_bytes(a[0x20..0x28].try_into().unwrap()) as usize;
+        let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+        const PT_INTERP: u32 = 3;
+        for i in 0..phnum {
+            let o = phoff + i * phentsize;
+            let p_type = u32::from_le_bytes(a[o..o + 4].try_into().unwrap());
+            assert_ne!(p_type, PT_INTERP, "the agent needs a dynamic loader; it must be static");
+        }
     }
 }

@@ -388,6 +388,11 @@ impl MicrovmSandbox {
         self.restored
     }
 
+    /// QEMU's pid on the host (for inspection), while the VM runs.
+    pub fn qemu_pid(&self) -> Option<i32> {
+        self.vm.as_ref().map(|v| v.pid.as_raw())
+    }
+
     /// The guest's console log so far (kernel messages), for diagnostics.
     pub fn console_log(&self) -> String {
         self.vm.as_ref().map(|v| std::fs::read_to_string(v.run_dir.path().join("console.log")).unwrap_or_default()).unwrap_or_default()

@@ -694,7 +694,7 @@ impl State<'_> {
             resize_tmpfs(&limits);
         }
         if let Some(d) = &self.driver {
-            apply_limits(d.pid, &limits);
+            apply_limits(d.pid, &limits, self.cfg.in_vm);
         }
         self.configure_pending = true;
         let f = encode(&airlock_guest::protocol::HostFrame::Configure { env, preload: Vec::new() });
@@ -751,7 +751,7 @@ fn resize_tmpfs(limits: &GuestLimits) {
     }
 }
 
-fn apply_limits(pid: Pid, limits: &GuestLimits) {
+fn apply_limits(pid: Pid, limits: &GuestLimits, in_vm: bool) {
     let set = |res: libc::__rlimit_resource_t, v: u64| {
         let r = libc::rlimit { rlim_cur: v, rlim_max: v };
         // SAFETY: prlimit reads the rlimit we pass and writes nothing (old is null).
@@ -766,6 +766,20 @@ fn apply_limits(pid: Pid, limits: &GuestLimits) {
     if limits.file_bytes > 0 {
         set(libc::RLIMIT_FSIZE, limits.file_bytes);
     }
+    if in_vm && let Some(total) = mem_total_bytes() {
+        // Allocations fail (MemoryError) while the guest still has room, instead of
+        // the kernel thrashing its page cache before the OOM killer acts, which an
+        // emulated guest does for minutes. The VM's size stays the hard cap.
+        let reserve = (total / 8).max(32 << 20);
+        set(libc::RLIMIT_DATA, total.saturating_sub(reserve).max(32 << 20));
+    }
+}
+
+/// The guest's memory (`MemTotal`), in bytes.
+fn mem_total_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
 }
 
 #[cfg(test)]
