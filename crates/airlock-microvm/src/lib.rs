@@ -118,8 +118,10 @@ impl MicrovmBackend {
     }
 
     fn shape(&self, spec: &SandboxSpec, accel: &AccelChoice) -> Result<VmShape, Error> {
+        let template = Template::parse(spec.template.as_deref())?;
         Ok(VmShape {
-            template: Template::parse(spec.template.as_deref())?,
+            // Preloading only pays off when a snapshot keeps the result.
+            template: if self.cfg.snapshots { template } else { Template::Bare },
             accel: accel.accel,
             kvm_cpu: accel.kvm_cpu,
             memory_mib: spec.limits.memory_bytes >> 20,
