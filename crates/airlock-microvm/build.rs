@@ -31,11 +31,21 @@ fn main() {
     let target_dir = out.join("agent-target");
     let workspace_manifest = manifest_dir.join("../../Cargo.toml");
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--offline", "-p", "airlock-vm-agent", "--bin", "airlock-vm-agent", "--target", target])
-        .arg("--manifest-path")
-        .arg(&workspace_manifest)
-        .arg("--target-dir")
-        .arg(&target_dir);
+    cmd.args([
+        "build",
+        "--release",
+        "--offline",
+        "-p",
+        "airlock-vm-agent",
+        "--bin",
+        "airlock-vm-agent",
+        "--target",
+        target,
+    ])
+    .arg("--manifest-path")
+    .arg(&workspace_manifest)
+    .arg("--target-dir")
+    .arg(&target_dir);
     // The outer build's settings must not leak into the nested one.
     for var in [
         "RUSTFLAGS",

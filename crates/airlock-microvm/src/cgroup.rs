@@ -69,7 +69,10 @@ impl Cgroup {
                         "memory" => {
                             write(&dir.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
                             // No swap here, but where there is, the cap must cover it too.
-                            let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), limits.memory_bytes.to_string());
+                            let _ = std::fs::write(
+                                dir.join("memory.memsw.limit_in_bytes"),
+                                limits.memory_bytes.to_string(),
+                            );
                         }
                         "pids" => write(&dir.join("pids.max"), &limits.pids.to_string())?,
                         _ => {
@@ -136,7 +139,11 @@ impl Cgroup {
 
     /// A description for `doctor` and logs.
     pub fn describe(&self) -> String {
-        format!("cgroup {:?} at {}", self.version, self.dirs.first().map(|d| d.display().to_string()).unwrap_or_default())
+        format!(
+            "cgroup {:?} at {}",
+            self.version,
+            self.dirs.first().map(|d| d.display().to_string()).unwrap_or_default()
+        )
     }
 }
 

@@ -187,11 +187,11 @@ fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8], r
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(name.as_bytes());
     out.push(0);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     out.extend_from_slice(data);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -313,14 +313,22 @@ fn run(cmd: &mut Command, what: &str, log: &Path) -> Result<(), Error> {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(15).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(Error::host(format!("{what} failed ({status}); last lines of {}:\n{}", log.display(), tail.join("\n"))));
+        return Err(Error::host(format!(
+            "{what} failed ({status}); last lines of {}:\n{}",
+            log.display(),
+            tail.join("\n")
+        )));
     }
     Ok(())
 }
 
 fn need_tool(name: &str, package: &str) -> Result<(), Error> {
     let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).any(|d| d.join(name).is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+                .any(|d| d.join(name).is_file())
+        })
         .unwrap_or(false);
     if found {
         Ok(())
@@ -347,7 +355,9 @@ pub fn setup(art: &Artifacts, opts: &SetupOptions, progress: &mut dyn FnMut(&str
             "building the microvm guest image needs root (debootstrap and chroot); run `sudo airlock setup microvm`",
         ));
     }
-    for (tool, pkg) in [("debootstrap", "debootstrap"), ("mkfs.erofs", "erofs-utils"), ("dpkg-deb", "dpkg"), ("chroot", "coreutils")] {
+    for (tool, pkg) in
+        [("debootstrap", "debootstrap"), ("mkfs.erofs", "erofs-utils"), ("dpkg-deb", "dpkg"), ("chroot", "coreutils")]
+    {
         need_tool(tool, pkg)?;
     }
     std::fs::create_dir_all(&art.dir).map_err(|e| Error::io(format!("creating {}", art.dir.display()), e))?;
@@ -465,7 +475,11 @@ fn fetch_kernel(rootfs: &Path, work: &Path, art: &Artifacts) -> Result<(String, 
     let _ = std::fs::remove_dir_all(rootfs.join("tmp/kernel"));
     std::fs::create_dir_all(rootfs.join("tmp/kernel")).map_err(|e| Error::io("creating tmp/kernel", e))?;
     run(
-        Command::new("/usr/sbin/chroot").arg(rootfs).args(["sh", "-c", &format!("cd /tmp/kernel && apt-get download {pkg}")]),
+        Command::new("/usr/sbin/chroot").arg(rootfs).args([
+            "sh",
+            "-c",
+            &format!("cd /tmp/kernel && apt-get download {pkg}"),
+        ]),
         "downloading the kernel package",
         &work.join("kernel-download.log"),
     )?;
@@ -477,7 +491,11 @@ fn fetch_kernel(rootfs: &Path, work: &Path, art: &Artifacts) -> Result<(String, 
         .ok_or_else(|| Error::host("apt-get download produced no .deb"))?;
     let kx = work.join("kernel");
     let _ = std::fs::remove_dir_all(&kx);
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&kx), "unpacking the kernel package", &work.join("dpkg-deb.log"))?;
+    run(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&kx),
+        "unpacking the kernel package",
+        &work.join("dpkg-deb.log"),
+    )?;
     let _ = std::fs::remove_dir_all(rootfs.join("tmp/kernel"));
     let release = pkg.trim_start_matches("linux-image-").to_string();
     let bz = kx.join("boot").join(format!("vmlinuz-{release}"));
@@ -496,9 +514,9 @@ fn fetch_kernel(rootfs: &Path, work: &Path, art: &Artifacts) -> Result<(String, 
     find_modules(&mods_src, &mut found);
     let mut order = String::new();
     for m in MODULES {
-        let src = found
-            .get(*m)
-            .ok_or_else(|| Error::host(format!("kernel {release} has no module {m}.ko (is it built in or missing?)")))?;
+        let src = found.get(*m).ok_or_else(|| {
+            Error::host(format!("kernel {release} has no module {m}.ko (is it built in or missing?)"))
+        })?;
         let name = format!("{m}.ko");
         std::fs::copy(src, mods_dst.join(&name)).map_err(|e| Error::io(format!("copying {name}"), e))?;
         order.push_str(&name);
@@ -529,7 +547,8 @@ fn customize(rootfs: &Path, work: &Path) -> Result<(), Error> {
         if text.lines().any(|l| l.starts_with("airlock:")) {
             return Ok(());
         }
-        let mut f = std::fs::OpenOptions::new().append(true).open(&p).map_err(|e| Error::io(format!("opening {file}"), e))?;
+        let mut f =
+            std::fs::OpenOptions::new().append(true).open(&p).map_err(|e| Error::io(format!("opening {file}"), e))?;
         f.write_all(line.as_bytes()).map_err(|e| Error::io(format!("writing {file}"), e))
     };
     append("etc/passwd", format!("airlock:x:{uid}:{uid}:airlock sandbox:/workspace:/bin/bash\n"))?;
@@ -556,7 +575,14 @@ fn customize(rootfs: &Path, work: &Path) -> Result<(), Error> {
         &work.join("mpl.log"),
     )?;
     // What a sandbox never needs: package caches, documentation, compilers' headers.
-    for d in ["var/cache/apt/archives", "usr/share/doc", "usr/share/man", "usr/share/info", "usr/include", "var/lib/apt/lists"] {
+    for d in [
+        "var/cache/apt/archives",
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/info",
+        "usr/include",
+        "var/lib/apt/lists",
+    ] {
         let p = rootfs.join(d);
         if let Ok(rd) = std::fs::read_dir(&p) {
             for e in rd.flatten() {
@@ -574,10 +600,7 @@ fn customize(rootfs: &Path, work: &Path) -> Result<(), Error> {
 
 fn installed_packages(rootfs: &Path) -> Result<BTreeMap<String, String>, Error> {
     let text = chroot_output(rootfs, &["dpkg-query", "-W", "-f", "${Package} ${Version}\n"])?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
-        .collect())
+    Ok(text.lines().filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string()))).collect())
 }
 
 #[cfg(test)]
@@ -593,7 +616,7 @@ mod tests {
         let b = initrd_bytes(dir.path(), b"agent").unwrap();
         assert_eq!(a, b);
         assert!(a.starts_with(b"070701"));
-        assert_eq!(a.len() % 4, 0);
+        assert!(a.len().is_multiple_of(4));
         let text = String::from_utf8_lossy(&a);
         for name in ["init", "dev/console", "modules/order", "modules/a.ko", "TRAILER!!!"] {
             assert!(text.contains(name), "{name} missing");

@@ -291,10 +291,13 @@ pub fn spawn(spec: JailSpec, cgroup: Option<&Cgroup>) -> Result<Jailed, Error> {
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
     let envp_ptrs = vec![std::ptr::null()];
-    let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::host(format!("pipe: {e}")))?;
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::host(format!("pipe: {e}")))?;
+    let (sync_r, sync_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::host(format!("pipe: {e}")))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::host(format!("pipe: {e}")))?;
     let c = |s: &str| CString::new(s).expect("static strings have no NUL");
-    let mut devs = vec![(c("/dev/null"), c("dev/null")), (c("/dev/zero"), c("dev/zero")), (c("/dev/urandom"), c("dev/urandom"))];
+    let mut devs =
+        vec![(c("/dev/null"), c("dev/null")), (c("/dev/zero"), c("dev/zero")), (c("/dev/urandom"), c("dev/urandom"))];
     if spec.kvm {
         devs.push((c("/dev/kvm"), c("dev/kvm")));
     }
@@ -391,10 +394,7 @@ pub fn spawn(spec: JailSpec, cgroup: Option<&Cgroup>) -> Result<Jailed, Error> {
             let errno = i32::from_ne_bytes(msg[4..].try_into().expect("4 bytes"));
             let what = STEPS.get(step).copied().unwrap_or("setup");
             let _ = nix::sys::wait::waitpid(pid, None);
-            Err(Error::host(format!(
-                "jailing QEMU failed at '{what}': {}",
-                std::io::Error::from_raw_os_error(errno)
-            )))
+            Err(Error::host(format!("jailing QEMU failed at '{what}': {}", std::io::Error::from_raw_os_error(errno))))
         }
         Err(e) => Err(abort(format!("reading the jail's status: {e}"))),
     }

@@ -71,7 +71,8 @@ pub struct MicrovmConfig {
 impl MicrovmConfig {
     /// Defaults from the environment.
     pub fn from_env(data_dir: PathBuf) -> Self {
-        let vcpus = std::env::var("AIRLOCK_MICROVM_VCPUS").ok().and_then(|v| v.parse().ok()).unwrap_or(1u32).clamp(1, 64);
+        let vcpus =
+            std::env::var("AIRLOCK_MICROVM_VCPUS").ok().and_then(|v| v.parse().ok()).unwrap_or(1u32).clamp(1, 64);
         let snapshots = std::env::var("AIRLOCK_MICROVM_SNAPSHOTS").map(|v| v != "0").unwrap_or(true);
         let accel = match std::env::var("AIRLOCK_MICROVM_ACCEL").as_deref() {
             Ok("kvm") => Some(Accel::Kvm),
@@ -181,7 +182,11 @@ impl MicrovmBackend {
         let t = Instant::now();
         let mut vm = vm::launch(&self.art, &shape, Boot::Cold, &spec.id)?;
         vm.wait_ready(COLD_BOOT_TIMEOUT)?;
-        tracing::info!(ms = t.elapsed().as_millis() as u64, accel = accel.as_str(), "microvm: cold boot reached the agent");
+        tracing::info!(
+            ms = t.elapsed().as_millis() as u64,
+            accel = accel.as_str(),
+            "microvm: cold boot reached the agent"
+        );
         if self.cfg.snapshots {
             let t = Instant::now();
             match vm.save_snapshot(&snap) {
@@ -228,13 +233,19 @@ impl Backend for MicrovmBackend {
         let qemu_ok = Path::new(vm::QEMU).is_file();
         checks.insert(
             "qemu".into(),
-            if qemu_ok { format!("{} ({})", vm::QEMU, accel::qemu_version()) } else { format!("{} is missing", vm::QEMU) },
+            if qemu_ok {
+                format!("{} ({})", vm::QEMU, accel::qemu_version())
+            } else {
+                format!("{} is missing", vm::QEMU)
+            },
         );
         let missing = self.art.missing();
         checks.insert(
             "image".into(),
             match (&missing, self.art.manifest()) {
-                (None, Some(m)) => format!("{} (kernel {}, {} packages)", self.art.dir.display(), m.kernel_release, m.packages.len()),
+                (None, Some(m)) => {
+                    format!("{} (kernel {}, {} packages)", self.art.dir.display(), m.kernel_release, m.packages.len())
+                }
                 (Some(why), _) => why.clone(),
                 _ => "incomplete".into(),
             },
@@ -308,7 +319,11 @@ impl Backend for MicrovmBackend {
                 .unwrap_or(0),
             entropy: airlock_core::outcome::base64_encode(&random_bytes(32)),
             env: spec.env.clone(),
-            limits: GuestLimits { processes: limits.processes, open_files: limits.open_files, file_bytes: limits.file_bytes },
+            limits: GuestLimits {
+                processes: limits.processes,
+                open_files: limits.open_files,
+                file_bytes: limits.file_bytes,
+            },
         };
         vm.attach(&attach)?;
         let channel = vm.channel.take().expect("channel present until handed over");
@@ -318,8 +333,14 @@ impl Backend for MicrovmBackend {
         // Python handles an interrupt in a few milliseconds natively; an emulated guest
         // needs longer to unwind and format the traceback before it is killed.
         let grace = if accel.accel == Accel::Tcg { TCG_INTERRUPT_GRACE } else { Duration::from_millis(500) };
-        let sup = VmSupervisor::new(vm.pid, sup_chan, vm.cgroup.clone(), vm.run_dir.path().to_path_buf(), limits.memory_bytes)
-            .with_interrupt_grace(grace);
+        let sup = VmSupervisor::new(
+            vm.pid,
+            sup_chan,
+            vm.cgroup.clone(),
+            vm.run_dir.path().to_path_buf(),
+            limits.memory_bytes,
+        )
+        .with_interrupt_grace(grace);
         let meta = GuestMeta {
             backend: BackendKind::Microvm,
             isolation: Isolation::Vm,
@@ -327,17 +348,18 @@ impl Backend for MicrovmBackend {
             memory_bytes: limits.memory_bytes,
             warnings: warnings(&accel, &vm),
         };
-        let guest = match Guest::connect(GuestPipes { channel, stdout: out_r, stderr: err_r }, sup, meta, ATTACH_TIMEOUT) {
-            Ok(g) => g,
-            Err(e) => {
-                let status = vm.qmp.status().unwrap_or_else(|e| e.to_string());
-                return Err(Error::host(format!(
-                    "{e} (VM state: {status}){}{}",
-                    vm::log_tail(vm.run_dir.path(), "qemu.log"),
-                    vm::log_tail(vm.run_dir.path(), "console.log")
-                )));
-            }
-        };
+        let guest =
+            match Guest::connect(GuestPipes { channel, stdout: out_r, stderr: err_r }, sup, meta, ATTACH_TIMEOUT) {
+                Ok(g) => g,
+                Err(e) => {
+                    let status = vm.qmp.status().unwrap_or_else(|e| e.to_string());
+                    return Err(Error::host(format!(
+                        "{e} (VM state: {status}){}{}",
+                        vm::log_tail(vm.run_dir.path(), "qemu.log"),
+                        vm::log_tail(vm.run_dir.path(), "console.log")
+                    )));
+                }
+            };
         tracing::info!(
             sandbox = %spec.id,
             ms = started.elapsed().as_millis() as u64,
@@ -397,7 +419,10 @@ impl MicrovmSandbox {
 
     /// The guest's console log so far (kernel messages), for diagnostics.
     pub fn console_log(&self) -> String {
-        self.vm.as_ref().map(|v| std::fs::read_to_string(v.run_dir.path().join("console.log")).unwrap_or_default()).unwrap_or_default()
+        self.vm
+            .as_ref()
+            .map(|v| std::fs::read_to_string(v.run_dir.path().join("console.log")).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     fn gone(&self) -> Error {
@@ -461,7 +486,9 @@ impl MicrovmSandbox {
             let now = Instant::now();
             if now >= deadline {
                 self.kill();
-                return Err(Error::host("the guest agent did not answer a file request in time; the sandbox was stopped"));
+                return Err(Error::host(
+                    "the guest agent did not answer a file request in time; the sandbox was stopped",
+                ));
             }
             let mut p = [nix::poll::PollFd::new(self.files.as_fd(), nix::poll::PollFlags::POLLIN)];
             let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::from(50u16));
@@ -545,7 +572,8 @@ impl Sandbox for MicrovmSandbox {
         let cap = max_bytes.min(airlock_guest::protocol::MAX_FRAME_BYTES as u64 * 3 / 4 - 1024);
         let (data, _) = self.file_reply(&AgentRequest::FileRead { path: path.as_str().to_string(), max_bytes: cap })?;
         let data = data.ok_or_else(|| Error::host("the guest agent returned no data"))?;
-        airlock_core::outcome::base64_decode(&data).map_err(|e| Error::host(format!("the guest agent sent bad base64: {e}")))
+        airlock_core::outcome::base64_decode(&data)
+            .map_err(|e| Error::host(format!("the guest agent sent bad base64: {e}")))
     }
 
     fn list_files(&mut self, dir: &WorkspacePath) -> Result<Vec<FileEntry>, Error> {

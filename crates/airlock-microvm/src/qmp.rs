@@ -123,11 +123,7 @@ impl Qmp {
     pub fn save_to(&mut self, file: &impl AsFd, timeout: Duration) -> Result<(), Error> {
         let t = Duration::from_secs(5);
         self.execute_with_fd("getfd", Some(json!({"fdname": "airlock-snapshot"})), Some(file.as_fd()), t)?;
-        self.execute(
-            "migrate-set-parameters",
-            Some(json!({"max-bandwidth": 64u64 << 30, "downtime-limit": 2000})),
-            t,
-        )?;
+        self.execute("migrate-set-parameters", Some(json!({"max-bandwidth": 64u64 << 30, "downtime-limit": 2000})), t)?;
         self.execute("migrate", Some(json!({"uri": "fd:airlock-snapshot"})), t)?;
         let deadline = Instant::now() + timeout;
         loop {

@@ -400,7 +400,8 @@ impl Vm {
             let ms = (deadline - now).min(Duration::from_millis(50)).as_millis() as u16;
             let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ms));
             if pfd[0].revents().is_some_and(|r| !r.is_empty()) {
-                let n = nix::unistd::read(chan, &mut buf).map_err(|e| Error::host(format!("reading the channel: {e}")))?;
+                let n =
+                    nix::unistd::read(chan, &mut buf).map_err(|e| Error::host(format!("reading the channel: {e}")))?;
                 if n == 0 {
                     return Err(Error::host(format!(
                         "QEMU closed the channel during boot{}{}",

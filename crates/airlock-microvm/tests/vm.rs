@@ -98,7 +98,8 @@ fn qemu_runs_jailed() {
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
         .find(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+            let ppid =
+                stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
             ppid == Some(me) && stat.contains("(qemu-system-x86")
         })
         .expect("a QEMU child");
@@ -124,10 +125,12 @@ fn qemu_runs_jailed() {
         assert!(cg.contains(":memory:/airlock/"), "QEMU is in its own memory cgroup: {cg}");
     }
     sb.destroy().unwrap();
-    assert!(!std::path::Path::new(&format!("/proc/{qemu}")).exists() || {
-        std::thread::sleep(Duration::from_millis(500));
-        !std::path::Path::new(&format!("/proc/{qemu}")).exists()
-    });
+    assert!(
+        !std::path::Path::new(&format!("/proc/{qemu}")).exists() || {
+            std::thread::sleep(Duration::from_millis(500));
+            !std::path::Path::new(&format!("/proc/{qemu}")).exists()
+        }
+    );
 }
 
 fn nix_is_root() -> bool {

@@ -132,11 +132,9 @@ mod tests {
 
     #[test]
     fn errors_round_trip() {
-        for e in [
-            Error::NotFound("'a' does not exist".into()),
-            Error::TooLarge("big".into()),
-            Error::Invalid("bad".into()),
-        ] {
+        for e in
+            [Error::NotFound("'a' does not exist".into()), Error::TooLarge("big".into()), Error::Invalid("bad".into())]
+        {
             assert_eq!(WireError::from_error(&e).into_error(), e);
         }
         let host = WireError::from_error(&Error::host("disk on fire")).into_error();

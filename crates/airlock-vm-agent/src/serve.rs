@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use airlock_core::paths::WorkspacePath;
 use airlock_core::Error;
+use airlock_core::paths::WorkspacePath;
 use airlock_guest::launch::{CHANNEL_FD, channel_pair, guest_env};
 use airlock_guest::protocol::{FrameDecoder, GuestFrame, encode};
 use airlock_guest::workspace::Workspace;
@@ -168,9 +168,7 @@ fn flush_some(f: &mut File, queue: &mut Vec<u8>) -> std::io::Result<()> {
 pub fn oom_kills() -> u64 {
     std::fs::read_to_string("/proc/vmstat")
         .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())))
         .unwrap_or(0)
 }
 
@@ -311,7 +309,13 @@ impl State<'_> {
                     idx[3] = fds.len();
                     fds.push(PollFd::new(d.pidfd.as_fd(), PollFlags::POLLIN));
                 }
-                let timeout = if port_hup { 20u16 } else if self.interrupt_pending { 100 } else { 1000 };
+                let timeout = if port_hup {
+                    20u16
+                } else if self.interrupt_pending {
+                    100
+                } else {
+                    1000
+                };
                 match poll(&mut fds, PollTimeout::from(timeout)) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => return Err(format!("poll: {e}")),
@@ -444,7 +448,8 @@ impl State<'_> {
     fn drain_streams(&mut self, buf: &mut [u8]) {
         for is_out in [true, false] {
             for _ in 0..256 {
-                let open = self.driver.as_ref().is_some_and(|d| if is_out { d.stdout.is_some() } else { d.stderr.is_some() });
+                let open =
+                    self.driver.as_ref().is_some_and(|d| if is_out { d.stdout.is_some() } else { d.stderr.is_some() });
                 if !open {
                     break;
                 }
@@ -459,9 +464,13 @@ impl State<'_> {
                     break;
                 }
                 self.pump_stream(is_out, buf);
-                if self.to_host.len() == before && self.driver.as_ref().is_some_and(|d| {
-                    if is_out { d.stdout.is_some() } else { d.stderr.is_some() }
-                }) {
+                if self.to_host.len() == before
+                    && self.driver.as_ref().is_some_and(
+                        |d| {
+                            if is_out { d.stdout.is_some() } else { d.stderr.is_some() }
+                        },
+                    )
+                {
                     // Readable but nothing came (an incomplete character): move on.
                     break;
                 }
@@ -548,8 +557,7 @@ impl State<'_> {
 
     fn reap_driver(&mut self, buf: &mut [u8]) {
         // Frames and output the driver left behind come first.
-        loop {
-            let Some(d) = &mut self.driver else { break };
+        while let Some(d) = &mut self.driver {
             match read_some(&mut d.chan, buf) {
                 Ok(Some(n)) if n > 0 => self.drv_dec.push(&buf[..n]),
                 _ => break,
@@ -778,7 +786,8 @@ fn apply_limits(pid: Pid, limits: &GuestLimits, in_vm: bool) {
 /// The guest's memory (`MemTotal`), in bytes.
 fn mem_total_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: u64 =
+        text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb * 1024)
 }
 

@@ -47,8 +47,10 @@ pub fn main(a: SetupArgs) -> anyhow::Result<i32> {
 
 fn microvm(m: MicrovmArgs) -> anyhow::Result<i32> {
     let config = Config::from_env();
-    let backend = airlock_microvm::MicrovmBackend::new(airlock_microvm::MicrovmConfig::from_env(config.data_dir.clone()));
-    let mut opts = airlock_microvm::image::SetupOptions { force: m.force, keep_work: m.keep_work, ..Default::default() };
+    let backend =
+        airlock_microvm::MicrovmBackend::new(airlock_microvm::MicrovmConfig::from_env(config.data_dir.clone()));
+    let mut opts =
+        airlock_microvm::image::SetupOptions { force: m.force, keep_work: m.keep_work, ..Default::default() };
     if let Some(mirror) = m.mirror {
         opts.mirror = mirror;
     }
