@@ -161,7 +161,7 @@ impl Artifacts {
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), Error> {
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, serde_json::to_vec_pretty(v).expect("serialisable"))
         .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
@@ -226,7 +226,8 @@ pub fn initrd_bytes(modules_dir: &Path, agent: &[u8]) -> Result<Vec<u8>, Error> 
 
 fn write_initrd(modules_dir: &Path, dest: &Path) -> Result<(), Error> {
     let bytes = initrd_bytes(modules_dir, AGENT_BINARY)?;
-    let tmp = dest.with_extension("tmp");
+    // Unique per process: several airlock processes may notice a new agent at once.
+    let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
     set_mode(&tmp, 0o644)?;
     std::fs::rename(&tmp, dest).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))

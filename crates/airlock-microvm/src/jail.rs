@@ -14,7 +14,7 @@
 //! descriptors (`/proc/self/fd/N`), never by host path.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use airlock_core::Error;
@@ -400,22 +400,8 @@ pub fn spawn(spec: JailSpec, cgroup: Option<&Cgroup>) -> Result<Jailed, Error> {
     }
 }
 
-/// A descriptor for the child from a file.
-pub fn fd_of(f: std::fs::File) -> OwnedFd {
-    OwnedFd::from(f)
-}
-
 /// `/dev/null` opened for reading (QEMU's stdin).
 pub fn dev_null() -> Result<OwnedFd, Error> {
     let f = std::fs::File::open("/dev/null").map_err(|e| Error::io("opening /dev/null", e))?;
     Ok(OwnedFd::from(f))
-}
-
-/// Wraps a raw descriptor we own.
-///
-/// # Safety
-/// `fd` must be open and owned by nobody else.
-pub unsafe fn owned(fd: RawFd) -> OwnedFd {
-    // SAFETY: the caller guarantees ownership.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }

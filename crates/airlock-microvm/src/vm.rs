@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,6 +170,12 @@ pub fn qemu_args(shape: &VmShape, restore: bool) -> Vec<String> {
         Accel::Kvm => ("kvm".to_string(), shape.kvm_cpu.as_arg()),
         Accel::Tcg => {
             cmdline.push(format!("tsc_early_khz={}", shape.tsc_khz));
+            if tcg_cpu() == "qemu64" {
+                // OpenBLAS takes qemu64 (an AMD family 15 CPU) for an Opteron and uses
+                // instructions TCG's qemu64 lacks (SIGILL in numpy.dot); its SSE3
+                // kernels run everywhere.
+                cmdline.push("airlock.openblas_coretype=Prescott".into());
+            }
             // Speculation is not emulated by TCG: the guest's mitigations only cost time.
             cmdline.push("mitigations=off".into());
             ("tcg,tb-size=256".to_string(), tcg_cpu())
@@ -595,9 +601,4 @@ impl Drop for VmSupervisor {
 /// Duplicates a descriptor into a `File`.
 pub fn dup_file(fd: &OwnedFd) -> Result<File, Error> {
     fd.try_clone().map(File::from).map_err(|e| Error::io("duplicating the channel", e))
-}
-
-/// The raw number of a descriptor (for logs).
-pub fn raw(fd: &OwnedFd) -> i32 {
-    fd.as_raw_fd()
 }

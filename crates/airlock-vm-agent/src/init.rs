@@ -21,6 +21,7 @@ pub fn main() -> ! {
                 run_as: Some((GUEST_UID, GUEST_UID)),
                 mpl_config: Some(GUEST_MPL_DIR.into()),
                 preload: preload_from_cmdline(),
+                extra_env: env_from_cmdline(),
                 in_vm: true,
             };
             if let Err(e) = airlock_vm_agent::serve(port, &cfg) {
@@ -35,6 +36,17 @@ pub fn main() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(60));
     }
+}
+
+/// `airlock.openblas_coretype=NAME` on the kernel command line: the OpenBLAS kernel
+/// to use (its CPU detection picks instructions an emulated `qemu64` CPU lacks).
+fn env_from_cmdline() -> std::collections::BTreeMap<String, String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("airlock.openblas_coretype="))
+        .map(|v| ("OPENBLAS_CORETYPE".to_string(), v.to_string()))
+        .collect()
 }
 
 /// `airlock.preload=a,b,c` on the kernel command line: the template's modules.

@@ -37,6 +37,7 @@ fn serve_on_host(args: &[String]) -> i32 {
         run_as: None,
         mpl_config: None,
         preload: Vec::new(),
+        extra_env: Default::default(),
         in_vm: false,
     };
     match airlock_vm_agent::serve(port, &cfg) {

@@ -49,6 +49,9 @@ pub struct ServeConfig {
     pub run_as: Option<(u32, u32)>,
     /// matplotlib's configuration directory, if prepared.
     pub mpl_config: Option<String>,
+    /// Extra environment variables for the driver (e.g. an OpenBLAS kernel that the
+    /// emulated CPU supports).
+    pub extra_env: BTreeMap<String, String>,
     /// Modules the driver imports at boot, before the guest reports `ready` (a
     /// template's preload; the snapshot then holds them).
     pub preload: Vec<String>,
@@ -176,7 +179,7 @@ fn spawn_driver(cfg: &ServeConfig) -> Result<Driver, String> {
     let (agent_end, driver_end) = channel_pair().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(&cfg.python);
     let home = cfg.workspace.to_string_lossy().into_owned();
-    let env = guest_env(&home, &cfg.tmp, cfg.mpl_config.as_deref(), &BTreeMap::new());
+    let env = guest_env(&home, &cfg.tmp, cfg.mpl_config.as_deref(), &cfg.extra_env);
     cmd.args(airlock_guest::driver_args(CHANNEL_FD))
         .env_clear()
         .envs(env)

@@ -38,6 +38,7 @@ impl Agent {
             run_as: None,
             mpl_config: None,
             preload: vec!["json".into()],
+            extra_env: Default::default(),
             in_vm: false,
         };
         let thread = std::thread::spawn(move || airlock_vm_agent::serve(agent.into(), &cfg));
