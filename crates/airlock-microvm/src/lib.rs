@@ -519,6 +519,14 @@ impl MicrovmSandbox {
     }
 
     fn teardown(&mut self) {
+        // QMP `quit` stops QEMU at once; the cell loop's terminate then finds it gone
+        // (and kills it if `quit` did not get through).
+        if self.guest.as_ref().is_some_and(|g| g.is_alive())
+            && let Some(vm) = self.vm.as_mut()
+            && let Err(e) = vm.qmp.quit()
+        {
+            tracing::debug!("microvm: QMP quit failed ({e}); killing QEMU");
+        }
         if let Some(mut g) = self.guest.take() {
             g.terminate();
             g.supervisor().retire();

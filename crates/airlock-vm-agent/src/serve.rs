@@ -33,6 +33,8 @@ use crate::frames::{AgentReply, AgentRequest, GuestLimits, WireError};
 
 /// The most bytes queued towards the host before the agent stops reading the driver.
 pub const MAX_QUEUED_BYTES: usize = 4 << 20;
+/// How long the port's host side may stay disconnected before a VM powers off.
+const HOST_GONE_AFTER: Duration = Duration::from_secs(2);
 /// Read size for pipes and the port.
 const CHUNK: usize = 32 * 1024;
 
@@ -276,6 +278,7 @@ impl State<'_> {
     fn run(&mut self) -> Result<ServeEnd, String> {
         let mut buf = vec![0u8; CHUNK];
         let mut port_hup = false;
+        let mut hup_since: Option<std::time::Instant> = None;
         loop {
             let backlog = self.to_host.len() >= MAX_QUEUED_BYTES;
             let (p_in, p_out, c_in, c_out, o_in, e_in, dead) = {
@@ -377,17 +380,15 @@ impl State<'_> {
                         self.handle_host_frames()?;
                     }
                     Ok(None) => {
-                        if !self.cfg.in_vm || self.attached {
-                            // The host went away (outside a VM the socket closed; inside,
-                            // QEMU's end of an attached port did): nobody will collect
-                            // this sandbox, so stop.
+                        if !self.cfg.in_vm {
+                            // Outside a VM the socket closed: the host is gone.
                             self.kill_driver();
                             return Ok(ServeEnd::HostGone);
                         }
+                        // Inside, the port's host side is not connected.
                         port_hup = true;
                     }
                     Err(e) if self.cfg.in_vm => {
-                        // A virtio port whose host side is not connected.
                         let _ = e;
                         port_hup = true;
                     }
@@ -395,7 +396,16 @@ impl State<'_> {
                 }
             }
             if port_hup {
+                // airlock died (its end of QEMU's chardev closed): nobody will ever
+                // collect this VM, so it stops itself rather than run on orphaned.
+                let since = *hup_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= HOST_GONE_AFTER {
+                    self.kill_driver();
+                    return Ok(ServeEnd::HostGone);
+                }
                 std::thread::sleep(Duration::from_millis(20));
+            } else if p_in {
+                hup_since = None;
             }
         }
     }
