@@ -150,10 +150,13 @@ impl Cgroup {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         for d in &self.dirs {
-            // Fails while a process is still inside; the caller reaps QEMU first.
-            if std::fs::remove_dir(d).is_err() {
+            // Fails while a process is still inside: a killed QEMU with a large guest
+            // takes a moment to release its memory even after it was reaped.
+            for _ in 0..100 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
                 std::thread::sleep(std::time::Duration::from_millis(20));
-                let _ = std::fs::remove_dir(d);
             }
         }
     }
