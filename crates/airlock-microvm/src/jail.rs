@@ -15,6 +15,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use airlock_core::Error;
@@ -57,8 +58,9 @@ pub struct JailSpec {
     /// Descriptors to hand over: (descriptor, number in the child). 0, 1 and 2 must
     /// be among them.
     pub fds: Vec<(OwnedFd, RawFd)>,
-    /// Bind `/dev/kvm` into the jail.
-    pub kvm: bool,
+    /// The KVM device node to bind as the jail's `/dev/kvm` (the host's
+    /// `/dev/kvm`, or a private node owned by QEMU's uid), if any.
+    pub kvm: Option<PathBuf>,
     /// Who the process is on the host.
     pub identity: HostIdentity,
 }
@@ -106,9 +108,23 @@ struct Prepared {
     sync_r: RawFd,
     err_w: RawFd,
     usr_flags: libc::c_ulong,
-    devs: Vec<(CString, CString)>,
+    devs: Vec<Dev>,
     s: Strings,
 }
+
+/// A device node to bind into the jail. The child opens `src` (O_PATH) while the
+/// host's tree is still visible, parks the descriptor at `fd`, and binds it through
+/// `via` (`/proc/self/fd/<fd>`) once the jail's tmpfs root shadows `/tmp`, where a
+/// private node may live.
+struct Dev {
+    src: CString,
+    fd: RawFd,
+    via: CString,
+    dst: CString,
+}
+
+/// Where the child parks device descriptors (clear of the handed-over ones).
+const DEV_FD_BASE: RawFd = 900;
 
 /// Fixed strings used by the child.
 struct Strings {
@@ -178,6 +194,13 @@ fn child(p: &Prepared) -> isize {
         if libc::mount(null, s.slash.as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
             return fail(2);
         }
+        for d in &p.devs {
+            let fd = libc::open(d.src.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+            if fd < 0 || libc::dup3(fd, d.fd, libc::O_CLOEXEC) < 0 {
+                return fail(6);
+            }
+            libc::close(fd);
+        }
         if libc::mount(
             s.tmpfs.as_ptr(),
             s.root.as_ptr(),
@@ -208,13 +231,13 @@ fn child(p: &Prepared) -> isize {
         for (target, link) in &s.links {
             libc::symlink(target.as_ptr(), link.as_ptr());
         }
-        for (src, dst) in &p.devs {
-            let fd = libc::open(dst.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+        for d in &p.devs {
+            let fd = libc::open(d.dst.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
             if fd < 0 {
                 return fail(6);
             }
             libc::close(fd);
-            if libc::mount(src.as_ptr(), dst.as_ptr(), null, libc::MS_BIND, std::ptr::null()) != 0 {
+            if libc::mount(d.via.as_ptr(), d.dst.as_ptr(), null, libc::MS_BIND, std::ptr::null()) != 0 {
                 return fail(6);
             }
         }
@@ -296,11 +319,20 @@ pub fn spawn(spec: JailSpec, cgroup: Option<&Cgroup>) -> Result<Jailed, Error> {
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::host(format!("pipe: {e}")))?;
     let c = |s: &str| CString::new(s).expect("static strings have no NUL");
-    let mut devs =
-        vec![(c("/dev/null"), c("dev/null")), (c("/dev/zero"), c("dev/zero")), (c("/dev/urandom"), c("dev/urandom"))];
-    if spec.kvm {
-        devs.push((c("/dev/kvm"), c("dev/kvm")));
+    let mut nodes = vec![(c("/dev/null"), "null"), (c("/dev/zero"), "zero"), (c("/dev/urandom"), "urandom")];
+    if let Some(node) = &spec.kvm {
+        nodes.push((cstr(&node.to_string_lossy())?, "kvm"));
     }
+    let devs = nodes
+        .into_iter()
+        .zip(DEV_FD_BASE..)
+        .map(|((src, name), fd)| Dev {
+            src,
+            fd,
+            via: c(&format!("/proc/self/fd/{fd}")),
+            dst: c(&format!("dev/{name}")),
+        })
+        .collect();
     let max_fd = spec.fds.iter().map(|(_, d)| *d).max().unwrap_or(2);
     let prepared = Prepared {
         program,
@@ -404,4 +436,50 @@ pub fn spawn(spec: JailSpec, cgroup: Option<&Cgroup>) -> Result<Jailed, Error> {
 pub fn dev_null() -> Result<OwnedFd, Error> {
     let f = std::fs::File::open("/dev/null").map_err(|e| Error::io("opening /dev/null", e))?;
     Ok(OwnedFd::from(f))
+}
+
+/// A device node (e.g. KVM's) owned by one jailed uid alone: in a directory of its
+/// own (mode 0700, owned by that uid) so that nobody else can even reach it.
+#[derive(Debug)]
+pub struct PrivateDevice {
+    dir: tempfile::TempDir,
+    node: PathBuf,
+}
+
+impl PrivateDevice {
+    /// Creates a character device node with device number `rdev`, owned by
+    /// `uid`/`gid` with mode 0600, in a new directory under the temporary directory,
+    /// which must be on a filesystem that honours device nodes.
+    pub fn create(rdev: u64, uid: u32, gid: u32) -> Result<Self, String> {
+        use nix::sys::stat::{Mode, SFlag, mknod};
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-dev-")
+            .tempdir()
+            .map_err(|e| format!("creating a directory for a private device node: {e}"))?;
+        let st =
+            nix::sys::statvfs::statvfs(dir.path()).map_err(|e| format!("statvfs {}: {e}", dir.path().display()))?;
+        if st.flags().contains(nix::sys::statvfs::FsFlags::ST_NODEV) {
+            return Err(format!(
+                "{} is on a nodev filesystem (point TMPDIR at one that allows device nodes)",
+                dir.path().display()
+            ));
+        }
+        let node = dir.path().join("dev");
+        mknod(&node, SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), rdev)
+            .map_err(|e| format!("mknod {}: {e}", node.display()))?;
+        for p in [&node, &dir.path().to_path_buf()] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", p.display()))?;
+        }
+        Ok(PrivateDevice { dir, node })
+    }
+
+    /// The node's path.
+    pub fn path(&self) -> &Path {
+        &self.node
+    }
+
+    /// The directory holding the node (removed with it on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
 }

@@ -300,18 +300,14 @@ pub fn launch(art: &Artifacts, shape: &VmShape, boot: Boot, name: &str) -> Resul
             (None, Some(e))
         }
     };
-    let identity = match shape.accel {
-        Accel::Tcg => jail::next_identity(),
+    let (identity, kvm, private_kvm) = match shape.accel {
+        Accel::Tcg => (jail::next_identity(), None, None),
         Accel::Kvm => kvm_identity(),
     };
-    let spec = JailSpec {
-        program: QEMU.into(),
-        args: qemu_args(shape, restore),
-        fds,
-        kvm: shape.accel == Accel::Kvm,
-        identity,
-    };
+    let spec = JailSpec { program: QEMU.into(), args: qemu_args(shape, restore), fds, kvm, identity };
     let jailed = jail::spawn(spec, cgroup.as_deref())?;
+    // The bind mount in QEMU's namespace keeps the node usable; the host copy goes.
+    drop(private_kvm);
     tracing::debug!(pid = jailed.pid.as_raw(), accel = shape.accel.as_str(), restore, "microvm: QEMU started");
     let qmp = match Qmp::connect(qmp_host, Duration::from_secs(10)) {
         Ok(q) => q,
@@ -330,21 +326,35 @@ pub fn launch(art: &Artifacts, shape: &VmShape, boot: Boot, name: &str) -> Resul
     Ok(vm)
 }
 
-/// Who QEMU runs as under KVM: unprivileged when that identity can open `/dev/kvm`
-/// through its group, else (as root) root inside the namespaces.
-fn kvm_identity() -> HostIdentity {
+/// Who QEMU runs as under KVM, and which device node it gets as `/dev/kvm`.
+///
+/// Unprivileged whenever possible: through `/dev/kvm`'s mode or group, or (as
+/// root, when `/dev/kvm` is root-only, as on hosts without udev rules) through a
+/// private device node in the VM's run directory owned by QEMU's uid alone. Host
+/// root mapped into the namespaces is the last resort, when even that fails.
+fn kvm_identity() -> (HostIdentity, Option<PathBuf>, Option<jail::PrivateDevice>) {
     use std::os::unix::fs::MetadataExt;
+    let host_node = PathBuf::from("/dev/kvm");
     let id = jail::next_identity();
-    let Ok(m) = std::fs::metadata("/dev/kvm") else { return id };
+    let Ok(m) = std::fs::metadata(&host_node) else { return (id, Some(host_node), None) };
     if m.mode() & 0o006 == 0o006 {
-        return id;
+        return (id, Some(host_node), None);
     }
     if let HostIdentity::Unprivileged(u, _) = id
         && m.mode() & 0o060 == 0o060
     {
-        return HostIdentity::Unprivileged(u, m.gid());
+        return (HostIdentity::Unprivileged(u, m.gid()), Some(host_node), None);
     }
-    if nix::unistd::geteuid().is_root() { HostIdentity::Root } else { id }
+    if !nix::unistd::geteuid().is_root() {
+        return (id, Some(host_node), None);
+    }
+    if let HostIdentity::Unprivileged(uid, gid) = id {
+        match jail::PrivateDevice::create(m.rdev(), uid, gid) {
+            Ok(dev) => return (id, Some(dev.path().to_path_buf()), Some(dev)),
+            Err(e) => tracing::warn!("microvm: QEMU keeps host root under KVM: {e}"),
+        }
+    }
+    (HostIdentity::Root, Some(host_node), None)
 }
 
 /// The last lines of a log in the run directory, as a suffix for error messages.
