@@ -18,6 +18,13 @@ fn data_dir() -> std::path::PathBuf {
     std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/airlock")
 }
 
+/// VM tests run one at a time: `qemu_runs_jailed` finds its QEMU among this
+/// process's children, and TCG guests on two cores are slow enough alone.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn backend() -> Option<MicrovmBackend> {
     let b = MicrovmBackend::new(MicrovmConfig::from_env(data_dir()));
     let p = b.probe();
@@ -55,6 +62,7 @@ fn refuses_host_network_and_tiny_memory_with_clear_errors() {
 
 #[test]
 fn the_guest_is_another_kernel_and_sees_nothing_of_the_host() {
+    let _one_at_a_time = serial();
     let Some(b) = backend() else { return };
     let marker = std::env::temp_dir().join(format!("airlock-microvm-marker-{}", std::process::id()));
     std::fs::write(&marker, "host secret").unwrap();
@@ -86,6 +94,7 @@ fn the_guest_is_another_kernel_and_sees_nothing_of_the_host() {
 
 #[test]
 fn qemu_runs_jailed() {
+    let _one_at_a_time = serial();
     let Some(b) = backend() else { return };
     let sb = b.create(&SandboxSpec::new(limits())).unwrap();
     let any: &dyn std::any::Any = &sb;
@@ -143,6 +152,7 @@ fn nix_is_root() -> bool {
 
 #[test]
 fn a_session_keeps_state_and_files_travel_over_the_channel() {
+    let _one_at_a_time = serial();
     let Some(b) = backend() else { return };
     let mut sb = b.create(&SandboxSpec::new(limits())).unwrap();
     assert_eq!(cell(sb.as_mut(), "x = 41").status, Status::Ok);
@@ -162,6 +172,7 @@ fn a_session_keeps_state_and_files_travel_over_the_channel() {
 
 #[test]
 fn kvm_probe_is_bounded_and_cached() {
+    let _one_at_a_time = serial();
     let Some(b) = backend() else { return };
     if !std::path::Path::new("/dev/kvm").exists() {
         eprintln!("skipped: no /dev/kvm: nothing to probe");
@@ -193,6 +204,7 @@ fn kvm_probe_is_bounded_and_cached() {
 #[test]
 #[ignore = "slow: boots a VM cold under TCG; run with --ignored"]
 fn snapshot_restore_beats_cold_boot() {
+    let _one_at_a_time = serial();
     let Some(_) = backend() else { return };
     let mut cfg = MicrovmConfig::from_env(data_dir());
     let mut spec = SandboxSpec::new(limits());
