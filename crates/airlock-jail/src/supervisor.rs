@@ -1,0 +1,120 @@
+//! The host's handle on a running sandbox: signals through a pidfd (never a pid that
+//! could have been reused), exit status through `wait4`, and accounting from the cgroup.
+//!
+//! The driver is the init of the sandbox's PID namespace, so one `SIGKILL` to it makes
+//! the kernel kill every process of the namespace; the cgroup kill is the second line.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use airlock_core::Status;
+use airlock_core::units::format_size;
+use airlock_guest::host::{ExitInfo, Supervisor};
+
+use crate::cgroup::{Cgroup, CgroupOps};
+use crate::spawn::pidfd_signal;
+
+/// Supervises one sandbox's driver process.
+#[derive(Debug)]
+pub struct JailSupervisor {
+    pid: i32,
+    pidfd: Arc<OwnedFd>,
+    exit: Option<ExitInfo>,
+    cgroup: Option<Arc<Cgroup>>,
+    oom_seen: u64,
+    memory_bytes: u64,
+}
+
+impl JailSupervisor {
+    /// Supervises `pid` (our child).
+    pub fn new(pid: i32, pidfd: OwnedFd, cgroup: Option<Arc<Cgroup>>, memory_bytes: u64) -> Self {
+        let oom_seen = cgroup.as_ref().and_then(|c| c.oom_kills()).unwrap_or(0);
+        JailSupervisor { pid, pidfd: Arc::new(pidfd), exit: None, cgroup, oom_seen, memory_bytes }
+    }
+
+    /// The driver's pid on the host.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn reap(&mut self, flags: libc::c_int) -> Option<ExitInfo> {
+        if let Some(e) = self.exit {
+            return Some(e);
+        }
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero rusage is a valid value for this plain C struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 writes only into the two live locals; the pid is our own child.
+        let r = unsafe { libc::wait4(self.pid, &mut status, flags, &mut ru) };
+        if r == self.pid {
+            let cpu_ms = (ru.ru_utime.tv_sec as u64 + ru.ru_stime.tv_sec as u64) * 1000
+                + (ru.ru_utime.tv_usec as u64 + ru.ru_stime.tv_usec as u64) / 1000;
+            let info = ExitInfo {
+                code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+                signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+                cpu_ms: Some(cpu_ms),
+                peak_memory_bytes: Some(ru.ru_maxrss as u64 * 1024),
+            };
+            self.exit = Some(info);
+            return Some(info);
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            self.exit = Some(ExitInfo::default());
+            return self.exit;
+        }
+        None
+    }
+}
+
+impl Supervisor for JailSupervisor {
+    fn interrupt(&mut self) {
+        if self.exit.is_none() {
+            pidfd_signal(&self.pidfd, libc::SIGINT);
+        }
+    }
+
+    fn kill(&mut self) {
+        pidfd_signal(&self.pidfd, libc::SIGKILL);
+    }
+
+    fn try_wait(&mut self) -> Option<ExitInfo> {
+        self.reap(libc::WNOHANG)
+    }
+
+    fn kill_handle(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let fd = self.pidfd.clone();
+        Arc::new(move || pidfd_signal(&fd, libc::SIGKILL))
+    }
+
+    fn cpu_ms(&mut self) -> Option<u64> {
+        self.cgroup.as_ref()?.cpu_usage_ns().map(|ns| ns / 1_000_000)
+    }
+
+    fn peak_memory_bytes(&mut self) -> Option<u64> {
+        self.cgroup.as_ref()?.memory_peak_bytes()
+    }
+
+    fn explain_death(&mut self, exit: &ExitInfo) -> Option<(Status, String)> {
+        let oom = self.cgroup.as_ref()?.oom_kills()?;
+        let new_kills = oom > self.oom_seen;
+        self.oom_seen = oom;
+        (new_kills && exit.signal == Some(libc::SIGKILL)).then(|| {
+            (
+                Status::MemoryLimit,
+                format!(
+                    "the sandbox reached its memory limit of {} (limits.memory_bytes) and the kernel's OOM killer stopped it",
+                    format_size(self.memory_bytes)
+                ),
+            )
+        })
+    }
+}
+
+impl Drop for JailSupervisor {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.kill();
+            let _ = self.reap(0);
+        }
+    }
+}
