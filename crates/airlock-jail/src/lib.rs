@@ -283,6 +283,7 @@ impl JailBackend {
                 }
             });
         }
+        let t0 = std::time::Instant::now();
         let limits = spec.limits;
         airlock_core::request::validate_env(&spec.env)?;
         let ids = IdMap::for_new_sandbox(&self.config.ids)?;
@@ -306,6 +307,7 @@ impl JailBackend {
             setattr: p.setattr,
         };
         let mounts = mount::plan(&root)?;
+        let t_plan = t0.elapsed();
 
         let cgroup = match &p.cgroups {
             Some(driver) => {
@@ -323,6 +325,7 @@ impl JailBackend {
             None => CgroupGuard(None),
         };
         let memory_cgroup = p.cgroups.as_ref().is_some_and(|d| d.enforced().memory);
+        let t_cgroup = t0.elapsed();
 
         let env = guest_env(
             airlock_core::paths::WORKSPACE_MOUNT,
@@ -364,6 +367,7 @@ impl JailBackend {
             Ok(())
         })?;
         drop((guest_chan, out_w, err_w));
+        let t_exec = t0.elapsed();
 
         let sup = supervisor::JailSupervisor::new(spawned.pid, spawned.pidfd, cgroup.0.clone(), limits.memory_bytes);
         p.boot.send_preamble(&host_chan)?;
@@ -376,6 +380,14 @@ impl JailBackend {
         };
         let guest =
             Guest::connect(GuestPipes { channel: host_chan, stdout: out_r, stderr: err_r }, sup, meta, STARTUP_TIMEOUT)?;
+        tracing::debug!(
+            sandbox = %spec.id,
+            "jail start: plan {:?}, cgroup {:?}, clone to exec {:?}, interpreter to hello {:?}",
+            t_plan,
+            t_cgroup - t_plan,
+            t_exec - t_cgroup,
+            t0.elapsed() - t_exec
+        );
         let workspace = Workspace::from_fd(spawned.workspace).with_owner(ids.host_uid, ids.host_gid);
         Ok(JailSandbox {
             id: spec.id.clone(),

@@ -85,13 +85,17 @@ pub struct JailSandbox {
 
 impl JailSandbox {
     fn teardown(&mut self) -> Result<(), Error> {
-        self.guest.terminate();
+        let t0 = std::time::Instant::now();
+        // Nothing inside needs a graceful exit (the whole file system goes with it), so
+        // the driver — the PID namespace's init, taking every process with it — is killed.
         let sup = self.guest.supervisor();
-        if sup.wait(Duration::from_secs(2)).is_none() {
-            sup.kill();
-            let _ = sup.wait(Duration::from_secs(2));
-        }
-        self.cgroup.release()
+        sup.kill();
+        let _ = sup.wait(Duration::from_secs(5));
+        self.guest.terminate();
+        let t_exit = t0.elapsed();
+        let r = self.cgroup.release();
+        tracing::debug!(sandbox = %self.id, "jail teardown: exit {:?}, cgroup removal {:?}", t_exit, t0.elapsed() - t_exit);
+        r
     }
 
     /// The driver's pid on the host (tests).

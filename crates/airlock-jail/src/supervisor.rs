@@ -81,6 +81,24 @@ impl Supervisor for JailSupervisor {
         self.reap(libc::WNOHANG)
     }
 
+    /// Waits on the pidfd (readable once the process has exited) rather than polling.
+    fn wait(&mut self, timeout: std::time::Duration) -> Option<ExitInfo> {
+        use std::os::fd::AsFd;
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.try_wait() {
+                return Some(e);
+            }
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut fds = [nix::poll::PollFd::new(self.pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let ms = nix::poll::PollTimeout::try_from(left.as_millis().max(1) as u64).unwrap_or(nix::poll::PollTimeout::MAX);
+            let _ = nix::poll::poll(&mut fds, ms);
+        }
+    }
+
     fn kill_handle(&self) -> Arc<dyn Fn() + Send + Sync> {
         let fd = self.pidfd.clone();
         Arc::new(move || pidfd_signal(&fd, libc::SIGKILL))
