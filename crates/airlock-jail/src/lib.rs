@@ -219,8 +219,9 @@ impl JailBackend {
                 }
                 let mut sys_path = info.sys_path.clone();
                 sys_path.extend(site);
+                let state = python::SiteState { sys_path, prefix: info.prefix.clone(), exec_prefix: info.exec_prefix.clone() };
                 let boot = DriverBoot::for_python(&python);
-                let args = python::interpreter_args(&boot, Some(&sys_path));
+                let args = python::interpreter_args(&boot, Some(&state));
                 (RootSource::Host, boot, args, Some(python::MplCache::new(&python)))
             }
         };

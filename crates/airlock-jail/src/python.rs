@@ -28,9 +28,13 @@ pub struct HostPython {
     pub sys_path: Vec<String>,
     /// `sys.prefix` and `sys.base_prefix` (a virtualenv has both).
     pub prefixes: Vec<String>,
+    /// `sys.prefix` and `sys.exec_prefix` as `site` leaves them (a virtualenv's).
+    pub prefix: String,
+    /// See [`HostPython::prefix`].
+    pub exec_prefix: String,
 }
 
-const PROBE: &str = "import sys,json\nprint(json.dumps({'path':[p for p in sys.path if p],'prefixes':sorted({sys.prefix,sys.base_prefix,sys.exec_prefix})}))";
+const PROBE: &str = "import sys,json\nprint(json.dumps({'path':[p for p in sys.path if p],'prefixes':sorted({sys.prefix,sys.base_prefix,sys.exec_prefix}),'prefix':sys.prefix,'exec_prefix':sys.exec_prefix}))";
 
 fn mtime_ns(p: &Path) -> i128 {
     std::fs::metadata(p)
@@ -54,7 +58,7 @@ impl HostPython {
     /// Asks `python` (once; cached on disk while its path directories are unchanged).
     pub fn query(python: &Path) -> Result<HostPython, Error> {
         let key = cache_key(python);
-        let file = cache_dir().zip(key).map(|(d, k)| d.join("jail").join(format!("python-{k}.json")));
+        let file = cache_dir().zip(key).map(|(d, k)| d.join("jail").join(format!("python-v2-{k}.json")));
         if let Some(f) = &file
             && let Ok(text) = std::fs::read_to_string(f)
             && let Some(info) = Self::parse_cached(&text)
@@ -86,11 +90,14 @@ impl HostPython {
         let info = HostPython {
             sys_path: strings("path").into_iter().filter(|p| Path::new(p).exists()).collect(),
             prefixes: strings("prefixes"),
+            prefix: v["prefix"].as_str().unwrap_or_default().to_string(),
+            exec_prefix: v["exec_prefix"].as_str().unwrap_or_default().to_string(),
         };
         if let Some(f) = &file {
             let stamp: Vec<serde_json::Value> =
                 info.sys_path.iter().map(|p| serde_json::json!([p, mtime_ns(Path::new(p)).to_string()])).collect();
-            let doc = serde_json::json!({"path": info.sys_path, "prefixes": info.prefixes, "stamps": stamp});
+            let doc = serde_json::json!({"path": info.sys_path, "prefixes": info.prefixes, "prefix": info.prefix,
+                "exec_prefix": info.exec_prefix, "stamps": stamp});
             if let Some(dir) = f.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
@@ -113,16 +120,34 @@ impl HostPython {
         let strings = |k: &str| -> Option<Vec<String>> {
             v[k].as_array()?.iter().map(|s| s.as_str().map(str::to_string)).collect()
         };
-        Some(HostPython { sys_path: strings("path")?, prefixes: strings("prefixes")? })
+        Some(HostPython {
+            sys_path: strings("path")?,
+            prefixes: strings("prefixes")?,
+            prefix: v["prefix"].as_str()?.to_string(),
+            exec_prefix: v["exec_prefix"].as_str()?.to_string(),
+        })
     }
 }
 
+/// What `site` would have set up, for interpreters started with `-S`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteState {
+    /// `sys.path`.
+    pub sys_path: Vec<String>,
+    /// `sys.prefix` (a virtualenv's, where `site` would have switched to it).
+    pub prefix: String,
+    /// `sys.exec_prefix`.
+    pub exec_prefix: String,
+}
+
 /// The code run before the driver's bootstrap when `site` is skipped: the import path
-/// `site` would have built, and the builtins it would have added.
-pub fn site_prelude(sys_path: &[String]) -> String {
-    let list = serde_json::to_string(sys_path).expect("strings serialise");
+/// and prefixes `site` would have set, and the builtins it would have added.
+pub fn site_prelude(site: &SiteState) -> String {
+    let list = serde_json::to_string(&site.sys_path).expect("strings serialise");
+    let prefix = serde_json::to_string(&site.prefix).expect("strings serialise");
+    let exec_prefix = serde_json::to_string(&site.exec_prefix).expect("strings serialise");
     format!(
-        "import sys;sys.path[:]={list}\n\
+        "import sys;sys.path[:]={list};sys.prefix={prefix};sys.exec_prefix={exec_prefix}\n\
          import builtins,_sitebuiltins as _s\n\
          builtins.exit=_s.Quitter('exit','Ctrl-D (i.e. EOF)');builtins.quit=_s.Quitter('quit','Ctrl-D (i.e. EOF)');builtins.help=_s._Helper();del _s\n"
     )
@@ -130,13 +155,13 @@ pub fn site_prelude(sys_path: &[String]) -> String {
 
 /// Interpreter arguments (after argv[0]): the driver boot's, plus `-S` and the
 /// prelude when a `sys.path` is given.
-pub fn interpreter_args(boot: &DriverBoot, sys_path: Option<&[String]>) -> Vec<String> {
+pub fn interpreter_args(boot: &DriverBoot, site: Option<&SiteState>) -> Vec<String> {
     let mut args = boot.args();
-    let Some(path) = sys_path else { return args };
+    let Some(site) = site else { return args };
     if let Some(i) = args.iter().position(|a| a == "-c")
         && i + 1 < args.len()
     {
-        args[i + 1] = format!("{}{}", site_prelude(path), args[i + 1]);
+        args[i + 1] = format!("{}{}", site_prelude(site), args[i + 1]);
         args.insert(i, "-S".into());
     }
     args
@@ -211,15 +236,22 @@ impl MplCache {
 mod tests {
     use super::*;
 
+    fn site(path: &[&str]) -> SiteState {
+        SiteState { sys_path: path.iter().map(|s| s.to_string()).collect(), prefix: "/usr".into(), exec_prefix: "/usr".into() }
+    }
+
     #[test]
     fn prelude_sets_the_path_and_exit() {
-        let p = site_prelude(&["/usr/lib/python3.11".into(), "/x/it's".into()]);
-        assert!(p.starts_with("import sys;sys.path[:]=[\"/usr/lib/python3.11\",\"/x/it's\"]\n"), "{p}");
+        let p = site_prelude(&site(&["/usr/lib/python3.11", "/x/it's"]));
+        assert!(
+            p.starts_with("import sys;sys.path[:]=[\"/usr/lib/python3.11\",\"/x/it's\"];sys.prefix=\"/usr\";sys.exec_prefix=\"/usr\"\n"),
+            "{p}"
+        );
         let boot = DriverBoot::Source;
-        let args = interpreter_args(&boot, Some(&["/a".into()]));
+        let args = interpreter_args(&boot, Some(&site(&["/a"])));
         let c = args.iter().position(|a| a == "-c").unwrap();
         assert_eq!(args[c - 1], "-S");
-        assert!(args[c + 1].starts_with("import sys;sys.path[:]=[\"/a\"]\n"));
+        assert!(args[c + 1].starts_with("import sys;sys.path[:]=[\"/a\"];"));
         assert!(args[c + 1].contains("exec(compile("), "the original bootstrap follows");
         assert_eq!(interpreter_args(&boot, None), boot.args());
     }
@@ -233,7 +265,8 @@ mod tests {
         }
         let info = HostPython::query(&python).unwrap();
         assert!(!info.sys_path.is_empty());
-        let code = format!("{}print(sys.path == {:?} and callable(exit))", site_prelude(&info.sys_path), info.sys_path);
+        let st = SiteState { sys_path: info.sys_path.clone(), prefix: info.prefix.clone(), exec_prefix: info.exec_prefix.clone() };
+        let code = format!("{}print(sys.path == {:?} and callable(exit))", site_prelude(&st), info.sys_path);
         let out = std::process::Command::new(&python).args(["-I", "-S", "-c", &code]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "True", "{}", String::from_utf8_lossy(&out.stderr));
         // Cached the second time, and identical.
