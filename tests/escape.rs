@@ -281,7 +281,8 @@ mod cases {
 
     pub fn copy_out_tricks(b: &dyn Backend) -> Verdict {
         let mut req = request(include_str!("escape/copy_out_tricks.py"), serde_json::json!({}), Limits::default());
-        req.outputs = vec!["fifo.txt".into(), "procroot/passwd".into(), "rootlink/etc/shadow".into(), "d/passwd".into()];
+        req.outputs =
+            vec!["fifo.txt".into(), "procroot/passwd".into(), "rootlink/etc/shadow".into(), "d/passwd".into()];
         let started = std::time::Instant::now();
         let o = run_req(b, &req);
         if started.elapsed() > Duration::from_secs(20) {
@@ -413,10 +414,7 @@ mod jail_specific {
     }
 
     fn lines(stdout: &str) -> std::collections::BTreeMap<String, String> {
-        stdout
-            .lines()
-            .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.to_string())))
-            .collect()
+        stdout.lines().filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
     }
 
     #[test]
@@ -443,7 +441,10 @@ mod jail_specific {
     #[test]
     fn terminal_injection_is_impossible() {
         let Some(b) = jail() else { return };
-        let o = run_req(b.as_ref(), &request(include_str!("escape/terminal_injection.py"), serde_json::json!({}), Limits::default()));
+        let o = run_req(
+            b.as_ref(),
+            &request(include_str!("escape/terminal_injection.py"), serde_json::json!({}), Limits::default()),
+        );
         assert_eq!(o.status, Status::Ok, "{}\n{}", o.stdout, o.stderr);
         assert!(!o.stdout.contains("/dev/tty opened") && !o.stdout.contains(" OK"), "{}", o.stdout);
         assert!(o.stdout.contains("session leader True"), "{}", o.stdout);

@@ -25,10 +25,7 @@ pub const SECUREBITS: u64 = SECBIT_NOROOT
 
 /// The highest capability number this kernel knows (`/proc/sys/kernel/cap_last_cap`).
 pub fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(63)
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(63)
 }
 
 /// Drops every capability for good.

@@ -346,7 +346,8 @@ mod tests {
         assert!(ro_root > pos(&c, "pivot_root"));
         // Every tmpfs mounted after the root's is one of /dev, /tmp, /workspace.
         let tmpfs: Vec<&String> = c.iter().filter(|l| l.contains("(tmpfs)")).collect();
-        let targets: Vec<&str> = tmpfs.iter().map(|l| l.split(" -> ").nth(1).unwrap().split(' ').next().unwrap()).collect();
+        let targets: Vec<&str> =
+            tmpfs.iter().map(|l| l.split(" -> ").nth(1).unwrap().split(' ').next().unwrap()).collect();
         assert_eq!(targets, ["/tmp", "/tmp/dev", "/tmp/tmp", "/tmp/workspace"]);
     }
 

@@ -41,7 +41,9 @@ pub fn abi() -> Result<u32, String> {
     }
     match std::io::Error::last_os_error().raw_os_error() {
         Some(libc::ENOSYS) => Err("the kernel was built without Landlock (CONFIG_SECURITY_LANDLOCK)".into()),
-        Some(libc::EOPNOTSUPP) => Err("Landlock is built in but disabled; add 'landlock' to the lsm= kernel parameter".into()),
+        Some(libc::EOPNOTSUPP) => {
+            Err("Landlock is built in but disabled; add 'landlock' to the lsm= kernel parameter".into())
+        }
         other => Err(format!("Landlock probe failed: errno {other:?}")),
     }
 }

@@ -165,7 +165,8 @@ impl JailBackend {
             Err(e) => (None, Some(e)),
         };
         let python = self.config.python.clone();
-        let python_str = python.to_str().ok_or_else(|| Error::invalid("the interpreter path is not UTF-8"))?.to_string();
+        let python_str =
+            python.to_str().ok_or_else(|| Error::invalid("the interpreter path is not UTF-8"))?.to_string();
         if !python.is_absolute() {
             return Err(Error::invalid(format!(
                 "the jail interpreter must be an absolute path, not '{python_str}' (set AIRLOCK_PYTHON)"
@@ -219,7 +220,8 @@ impl JailBackend {
                 }
                 let mut sys_path = info.sys_path.clone();
                 sys_path.extend(site);
-                let state = python::SiteState { sys_path, prefix: info.prefix.clone(), exec_prefix: info.exec_prefix.clone() };
+                let state =
+                    python::SiteState { sys_path, prefix: info.prefix.clone(), exec_prefix: info.exec_prefix.clone() };
                 let boot = DriverBoot::for_python(&python);
                 let args = python::interpreter_args(&boot, Some(&state));
                 (RootSource::Host, boot, args, Some(python::MplCache::new(&python)))
@@ -266,7 +268,9 @@ impl JailBackend {
             ));
         }
         if !enforced.cpu_time {
-            w.push(format!("limits.cpu_ms could not be measured (no CPU accounting: {why}); only the wall-clock limit applied"));
+            w.push(format!(
+                "limits.cpu_ms could not be measured (no CPU accounting: {why}); only the wall-clock limit applied"
+            ));
         }
         if spec.network == NetworkPolicy::Host {
             w.push(net::HOST_NETWORK_WARNING.into());
@@ -317,7 +321,11 @@ impl JailBackend {
                 let guard = CgroupGuard(Some(Arc::new(g)));
                 let quota = (self.config.cpu_cores > 0.0)
                     .then(|| ((self.config.cpu_cores * cgroup::CPU_PERIOD_US as f64) as u64).max(1000));
-                let cl = CgroupLimits { memory_bytes: limits.memory_bytes, pids: limits.processes.into(), cpu_quota_us: quota };
+                let cl = CgroupLimits {
+                    memory_bytes: limits.memory_bytes,
+                    pids: limits.processes.into(),
+                    cpu_quota_us: quota,
+                };
                 if let Some(g) = &guard.0 {
                     g.apply(&cl).map_err(|e| cgroup_error(driver, e))?;
                 }
@@ -328,12 +336,7 @@ impl JailBackend {
         let memory_cgroup = p.cgroups.as_ref().is_some_and(|d| d.enforced().memory);
         let t_cgroup = t0.elapsed();
 
-        let env = guest_env(
-            airlock_core::paths::WORKSPACE_MOUNT,
-            "/tmp",
-            Some(mount::MPL_CONFIG_DIR),
-            &spec.env,
-        );
+        let env = guest_env(airlock_core::paths::WORKSPACE_MOUNT, "/tmp", Some(mount::MPL_CONFIG_DIR), &spec.env);
         let mut argv = vec![p.python_inside.clone()];
         argv.extend(p.args.iter().cloned());
         let exec = process::ExecImage::new(&p.python_inside, &argv, &env)?;
@@ -379,8 +382,12 @@ impl JailBackend {
             memory_bytes: limits.memory_bytes,
             warnings: Self::warnings(p, spec),
         };
-        let guest =
-            Guest::connect(GuestPipes { channel: host_chan, stdout: out_r, stderr: err_r }, sup, meta, STARTUP_TIMEOUT)?;
+        let guest = Guest::connect(
+            GuestPipes { channel: host_chan, stdout: out_r, stderr: err_r },
+            sup,
+            meta,
+            STARTUP_TIMEOUT,
+        )?;
         tracing::debug!(
             sandbox = %spec.id,
             "jail start: plan {:?}, cgroup {:?}, clone to exec {:?}, interpreter to hello {:?}",
@@ -406,7 +413,8 @@ fn raw(fd: &OwnedFd) -> i32 {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::host(format!("pipe: {}", e.desc())))?;
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::host(format!("pipe: {}", e.desc())))?;
     Ok((r, spawn::high_fd(w)?))
 }
 
@@ -429,10 +437,7 @@ fn is_system_path(p: &Path) -> bool {
 }
 
 fn extra_ro_paths(dirs: &[PathBuf]) -> Vec<String> {
-    dirs.iter()
-        .filter_map(|d| std::fs::canonicalize(d).ok())
-        .filter_map(|d| d.to_str().map(str::to_string))
-        .collect()
+    dirs.iter().filter_map(|d| std::fs::canonicalize(d).ok()).filter_map(|d| d.to_str().map(str::to_string)).collect()
 }
 
 /// Kills and removes sandbox cgroups left by airlock processes that died without
@@ -531,9 +536,8 @@ fn probe(config: &JailConfig) -> Probe {
                 let e = d.enforced();
                 let missing = e.missing();
                 format!(
-                    "{} under {}{}",
-                    d.version(),
-                    d.parents().first().map(|p| p.display().to_string()).unwrap_or_default(),
+                    "{}{}",
+                    d.describe(),
                     if missing.is_empty() {
                         ": memory (swap off), pids, CPU quota and accounting enforced".into()
                     } else {
@@ -576,7 +580,8 @@ fn probe(config: &JailConfig) -> Probe {
         }
         None => {
             use std::os::unix::fs::PermissionsExt;
-            let ok = std::fs::metadata(&config.python).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            let ok =
+                std::fs::metadata(&config.python).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
             checks.insert(
                 "interpreter".into(),
                 if ok {

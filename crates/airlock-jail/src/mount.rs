@@ -44,7 +44,7 @@ pub enum MountOp {
         /// Mount point.
         target: CString,
         /// `MS_*` flags.
-        flags: u64,
+        flags: libc::c_ulong,
         /// Options (`size=...,nr_inodes=...,mode=...`).
         options: CString,
     },
@@ -91,7 +91,7 @@ pub enum MountOp {
         /// Use `mount_setattr`; else a bind remount that keeps these locked `MS_*` flags.
         setattr: bool,
         /// Flags of the source mount that a remount must repeat (a user namespace may not clear them).
-        keep_flags: u64,
+        keep_flags: libc::c_ulong,
     },
     /// Mounts a new procfs (for the new PID namespace).
     Proc {
@@ -133,9 +133,7 @@ impl MountOp {
     /// Runs the operation.
     pub fn apply<S: Sys>(&self, sys: &mut S) -> SysResult<()> {
         match self {
-            MountOp::MakePrivate => {
-                sys.mount(None, c"/", None, (libc::MS_REC | libc::MS_PRIVATE) as u64, None)
-            }
+            MountOp::MakePrivate => sys.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None),
             MountOp::Tmpfs { target, flags, options } => {
                 sys.mount(Some(c"tmpfs"), target, Some(c"tmpfs"), *flags, Some(options))
             }
@@ -155,21 +153,21 @@ impl MountOp {
             }
             MountOp::Bind { src, dst, recursive } => {
                 let flags = libc::MS_BIND | if *recursive { libc::MS_REC } else { 0 };
-                sys.mount(Some(src), dst, None, flags as u64, None)
+                sys.mount(Some(src), dst, None, flags, None)
             }
             MountOp::ReadOnly { path, recursive, setattr, keep_flags } => {
                 if *setattr {
                     sys.mount_setattr(path, *recursive, ATTR_READ_ONLY)
                 } else {
                     let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-                    sys.mount(None, path, None, flags as u64 | keep_flags, None)
+                    sys.mount(None, path, None, flags | keep_flags, None)
                 }
             }
             MountOp::Proc { target } => sys.mount(
                 Some(c"proc"),
                 target,
                 Some(c"proc"),
-                (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as u64,
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 None,
             ),
             MountOp::PivotRoot { new_root } => {
@@ -183,7 +181,7 @@ impl MountOp {
                     sys.mount_setattr(c"/", false, ATTR_READ_ONLY)
                 } else {
                     let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-                    sys.mount(None, c"/", None, flags as u64, None)
+                    sys.mount(None, c"/", None, flags, None)
                 }
             }
         }
@@ -262,11 +260,11 @@ pub fn tmpfs_options(bytes: u64, mode: u32) -> String {
 }
 
 /// The `MS_*` flags of the mount holding `path` that a bind remount must keep.
-fn locked_flags(path: &Path) -> u64 {
+fn locked_flags(path: &Path) -> libc::c_ulong {
     use nix::sys::statvfs::{FsFlags, statvfs};
     let Ok(st) = statvfs(path) else { return 0 };
     let f = st.flags();
-    let mut out = 0u64;
+    let mut out: libc::c_ulong = 0;
     for (fs, ms) in [
         (FsFlags::ST_NOEXEC, libc::MS_NOEXEC),
         (FsFlags::ST_NOATIME, libc::MS_NOATIME),
@@ -274,7 +272,7 @@ fn locked_flags(path: &Path) -> u64 {
         (FsFlags::ST_RELATIME, libc::MS_RELATIME),
     ] {
         if f.contains(fs) {
-            out |= ms as u64;
+            out |= ms;
         }
     }
     out
@@ -349,7 +347,12 @@ impl<'a> Builder<'a> {
         if meta.is_dir() {
             self.mkdir(inside, 0o755)?;
         } else {
-            self.ops.push(MountOp::File { path: dst.clone(), contents: Arc::from(&[][..]), mode: 0o644, optional: false });
+            self.ops.push(MountOp::File {
+                path: dst.clone(),
+                contents: Arc::from(&[][..]),
+                mode: 0o644,
+                optional: false,
+            });
         }
         self.ops.push(MountOp::Bind { src: Self::host(host)?, dst: dst.clone(), recursive: meta.is_dir() });
         self.ops.push(MountOp::ReadOnly {
@@ -366,7 +369,8 @@ impl<'a> Builder<'a> {
     fn mirror(&mut self, host: &Path, inside: &Path) -> Result<(), Error> {
         match std::fs::symlink_metadata(host) {
             Ok(m) if m.file_type().is_symlink() => {
-                let target = std::fs::read_link(host).map_err(|e| Error::io(format!("reading {}", host.display()), e))?;
+                let target =
+                    std::fs::read_link(host).map_err(|e| Error::io(format!("reading {}", host.display()), e))?;
                 self.symlink(&target, inside)
             }
             Ok(_) => self.bind_ro(host, inside),
@@ -433,7 +437,11 @@ impl<'a> Builder<'a> {
         }
         let hostname = crate::contain::HOSTNAME;
         let synthetic: [(&str, String); 4] = [
-            ("passwd", "root:x:0:0:root:/workspace:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n".into()),
+            (
+                "passwd",
+                "root:x:0:0:root:/workspace:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+                    .into(),
+            ),
             ("group", "root:x:0:\nnogroup:x:65534:\n".into()),
             ("hosts", format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")),
             ("hostname", format!("{hostname}\n")),
@@ -473,7 +481,7 @@ impl<'a> Builder<'a> {
     }
 
     fn proc_dev_tmp(&mut self) -> Result<(), Error> {
-        let nosuid_nodev = (libc::MS_NOSUID | libc::MS_NODEV) as u64;
+        let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
         // /proc, with /proc/sys read-only.
         self.mkdir(Path::new("/proc"), 0o555)?;
         let proc_ = self.staged(Path::new("/proc"))?;
@@ -484,12 +492,12 @@ impl<'a> Builder<'a> {
             path: sys,
             recursive: self.spec.setattr,
             setattr: self.spec.setattr,
-            keep_flags: (libc::MS_NOEXEC) as u64,
+            keep_flags: libc::MS_NOEXEC,
         });
 
         // A minimal /dev.
         self.mkdir(Path::new("/dev"), 0o755)?;
-        let dev_flags = (libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV) as u64;
+        let dev_flags = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
         self.ops.push(MountOp::Tmpfs {
             target: self.staged(Path::new("/dev"))?,
             flags: dev_flags,
@@ -498,7 +506,12 @@ impl<'a> Builder<'a> {
         for name in ["null", "zero", "full", "random", "urandom"] {
             let inside = Path::new("/dev").join(name);
             let dst = self.staged(&inside)?;
-            self.ops.push(MountOp::File { path: dst.clone(), contents: Arc::from(&[][..]), mode: 0o666, optional: false });
+            self.ops.push(MountOp::File {
+                path: dst.clone(),
+                contents: Arc::from(&[][..]),
+                mode: 0o666,
+                optional: false,
+            });
             self.ops.push(MountOp::Bind { src: Self::host(&inside)?, dst, recursive: false });
         }
         for (name, target) in [
@@ -515,7 +528,7 @@ impl<'a> Builder<'a> {
             path: self.staged(Path::new("/dev"))?,
             recursive: false,
             setattr: self.spec.setattr,
-            keep_flags: (libc::MS_NOEXEC) as u64,
+            keep_flags: libc::MS_NOEXEC,
         });
 
         // /tmp and /workspace: the only writable file systems, size-capped.
@@ -528,7 +541,12 @@ impl<'a> Builder<'a> {
         if let Some((name, bytes)) = self.spec.mpl_cache.clone() {
             let dir = Path::new(MPL_CONFIG_DIR);
             self.ops.push(MountOp::Mkdir { path: self.staged(dir)?, mode: 0o700 });
-            self.ops.push(MountOp::File { path: self.staged(&dir.join(name))?, contents: bytes, mode: 0o644, optional: true });
+            self.ops.push(MountOp::File {
+                path: self.staged(&dir.join(name))?,
+                contents: bytes,
+                mode: 0o644,
+                optional: true,
+            });
         }
         self.mkdir(Path::new(airlock_core::paths::WORKSPACE_MOUNT), 0o755)?;
         self.ops.push(MountOp::Tmpfs {
@@ -547,7 +565,7 @@ pub fn plan(spec: &RootSpec) -> Result<Vec<MountOp>, Error> {
     b.ops.push(MountOp::MakePrivate);
     b.ops.push(MountOp::Tmpfs {
         target: b.staged(Path::new("/"))?,
-        flags: (libc::MS_NOSUID | libc::MS_NODEV) as u64,
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
         options: cstring(tmpfs_options(4 << 20, 0o755), "tmpfs options")?,
     });
     b.made.insert(PathBuf::from("/"));

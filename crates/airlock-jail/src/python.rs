@@ -237,7 +237,11 @@ mod tests {
     use super::*;
 
     fn site(path: &[&str]) -> SiteState {
-        SiteState { sys_path: path.iter().map(|s| s.to_string()).collect(), prefix: "/usr".into(), exec_prefix: "/usr".into() }
+        SiteState {
+            sys_path: path.iter().map(|s| s.to_string()).collect(),
+            prefix: "/usr".into(),
+            exec_prefix: "/usr".into(),
+        }
     }
 
     #[test]
@@ -265,7 +269,11 @@ mod tests {
         }
         let info = HostPython::query(&python).unwrap();
         assert!(!info.sys_path.is_empty());
-        let st = SiteState { sys_path: info.sys_path.clone(), prefix: info.prefix.clone(), exec_prefix: info.exec_prefix.clone() };
+        let st = SiteState {
+            sys_path: info.sys_path.clone(),
+            prefix: info.prefix.clone(),
+            exec_prefix: info.exec_prefix.clone(),
+        };
         let code = format!("{}print(sys.path == {:?} and callable(exit))", site_prelude(&st), info.sys_path);
         let out = std::process::Command::new(&python).args(["-I", "-S", "-c", &code]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "True", "{}", String::from_utf8_lossy(&out.stderr));

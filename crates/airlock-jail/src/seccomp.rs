@@ -147,10 +147,7 @@ pub fn deny_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
     ];
     rules.insert(
         libc::SYS_clone,
-        ns_flags
-            .iter()
-            .map(|&f| rule(vec![cond(0, Len::Dword, Op::MaskedEq(f as u64), f as u64)]))
-            .collect(),
+        ns_flags.iter().map(|&f| rule(vec![cond(0, Len::Dword, Op::MaskedEq(f as u64), f as u64)])).collect(),
     );
     rules.insert(
         libc::SYS_ioctl,
@@ -179,9 +176,13 @@ fn target_arch() -> Result<TargetArch, String> {
 
 /// Classic BPF opcodes used by the ABI guard.
 mod op {
-    pub const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+    /// `BPF_LD | BPF_W | BPF_ABS`.
+    pub const LD_W_ABS: u16 = 0x20;
+    /// `BPF_JMP | BPF_JEQ | BPF_K`.
     pub const JEQ_K: u16 = 0x05 | 0x10;
+    /// `BPF_JMP | BPF_JGE | BPF_K`.
     pub const JGE_K: u16 = 0x05 | 0x30;
+    /// `BPF_RET | BPF_K`.
     pub const RET_K: u16 = 0x06;
 }
 
@@ -325,12 +326,14 @@ mod tests {
 
     #[test]
     fn ordinary_calls_are_allowed() {
-        for nr in [libc::SYS_read, libc::SYS_write, libc::SYS_openat, libc::SYS_mmap, libc::SYS_execve, libc::SYS_wait4] {
+        for nr in [libc::SYS_read, libc::SYS_write, libc::SYS_openat, libc::SYS_mmap, libc::SYS_execve, libc::SYS_wait4]
+        {
             assert_eq!(check(nr, [0; 6]), ALLOW, "syscall {nr}");
         }
         // A plain fork-style clone and a thread clone are fine.
         assert_eq!(check(libc::SYS_clone, [libc::SIGCHLD as u64, 0, 0, 0, 0, 0]), ALLOW);
-        let thread = (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD) as u64;
+        let thread =
+            (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD) as u64;
         assert_eq!(check(libc::SYS_clone, [thread, 0, 0, 0, 0, 0]), ALLOW);
         assert_eq!(check(libc::SYS_ioctl, [1, libc::TCGETS, 0, 0, 0, 0]), ALLOW);
         assert_eq!(check(libc::SYS_socket, [libc::AF_INET as u64, 1, 0, 0, 0, 0]), ALLOW);
@@ -367,7 +370,8 @@ mod tests {
 
     #[test]
     fn clone_with_namespace_flags_is_denied_and_clone3_falls_back() {
-        for f in [libc::CLONE_NEWUSER, libc::CLONE_NEWNS, libc::CLONE_NEWPID, libc::CLONE_NEWNET, libc::CLONE_NEWCGROUP] {
+        for f in [libc::CLONE_NEWUSER, libc::CLONE_NEWNS, libc::CLONE_NEWPID, libc::CLONE_NEWNET, libc::CLONE_NEWCGROUP]
+        {
             let flags = (f | libc::SIGCHLD) as u64;
             assert_eq!(check(libc::SYS_clone, [flags, 0, 0, 0, 0, 0]), errno(libc::EPERM), "flag {f:#x}");
         }

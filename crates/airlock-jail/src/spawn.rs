@@ -157,8 +157,12 @@ fn hint(errno: i32, step: &str) -> &'static str {
         libc::EPERM | libc::EACCES if step.contains("/proc") => {
             "; the host's /proc is partly hidden (overmounted) or this container forbids mounting proc; run on a host or a privileged container"
         }
-        libc::EPERM | libc::EACCES => "; the host (a container runtime, AppArmor or SELinux) forbids this inside a user namespace",
-        libc::ENOENT if step.starts_with("execute") => "; the interpreter does not exist inside the sandbox (check --python or --rootfs)",
+        libc::EPERM | libc::EACCES => {
+            "; the host (a container runtime, AppArmor or SELinux) forbids this inside a user namespace"
+        }
+        libc::ENOENT if step.starts_with("execute") => {
+            "; the interpreter does not exist inside the sandbox (check --python or --rootfs)"
+        }
         libc::ENOSPC => "; the sandbox's tmpfs is too small (raise limits.file_bytes)",
         _ => "",
     }
@@ -225,7 +229,11 @@ fn clone_error(errno: i32) -> Error {
         libc::EINVAL => Some("use a kernel built with user, mount, PID and network namespaces".to_string()),
         _ => None,
     };
-    Error::Unavailable { backend: BackendKind::Jail, reason: format!("cannot create the sandbox's namespaces: {e}"), fix }
+    Error::Unavailable {
+        backend: BackendKind::Jail,
+        reason: format!("cannot create the sandbox's namespaces: {e}"),
+        fix,
+    }
 }
 
 /// Reads the child's messages until `execve` closes its end.
@@ -266,17 +274,22 @@ fn await_exec(sock: &OwnedFd, plan: &Plan) -> Result<OwnedFd, Error> {
         };
         match (n, buf[0]) {
             (0, _) => {
-                return workspace.ok_or_else(|| Error::host("the sandbox's first process ended before its setup was done"));
+                return workspace
+                    .ok_or_else(|| Error::host("the sandbox's first process ended before its setup was done"));
             }
             (1, msg::WORKSPACE) => {
-                workspace = Some(fds.into_iter().next().ok_or_else(|| Error::host("the workspace descriptor was not passed"))?);
+                workspace =
+                    Some(fds.into_iter().next().ok_or_else(|| Error::host("the workspace descriptor was not passed"))?);
             }
             (9, msg::FAILED) => {
                 let step = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes")) as usize;
                 let errno = i32::from_le_bytes(buf[5..9].try_into().expect("4 bytes"));
                 let what = plan.steps.get(step).map(|s| s.describe()).unwrap_or_else(|| format!("step {step}"));
                 let e = std::io::Error::from_raw_os_error(errno);
-                return Err(Error::host(format!("jail setup failed at step {step} ({what}): {e}{}", hint(errno, &what))));
+                return Err(Error::host(format!(
+                    "jail setup failed at step {step} ({what}): {e}{}",
+                    hint(errno, &what)
+                )));
             }
             _ => return Err(Error::host("the sandbox sent a malformed setup message")),
         }
@@ -287,7 +300,9 @@ fn await_exec(sock: &OwnedFd, plan: &Plan) -> Result<OwnedFd, Error> {
 /// at once (no mounts, no interpreter): `airlock doctor`'s cheap probe.
 pub fn namespaces_work(flags: i32) -> Result<(), Error> {
     // SAFETY: a fork-like clone whose child only calls _exit.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    let pid = unsafe {
+        libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+    };
     if pid == 0 {
         // SAFETY: leaves the child at once without running anything of the parent's.
         unsafe { libc::_exit(0) };

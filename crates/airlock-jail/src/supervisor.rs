@@ -94,7 +94,8 @@ impl Supervisor for JailSupervisor {
                 return None;
             }
             let mut fds = [nix::poll::PollFd::new(self.pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
-            let ms = nix::poll::PollTimeout::try_from(left.as_millis().max(1) as u64).unwrap_or(nix::poll::PollTimeout::MAX);
+            let ms =
+                nix::poll::PollTimeout::try_from(left.as_millis().max(1) as u64).unwrap_or(nix::poll::PollTimeout::MAX);
             let _ = nix::poll::poll(&mut fds, ms);
         }
     }

@@ -36,7 +36,7 @@ pub trait Sys {
         src: Option<&CStr>,
         target: &CStr,
         fstype: Option<&CStr>,
-        flags: u64,
+        flags: libc::c_ulong,
         data: Option<&CStr>,
     ) -> SysResult<()>;
     /// `mount_setattr(2)` setting `attr_set` on the mount at `path` (and below it when `recursive`).
@@ -78,8 +78,13 @@ pub trait Sys {
     /// Unblocks every signal.
     fn unblock_signals(&mut self) -> SysResult<()>;
     /// `landlock_create_ruleset(2)` with an attribute struct of `attr_size` bytes.
-    fn landlock_create_ruleset(&mut self, handled_fs: u64, handled_net: u64, scoped: u64, attr_size: usize)
-    -> SysResult<i32>;
+    fn landlock_create_ruleset(
+        &mut self,
+        handled_fs: u64,
+        handled_net: u64,
+        scoped: u64,
+        attr_size: usize,
+    ) -> SysResult<i32>;
     /// `landlock_add_rule(2)` with a path-beneath rule.
     fn landlock_add_path_rule(&mut self, ruleset: i32, allowed: u64, parent_fd: i32) -> SysResult<()>;
     /// `landlock_restrict_self(2)`.
@@ -181,8 +186,7 @@ impl Sys for RealSys {
         msg.msg_iovlen = 1;
         if let Some(pass) = pass_fd {
             // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic on a constant.
-            let (space, len) =
-                unsafe { (libc::CMSG_SPACE(4) as usize, libc::CMSG_LEN(4) as usize) };
+            let (space, len) = unsafe { (libc::CMSG_SPACE(4) as usize, libc::CMSG_LEN(4) as usize) };
             if space > std::mem::size_of_val(&cbuf) {
                 return Err(libc::EINVAL);
             }
@@ -236,14 +240,12 @@ impl Sys for RealSys {
         src: Option<&CStr>,
         target: &CStr,
         fstype: Option<&CStr>,
-        flags: u64,
+        flags: libc::c_ulong,
         data: Option<&CStr>,
     ) -> SysResult<()> {
         // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
-        check_int(unsafe {
-            libc::mount(opt_ptr(src), target.as_ptr(), opt_ptr(fstype), flags as libc::c_ulong, opt_ptr(data).cast())
-        })
-        .map(drop)
+        check_int(unsafe { libc::mount(opt_ptr(src), target.as_ptr(), opt_ptr(fstype), flags, opt_ptr(data).cast()) })
+            .map(drop)
     }
 
     fn mount_setattr(&mut self, path: &CStr, recursive: bool, attr_set: u64) -> SysResult<()> {
@@ -439,7 +441,8 @@ impl Sys for RealSys {
     }
 
     fn seccomp_install(&mut self, prog: &[sock_filter]) -> SysResult<()> {
-        let fprog = libc::sock_fprog { len: prog.len() as libc::c_ushort, filter: prog.as_ptr() as *mut libc::sock_filter };
+        let fprog =
+            libc::sock_fprog { len: prog.len() as libc::c_ushort, filter: prog.as_ptr() as *mut libc::sock_filter };
         // SAFETY: seccompiler's sock_filter has the kernel's layout (repr(C), same fields);
         // fprog points into `prog`, which outlives the call.
         check(unsafe {
@@ -513,7 +516,7 @@ impl Sys for Recorder {
         src: Option<&CStr>,
         target: &CStr,
         fstype: Option<&CStr>,
-        flags: u64,
+        flags: libc::c_ulong,
         data: Option<&CStr>,
     ) -> SysResult<()> {
         self.rec(format!(

@@ -51,7 +51,8 @@ fn random_u32() -> u32 {
         u32::from_ne_bytes(b)
     } else {
         // Not random, but distinct enough per sandbox; collisions are harmless (see docs/jail.md).
-        std::process::id().wrapping_mul(2_654_435_761) ^ (std::time::UNIX_EPOCH.elapsed().unwrap_or_default().subsec_nanos())
+        std::process::id().wrapping_mul(2_654_435_761)
+            ^ (std::time::UNIX_EPOCH.elapsed().unwrap_or_default().subsec_nanos())
     }
 }
 

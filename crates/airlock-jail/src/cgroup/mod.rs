@@ -170,8 +170,10 @@ impl Driver {
     /// Finds the host's cgroups from `/proc/self/mountinfo` and `/proc/self/cgroup`.
     /// `Err` says why no usable cgroup exists (to show in `doctor` and warnings).
     pub fn detect() -> Result<Driver, String> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading mountinfo: {e}"))?;
-        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+        let mountinfo =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading mountinfo: {e}"))?;
+        let own =
+            std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
         let root = nix::unistd::geteuid().is_root();
         let mut why = Vec::new();
         match v2::Root::detect(&mountinfo, &own, root) {
@@ -198,6 +200,28 @@ impl Driver {
         match self {
             Driver::V1(h) => h.enforced(),
             Driver::V2(r) => r.enforced(),
+        }
+    }
+
+    /// A readable summary: version, controllers and where the groups go.
+    pub fn describe(&self) -> String {
+        match self {
+            Driver::V1(h) => {
+                let names: Vec<&str> = [
+                    ("memory", &h.memory),
+                    ("pids", &h.pids),
+                    ("cpu", &h.cpu),
+                    ("cpuacct", &h.cpuacct),
+                    ("freezer", &h.freezer),
+                ]
+                .into_iter()
+                .filter(|(_, p)| p.is_some())
+                .map(|(n, _)| n)
+                .collect();
+                let at = h.memory.as_ref().or(h.pids.as_ref()).map(|p| p.display().to_string()).unwrap_or_default();
+                format!("v1 ({}), groups in {at} and its sibling hierarchies", names.join(", "))
+            }
+            Driver::V2(r) => format!("v2, groups in {}", r.parent().display()),
         }
     }
 
@@ -318,7 +342,8 @@ pub(crate) fn read_keyed(path: &Path, key: &str) -> Option<u64> {
 
 /// Writes a control file, saying which in the error.
 pub(crate) fn write(path: &Path, value: &str) -> io::Result<()> {
-    std::fs::write(path, value).map_err(|e| io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))
+    std::fs::write(path, value)
+        .map_err(|e| io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))
 }
 
 /// Pids listed in a `cgroup.procs` file.

@@ -19,7 +19,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{CgroupLimits, CgroupOps, Enforced, PARENT, own_cgroups, read_keyed, read_pids, read_u64, rmdir_retry, under, write};
+use super::{
+    CgroupLimits, CgroupOps, Enforced, PARENT, own_cgroups, read_keyed, read_pids, read_u64, rmdir_retry, under, write,
+};
 
 /// The v1 hierarchies usable for sandboxes: each controller's `airlock` parent directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,8 +102,11 @@ impl Hierarchies {
 
     /// The distinct `airlock` parent directories.
     pub fn parents(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> =
-            [&self.memory, &self.pids, &self.cpu, &self.cpuacct, &self.freezer].into_iter().flatten().cloned().collect();
+        let mut v: Vec<PathBuf> = [&self.memory, &self.pids, &self.cpu, &self.cpuacct, &self.freezer]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -247,8 +252,11 @@ impl CgroupOps for Group {
     }
 
     fn paths(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> =
-            [&self.memory, &self.pids, &self.cpu, &self.cpuacct, &self.freezer].into_iter().flatten().cloned().collect();
+        let mut v: Vec<PathBuf> = [&self.memory, &self.pids, &self.cpu, &self.cpuacct, &self.freezer]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         v.sort();
         v.dedup();
         v

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{CgroupLimits, CgroupOps, Enforced, PARENT, own_cgroups, read_keyed, read_pids, read_u64, rmdir_retry, under, write};
+use super::{
+    CgroupLimits, CgroupOps, Enforced, PARENT, own_cgroups, read_keyed, read_pids, read_u64, rmdir_retry, under, write,
+};
 
 /// Where v2 sandbox groups are created.
 #[derive(Debug, Clone)]
@@ -52,9 +54,7 @@ fn controllers_of(dir: &Path) -> Vec<String> {
 
 fn owned_by_us(dir: &Path) -> bool {
     use nix::unistd::{AccessFlags, access};
-    ["", "cgroup.procs", "cgroup.subtree_control"]
-        .iter()
-        .all(|f| access(&dir.join(f), AccessFlags::W_OK).is_ok())
+    ["", "cgroup.procs", "cgroup.subtree_control"].iter().all(|f| access(&dir.join(f), AccessFlags::W_OK).is_ok())
 }
 
 impl Root {
@@ -159,7 +159,8 @@ impl Root {
     pub fn create(&self, name: &str) -> io::Result<Group> {
         self.prepare()?;
         let g = self.open(name);
-        std::fs::create_dir(&g.dir).map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", g.dir.display())))?;
+        std::fs::create_dir(&g.dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", g.dir.display())))?;
         Ok(g)
     }
 }
@@ -280,7 +281,10 @@ mod tests {
         let (d, r) = fake();
         let g = r.create("1-2-sbx_a").unwrap();
         assert_eq!(std::fs::read_to_string(d.path().join("cgroup.subtree_control")).unwrap(), "+memory +pids +cpu");
-        assert_eq!(std::fs::read_to_string(d.path().join("airlock/cgroup.subtree_control")).unwrap(), "+memory +pids +cpu");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("airlock/cgroup.subtree_control")).unwrap(),
+            "+memory +pids +cpu"
+        );
         assert_eq!(g.paths(), vec![d.path().join("airlock/1-2-sbx_a")]);
         assert!(r.create("1-2-sbx_a").is_err(), "a name is used once");
     }
@@ -311,7 +315,8 @@ mod tests {
         let dir = d.path().join("airlock/1-2-sbx_d");
         std::fs::write(dir.join("cpu.stat"), "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n").unwrap();
         std::fs::write(dir.join("memory.peak"), "12345678\n").unwrap();
-        std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 9\noom 2\noom_kill 1\noom_group_kill 0\n").unwrap();
+        std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 9\noom 2\noom_kill 1\noom_group_kill 0\n")
+            .unwrap();
         std::fs::write(dir.join("cgroup.procs"), "101\n102\n").unwrap();
         assert_eq!(g.cpu_usage_ns(), Some(2_500_000));
         assert_eq!(g.memory_peak_bytes(), Some(12_345_678));
