@@ -14,17 +14,17 @@
 //!    driver — the PID namespace's init — dies and takes every process with it;
 //! 5. enter a new cgroup namespace (rooted at the sandbox's own cgroup);
 //! 6. build the new root and `pivot_root` into it (`mount.rs`);
-//! 7. hand the workspace directory to the host (an fd over the setup socket);
-//! 8. set the host name (UTS namespace);
-//! 9. bring loopback up (own network namespace only; `net.rs`);
-//! 10. set rlimits (`rlimit.rs`);
-//! 11. install stdin (`/dev/null`), stdout, stderr and the channel as fds 0-3; mark
+//! 7. set the host name (UTS namespace);
+//! 8. bring loopback up (own network namespace only; `net.rs`);
+//! 9. set rlimits (`rlimit.rs`);
+//! 10. install stdin (`/dev/null`), stdout, stderr and the channel as fds 0-3; mark
 //!     every other descriptor close-on-exec;
-//! 12. new session (`setsid`): no controlling terminal to inject into;
-//! 13. `chdir("/workspace")`;
-//! 14. drop every capability (`caps.rs`);
-//! 15. `no_new_privs`;
-//! 16. Landlock (`landlock.rs`, best effort);
+//! 11. new session (`setsid`): no controlling terminal to inject into;
+//! 12. `chdir("/workspace")`;
+//! 13. drop every capability (`caps.rs`);
+//! 14. `no_new_privs`;
+//! 15. Landlock (`landlock.rs`, best effort);
+//! 16. hand the workspace directory to the host (an fd over the setup socket);
 //! 17. unblock signals;
 //! 18. seccomp (`seccomp.rs`), last, so nothing above needs an exception in it;
 //! 19. `execve` the interpreter with an environment rebuilt from scratch.
@@ -169,7 +169,6 @@ pub fn plan(setup: Setup) -> Plan {
         Step::EnterCgroupNamespace,
     ];
     steps.extend(setup.mounts.into_iter().map(Step::Mount));
-    steps.push(Step::SendWorkspace(workspace.clone()));
     steps.push(Step::SetHostname(HOSTNAME));
     if setup.own_network {
         steps.push(Step::LoopbackUp);
@@ -177,12 +176,14 @@ pub fn plan(setup: Setup) -> Plan {
     steps.extend(setup.rlimits.into_iter().map(Step::Rlimit));
     steps.push(Step::Stdio(setup.stdio));
     steps.push(Step::NewSession);
-    steps.push(Step::Chdir(workspace));
+    steps.push(Step::Chdir(workspace.clone()));
     steps.push(Step::DropCapabilities { last_cap: setup.last_cap });
     steps.push(Step::NoNewPrivs);
     if let Some(l) = setup.landlock {
         steps.push(Step::Landlock(l));
     }
+    // As late as possible: the parent's next wake-up is then usually the exec itself.
+    steps.push(Step::SendWorkspace(workspace));
     steps.push(Step::UnblockSignals);
     steps.push(Step::Seccomp(setup.seccomp));
     steps.push(Step::Exec(setup.exec));
@@ -304,7 +305,6 @@ mod tests {
             "mount  -> / () flags=0x44000",
             "pivot_root . .",
             "umount_detach .",
-            "send 20 \"W\"",
             "sethostname airlock",
             "loopback_up",
             "setrlimit",
@@ -315,6 +315,7 @@ mod tests {
             "capset 0",
             "prctl 38 1", // PR_SET_NO_NEW_PRIVS
             "landlock_restrict_self",
+            "send 20 \"W\"",
             "unblock_signals",
             "seccomp",
             "execve /usr/bin/python3",

@@ -125,6 +125,27 @@ struct Prepared {
     cgroup_why: Option<String>,
     seccomp: &'static seccomp::Filters,
     mpl: Option<python::MplCache>,
+    /// The mount plan's fixed part, per `resolv.conf` choice, with when it was built.
+    system: Mutex<Vec<(bool, std::time::Instant, Arc<mount::SystemPart>)>>,
+}
+
+/// How long the fixed part of the mount plan (which holds copies of `/etc` files) is
+/// reused before it is read from the host again.
+const SYSTEM_PART_TTL: Duration = Duration::from_secs(10);
+
+impl Prepared {
+    fn system_part(&self, spec: &RootSpec) -> Result<Arc<mount::SystemPart>, Error> {
+        let mut cache = self.system.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, part)) =
+            cache.iter().find(|(r, at, _)| *r == spec.resolv_conf && at.elapsed() < SYSTEM_PART_TTL)
+        {
+            return Ok(part.clone());
+        }
+        let part = Arc::new(mount::system_part(spec)?);
+        cache.retain(|(r, _, _)| *r != spec.resolv_conf);
+        cache.push((spec.resolv_conf, std::time::Instant::now(), part.clone()));
+        Ok(part)
+    }
 }
 
 /// The `jail` backend.
@@ -247,6 +268,7 @@ impl JailBackend {
             cgroup_why,
             seccomp,
             mpl,
+            system: Mutex::new(Vec::new()),
         })
     }
 
@@ -311,16 +333,16 @@ impl JailBackend {
             resolv_conf: spec.network == NetworkPolicy::Host && p.source == RootSource::Host,
             setattr: p.setattr,
         };
-        let mounts = mount::plan(&root)?;
+        let mounts = mount::plan_with(&root, p.system_part(&root)?.as_ref())?;
         let t_plan = t0.elapsed();
 
         let cgroup = match &p.cgroups {
             Some(driver) => {
                 let name = cgroup::group_name(&spec.id);
-                let g = driver.create(&name).map_err(|e| cgroup_error(driver, e))?;
-                let guard = CgroupGuard(Some(Arc::new(g)));
                 let quota = (self.config.cpu_cores > 0.0)
                     .then(|| ((self.config.cpu_cores * cgroup::CPU_PERIOD_US as f64) as u64).max(1000));
+                let g = driver.create(&name, quota.is_some()).map_err(|e| cgroup_error(driver, e))?;
+                let guard = CgroupGuard(Some(Arc::new(g)));
                 let cl = CgroupLimits {
                     memory_bytes: limits.memory_bytes,
                     pids: limits.processes.into(),

@@ -558,9 +558,18 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// The mount operations that build the new root, in order, ending with `pivot_root`
-/// and the read-only remount of `/`.
-pub fn plan(spec: &RootSpec) -> Result<Vec<MountOp>, Error> {
+/// The part of the plan that is the same for every sandbox of a backend (the new
+/// root's tmpfs, the system directories, `/etc`, the extra binds): built from host
+/// files once and reused for a while (see `lib.rs`).
+#[derive(Debug, Clone)]
+pub struct SystemPart {
+    ops: Vec<MountOp>,
+    made: BTreeSet<PathBuf>,
+    covered: Vec<PathBuf>,
+}
+
+/// Builds the [`SystemPart`] of a spec (reads the host's `/etc` files).
+pub fn system_part(spec: &RootSpec) -> Result<SystemPart, Error> {
     let mut b = Builder { spec, ops: Vec::new(), made: BTreeSet::new(), covered: Vec::new() };
     b.ops.push(MountOp::MakePrivate);
     b.ops.push(MountOp::Tmpfs {
@@ -571,10 +580,24 @@ pub fn plan(spec: &RootSpec) -> Result<Vec<MountOp>, Error> {
     b.made.insert(PathBuf::from("/"));
     b.system()?;
     b.extra()?;
+    Ok(SystemPart { ops: b.ops, made: b.made, covered: b.covered })
+}
+
+/// The whole plan from a prebuilt [`SystemPart`]: adds `/proc`, `/dev`, `/tmp` and
+/// `/workspace` (sized for this sandbox), `pivot_root` and the read-only remount of `/`.
+pub fn plan_with(spec: &RootSpec, part: &SystemPart) -> Result<Vec<MountOp>, Error> {
+    let SystemPart { ops, made, covered } = part.clone();
+    let mut b = Builder { spec, ops, made, covered };
     b.proc_dev_tmp()?;
     b.ops.push(MountOp::PivotRoot { new_root: b.staged(Path::new("/"))? });
     b.ops.push(MountOp::RemountRootReadOnly { setattr: spec.setattr });
     Ok(b.ops)
+}
+
+/// The mount operations that build the new root, in order, ending with `pivot_root`
+/// and the read-only remount of `/`.
+pub fn plan(spec: &RootSpec) -> Result<Vec<MountOp>, Error> {
+    plan_with(spec, &system_part(spec)?)
 }
 
 /// True when the kernel has `mount_setattr(2)` (Linux 5.12+).

@@ -233,11 +233,13 @@ impl Driver {
         }
     }
 
-    /// Creates a group named `name` under the `airlock` parent(s).
-    pub fn create(&self, name: &str) -> io::Result<Cgroup> {
+    /// Creates a group named `name` under the `airlock` parent(s). With `cpu_quota`
+    /// false the group stays out of the `cpu` controller: no quota, and no grouping of
+    /// the sandbox's CPU weight with the other sandboxes'.
+    pub fn create(&self, name: &str, cpu_quota: bool) -> io::Result<Cgroup> {
         match self {
-            Driver::V1(h) => h.create(name).map(Cgroup::V1),
-            Driver::V2(r) => r.create(name).map(Cgroup::V2),
+            Driver::V1(h) => h.create_with(name, cpu_quota).map(Cgroup::V1),
+            Driver::V2(r) => r.create_with(name, cpu_quota).map(Cgroup::V2),
         }
     }
 

@@ -126,8 +126,16 @@ impl Hierarchies {
 
     /// Creates the group `name` in every hierarchy.
     pub fn create(&self, name: &str) -> io::Result<Group> {
-        let g = self.open(name);
-        for parent in self.parents() {
+        self.create_with(name, true)
+    }
+
+    /// Creates the group `name`, in the `cpu` hierarchy only if `cpu` (for a quota).
+    pub fn create_with(&self, name: &str, cpu: bool) -> io::Result<Group> {
+        let mut g = self.open(name);
+        if !cpu {
+            g.cpu = None;
+        }
+        for parent in g.paths().iter().filter_map(|p| p.parent()) {
             std::fs::create_dir_all(&parent)
                 .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", parent.display())))?;
         }

@@ -38,6 +38,8 @@ pub struct Root {
     controllers: Vec<String>,
     /// The controllers were enabled for the subtree by this process already.
     prepared: Arc<AtomicBool>,
+    /// The same, for the `cpu` controller.
+    cpu_prepared: Arc<AtomicBool>,
 }
 
 impl PartialEq for Root {
@@ -60,7 +62,12 @@ fn owned_by_us(dir: &Path) -> bool {
 impl Root {
     /// A root at `base` with these controllers (tests and explicit configuration).
     pub fn at(base: PathBuf, controllers: Vec<String>) -> Root {
-        Root { base, controllers, prepared: Arc::new(AtomicBool::new(false)) }
+        Root {
+            base,
+            controllers,
+            prepared: Arc::new(AtomicBool::new(false)),
+            cpu_prepared: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Finds the v2 hierarchy and the place to put sandboxes.
@@ -128,16 +135,22 @@ impl Root {
         }
     }
 
-    fn wanted(&self) -> String {
-        ["memory", "pids", "cpu"].iter().filter(|c| self.has(c)).map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ")
+    fn wanted(&self, cpu: bool) -> String {
+        ["memory", "pids", "cpu"]
+            .iter()
+            .filter(|c| self.has(c) && (cpu || **c != "cpu"))
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
-    /// Enables the controllers for the `airlock` subtree (once per process).
-    fn prepare(&self) -> io::Result<()> {
-        if self.prepared.load(Ordering::SeqCst) {
+    /// Enables the controllers for the `airlock` subtree (once per process, or again
+    /// when the `cpu` controller is first wanted).
+    fn prepare(&self, cpu: bool) -> io::Result<()> {
+        if self.prepared.load(Ordering::SeqCst) && (!cpu || self.cpu_prepared.load(Ordering::SeqCst)) {
             return Ok(());
         }
-        let wanted = self.wanted();
+        let wanted = self.wanted(cpu);
         write(&self.base.join("cgroup.subtree_control"), &wanted)?;
         let parent = self.parent();
         match std::fs::create_dir(&parent) {
@@ -147,6 +160,9 @@ impl Root {
         }
         write(&parent.join("cgroup.subtree_control"), &wanted)?;
         self.prepared.store(true, Ordering::SeqCst);
+        if cpu {
+            self.cpu_prepared.store(true, Ordering::SeqCst);
+        }
         Ok(())
     }
 
@@ -157,8 +173,14 @@ impl Root {
 
     /// Creates the group `name`.
     pub fn create(&self, name: &str) -> io::Result<Group> {
-        self.prepare()?;
-        let g = self.open(name);
+        self.create_with(name, true)
+    }
+
+    /// Creates the group `name`, with the `cpu` controller only if `cpu` (for a quota).
+    pub fn create_with(&self, name: &str, cpu: bool) -> io::Result<Group> {
+        self.prepare(cpu)?;
+        let mut g = self.open(name);
+        g.cpu = g.cpu && cpu;
         std::fs::create_dir(&g.dir)
             .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", g.dir.display())))?;
         Ok(g)
@@ -287,6 +309,10 @@ mod tests {
         );
         assert_eq!(g.paths(), vec![d.path().join("airlock/1-2-sbx_a")]);
         assert!(r.create("1-2-sbx_a").is_err(), "a name is used once");
+        // Without a quota, no cpu controller for a fresh subtree.
+        let (d2, r2) = fake();
+        r2.create_with("1-2-sbx_n", false).unwrap();
+        assert_eq!(std::fs::read_to_string(d2.path().join("airlock/cgroup.subtree_control")).unwrap(), "+memory +pids");
     }
 
     #[test]
