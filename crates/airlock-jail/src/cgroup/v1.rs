@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{
-    CgroupLimits, CgroupOps, Enforced, PARENT, own_cgroups, read_keyed, read_pids, read_u64, rmdir_retry, under, write,
+    CgroupLimits, CgroupOps, Enforced, Hot, PARENT, own_cgroups, parse_u64, read_keyed, read_pids, rmdir_retry, under,
+    write,
 };
 
 /// The v1 hierarchies usable for sandboxes: each controller's `airlock` parent directory.
@@ -121,6 +122,8 @@ impl Hierarchies {
             cpu: j(&self.cpu),
             cpuacct: j(&self.cpuacct),
             freezer: j(&self.freezer),
+            hot_cpu: Hot::default(),
+            hot_peak: Hot::default(),
         }
     }
 
@@ -157,6 +160,8 @@ pub struct Group {
     cpu: Option<PathBuf>,
     cpuacct: Option<PathBuf>,
     freezer: Option<PathBuf>,
+    hot_cpu: Hot,
+    hot_peak: Hot,
 }
 
 impl Group {
@@ -206,11 +211,11 @@ impl CgroupOps for Group {
     }
 
     fn cpu_usage_ns(&self) -> Option<u64> {
-        read_u64(&self.cpuacct.as_ref()?.join("cpuacct.usage"))
+        parse_u64(&self.hot_cpu.read(&self.cpuacct.as_ref()?.join("cpuacct.usage"))?)
     }
 
     fn memory_peak_bytes(&self) -> Option<u64> {
-        read_u64(&self.memory.as_ref()?.join("memory.max_usage_in_bytes"))
+        parse_u64(&self.hot_peak.read(&self.memory.as_ref()?.join("memory.max_usage_in_bytes"))?)
     }
 
     fn oom_kills(&self) -> Option<u64> {

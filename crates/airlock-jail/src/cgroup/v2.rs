@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{
-    CgroupLimits, CgroupOps, Enforced, PARENT, own_cgroups, read_keyed, read_pids, read_u64, rmdir_retry, under, write,
+    CgroupLimits, CgroupOps, Enforced, Hot, PARENT, own_cgroups, parse_keyed, parse_u64, read_keyed, read_pids,
+    rmdir_retry, under, write,
 };
 
 /// Where v2 sandbox groups are created.
@@ -168,7 +169,7 @@ impl Root {
 
     /// The group `name` (not created).
     pub fn open(&self, name: &str) -> Group {
-        Group { dir: self.parent().join(name), cpu: self.has("cpu") }
+        Group { dir: self.parent().join(name), cpu: self.has("cpu"), hot_cpu: Hot::default(), hot_peak: Hot::default() }
     }
 
     /// Creates the group `name`.
@@ -192,6 +193,8 @@ impl Root {
 pub struct Group {
     dir: PathBuf,
     cpu: bool,
+    hot_cpu: Hot,
+    hot_peak: Hot,
 }
 
 impl Group {
@@ -230,11 +233,11 @@ impl CgroupOps for Group {
     }
 
     fn cpu_usage_ns(&self) -> Option<u64> {
-        read_keyed(&self.f("cpu.stat"), "usage_usec").map(|us| us.saturating_mul(1000))
+        parse_keyed(&self.hot_cpu.read(&self.f("cpu.stat"))?, "usage_usec").map(|us| us.saturating_mul(1000))
     }
 
     fn memory_peak_bytes(&self) -> Option<u64> {
-        read_u64(&self.f("memory.peak"))
+        parse_u64(&self.hot_peak.read(&self.f("memory.peak"))?)
     }
 
     fn oom_kills(&self) -> Option<u64> {
