@@ -76,6 +76,9 @@ pub struct JailConfig {
     pub ids: JailIds,
     /// Apply Landlock rules when the kernel has Landlock (default true).
     pub landlock: bool,
+    /// Use `mount_setattr` (Linux 5.12+) for recursive read-only binds when the kernel
+    /// has it (default true); false takes the path of older kernels (tests).
+    pub mount_setattr: bool,
 }
 
 impl JailConfig {
@@ -89,6 +92,7 @@ impl JailConfig {
             cpu_cores: 1.0,
             ids: JailIds::default(),
             landlock: true,
+            mount_setattr: true,
         }
     }
 
@@ -261,7 +265,7 @@ impl JailBackend {
             source,
             extra_ro,
             staging: mount::staging_dir(),
-            setattr: mount::have_mount_setattr(),
+            setattr: self.config.mount_setattr && mount::have_mount_setattr(),
             landlock,
             last_cap: caps::last_cap(),
             cgroups,

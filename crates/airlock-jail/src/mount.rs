@@ -214,13 +214,25 @@ pub const ETC_FILES: &[&str] = &[
     "services",
     "mime.types",
     "matplotlibrc",
+    "ssl/openssl.cnf",
     "os-release",
     "debian_version",
 ];
 
-/// `/etc` directories bound read-only when present.
-pub const ETC_DIRS: &[&str] =
-    &["ld.so.conf.d", "alternatives", "fonts", "ssl", "ca-certificates", "pki", "crypto-policies", "python3"];
+/// `/etc` directories bound read-only when present. Certificates only: never
+/// `ssl/private` or `pki/tls/private` (a rootless sandbox keeps its user's
+/// supplementary groups, which may open them).
+pub const ETC_DIRS: &[&str] = &[
+    "ld.so.conf.d",
+    "alternatives",
+    "fonts",
+    "ssl/certs",
+    "ca-certificates",
+    "pki/tls/certs",
+    "pki/ca-trust",
+    "crypto-policies",
+    "python3",
+];
 
 /// Top-level names of the sandbox's own (not bound): a `--rootfs` entry with one of
 /// these names is skipped, and extra binds may not point into them.
@@ -354,7 +366,10 @@ impl<'a> Builder<'a> {
                 optional: false,
             });
         }
-        self.ops.push(MountOp::Bind { src: Self::host(host)?, dst: dst.clone(), recursive: meta.is_dir() });
+        // Without mount_setattr only the top mount can be made read-only, so the mounts
+        // below it are not bound at all.
+        let recursive = meta.is_dir() && self.spec.setattr;
+        self.ops.push(MountOp::Bind { src: Self::host(host)?, dst: dst.clone(), recursive });
         self.ops.push(MountOp::ReadOnly {
             path: dst,
             recursive: meta.is_dir() && self.spec.setattr,
@@ -651,7 +666,7 @@ mod tests {
     fn no_secret_is_ever_mounted_or_copied() {
         let ops = plan(&spec()).unwrap();
         for l in lines(&ops) {
-            for secret in ["shadow", "gshadow", "sudoers", "/etc/ssh", "machine-id", "/root", "/home"] {
+            for secret in ["shadow", "gshadow", "sudoers", "/etc/ssh", "machine-id", "/root", "/home", "/private"] {
                 assert!(!l.contains(secret), "{secret} appears in: {l}");
             }
         }

@@ -122,7 +122,19 @@ print(json.dumps(f))
 #[test]
 fn the_guest_sees_only_its_own_world() {
     let Some(b) = backend() else { return };
-    let f = run_json(&b, FACTS);
+    check_guest_view(&b);
+}
+
+#[test]
+fn the_old_kernel_mount_path_is_just_as_read_only() {
+    let mut c = config();
+    c.mount_setattr = false;
+    let Some(b) = backend_with(c) else { return };
+    check_guest_view(&b);
+}
+
+fn check_guest_view(b: &JailBackend) {
+    let f = run_json(b, FACTS);
     assert_eq!((f["uid"].as_u64(), f["gid"].as_u64(), f["pid"].as_u64()), (Some(0), Some(0), Some(1)));
     assert_eq!(f["hostname"], "airlock");
     assert_eq!(f["cwd"], "/workspace");
@@ -134,7 +146,7 @@ fn the_guest_sees_only_its_own_world() {
         assert!(root.contains(&needed), "{needed} missing from /: {root:?}");
     }
     let etc = f["etc"].to_string();
-    for secret in ["shadow", "gshadow", "sudoers", "machine-id", "ssh\""] {
+    for secret in ["shadow", "gshadow", "sudoers", "machine-id", "ssh\"", "private"] {
         assert!(!etc.contains(secret), "/etc has {secret}: {etc}");
     }
     assert!(etc.contains("\"passwd\"") && etc.contains("\"hosts\""), "{etc}");
