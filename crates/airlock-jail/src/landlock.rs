@@ -40,7 +40,9 @@ pub fn abi() -> Result<u32, String> {
         return Ok(r as u32);
     }
     match std::io::Error::last_os_error().raw_os_error() {
-        Some(libc::ENOSYS) => Err("the kernel was built without Landlock (CONFIG_SECURITY_LANDLOCK)".into()),
+        Some(libc::ENOSYS) => {
+            Err("the kernel has no Landlock; use Linux 5.13+ built with CONFIG_SECURITY_LANDLOCK=y".into())
+        }
         Some(libc::EOPNOTSUPP) => {
             Err("Landlock is built in but disabled; add 'landlock' to the lsm= kernel parameter".into())
         }

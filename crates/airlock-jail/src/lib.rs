@@ -567,7 +567,11 @@ fn probe(config: &JailConfig) -> Probe {
                     if missing.is_empty() {
                         ": memory (swap off), pids, CPU quota and accounting enforced".into()
                     } else {
-                        format!(": missing {} (those limits fall back to rlimits or wall time)", missing.join(", "))
+                        format!(
+                            ": missing {} (those limits fall back to rlimits or wall time; enable the controllers: \
+                             v1 mounts them under /sys/fs/cgroup, v2 lists them in the parent's cgroup.subtree_control)",
+                            missing.join(", ")
+                        )
                     }
                 )
             }
