@@ -73,8 +73,13 @@ impl Supervisor for JailSupervisor {
         }
     }
 
+    /// SIGKILL to the driver — the PID namespace's init, so the kernel kills every
+    /// other process of the sandbox — and to the whole cgroup.
     fn kill(&mut self) {
         pidfd_signal(&self.pidfd, libc::SIGKILL);
+        if let Some(g) = &self.cgroup {
+            g.kill_now();
+        }
     }
 
     fn try_wait(&mut self) -> Option<ExitInfo> {
@@ -102,7 +107,13 @@ impl Supervisor for JailSupervisor {
 
     fn kill_handle(&self) -> Arc<dyn Fn() + Send + Sync> {
         let fd = self.pidfd.clone();
-        Arc::new(move || pidfd_signal(&fd, libc::SIGKILL))
+        let cgroup = self.cgroup.clone();
+        Arc::new(move || {
+            pidfd_signal(&fd, libc::SIGKILL);
+            if let Some(g) = &cgroup {
+                g.kill_now();
+            }
+        })
     }
 
     fn cpu_ms(&mut self) -> Option<u64> {

@@ -85,6 +85,9 @@ pub trait CgroupOps {
     fn pids(&self) -> Vec<i32>;
     /// Kills every process of the group and waits (bounded) until it is empty.
     fn kill_all(&self) -> io::Result<()>;
+    /// Sends SIGKILL to the whole group without waiting, where that is race-free
+    /// (`cgroup.kill`); safe to call from any thread, any number of times.
+    fn kill_now(&self);
     /// Removes the group (it must be empty).
     fn remove(&self) -> io::Result<()>;
     /// The group's directories.
@@ -141,6 +144,12 @@ impl CgroupOps for Cgroup {
         match self {
             Cgroup::V1(g) => g.kill_all(),
             Cgroup::V2(g) => g.kill_all(),
+        }
+    }
+    fn kill_now(&self) {
+        match self {
+            Cgroup::V1(g) => g.kill_now(),
+            Cgroup::V2(g) => g.kill_now(),
         }
     }
     fn remove(&self) -> io::Result<()> {

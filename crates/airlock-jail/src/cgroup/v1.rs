@@ -254,6 +254,12 @@ impl CgroupOps for Group {
         }
     }
 
+    /// Nothing: v1 has no atomic kill, and signalling pids read from `cgroup.procs`
+    /// without freezing first could hit a reused pid. The PID-namespace kill that comes
+    /// with it ends every process anyway; [`CgroupOps::kill_all`] (freezer) follows at
+    /// teardown.
+    fn kill_now(&self) {}
+
     fn remove(&self) -> io::Result<()> {
         let mut first_err = None;
         for dir in self.paths() {

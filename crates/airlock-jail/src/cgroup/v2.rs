@@ -280,6 +280,13 @@ impl CgroupOps for Group {
         }
     }
 
+    /// `cgroup.kill` (Linux 5.14+; nothing on older kernels, where the PID-namespace
+    /// kill that comes with it and the freezer-based [`CgroupOps::kill_all`] at
+    /// teardown do the work).
+    fn kill_now(&self) {
+        let _ = write(&self.f("cgroup.kill"), "1");
+    }
+
     fn remove(&self) -> io::Result<()> {
         rmdir_retry(&self.dir)
     }
