@@ -313,5 +313,18 @@ pub fn namespaces_work(flags: i32) -> Result<(), Error> {
     let mut status = 0;
     // SAFETY: waits for our own child.
     unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 2 {
+        return Err(Error::Unavailable {
+            backend: BackendKind::Jail,
+            reason: "user namespaces can be created but mounting inside them is denied \
+                     (an AppArmor/SELinux policy or a container runtime)"
+                .into(),
+            fix: Some(
+                "on Ubuntu 23.10+: sysctl kernel.apparmor_restrict_unprivileged_userns=0; \
+                 in a container: allow mount in user namespaces; or run airlock as root"
+                    .into(),
+            ),
+        });
+    }
     Ok(())
 }
