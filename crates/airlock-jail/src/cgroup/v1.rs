@@ -139,7 +139,7 @@ impl Hierarchies {
             g.cpu = None;
         }
         for parent in g.paths().iter().filter_map(|p| p.parent()) {
-            std::fs::create_dir_all(&parent)
+            std::fs::create_dir_all(parent)
                 .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", parent.display())))?;
         }
         for dir in g.paths() {
