@@ -2,7 +2,8 @@
 //! bare `python3 -c 'print(1)'`, in one process. CPU time is what the work costs;
 //! wall time also counts waiting for a CPU, which dominates on a loaded machine.
 //!
-//! `cargo run --release -p airlock-jail --example coldstart [N]`
+//! `cargo run --release -p airlock-jail --example coldstart [N]` (settings from the
+//! environment, e.g. `AIRLOCK_JAIL_CPU_CORES=0`).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,7 +45,7 @@ fn measure(n: usize, mut f: impl FnMut()) -> (f64, f64) {
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(30);
     let python = airlock_guest::launch::default_python();
-    let jail = JailBackend::new(JailConfig::new(python.clone()));
+    let jail = JailBackend::new(JailConfig::from_env(python.clone()));
     let req = ExecRequest::python("print(1)");
     let (bw, bc) = measure(n, || {
         let st = Command::new(&python).args(["-c", "print(1)"]).stdout(Stdio::null()).status().expect("python runs");
@@ -54,9 +55,16 @@ fn main() {
         let o = run_once(&jail, &req, None, &mut |_| {}).expect("jail runs");
         assert_eq!(o.status, Status::Ok);
     });
+    // The same driver without any isolation: what the driver itself costs.
+    let process = airlock_process::ProcessBackend::new(python.clone());
+    let (pw, pc) = measure(n, || {
+        let o = run_once(&process, &req, None, &mut |_| {}).expect("process runs");
+        assert_eq!(o.status, Status::Ok);
+    });
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     println!("bare python3 -c: wall median {bw:.1} ms, CPU {bc:.1} ms per run");
     println!("jail cold:       wall median {jw:.1} ms, CPU {jc:.1} ms per run");
+    println!("process cold:    wall median {pw:.1} ms, CPU {pc:.1} ms per run");
     println!("ratio: wall {:.2}x, CPU {:.2}x", jw / bw, jc / bc);
 }

@@ -392,7 +392,15 @@ impl JailBackend {
         let spawned = spawn::spawn(plan, sync, flags, |pid| {
             ids.write(pid)?;
             if let Some(g) = &cg {
-                g.add(pid).map_err(|e| Error::host(format!("placing the sandbox in its cgroup: {e}")))?;
+                g.add(pid).map_err(|e| {
+                    let hint = if e.kind() == std::io::ErrorKind::InvalidInput && self.config.cpu_cores > 0.0 {
+                        " (a real-time airlock cannot put sandboxes in a v1 cpu group without cpu.rt_runtime_us; \
+                         set AIRLOCK_JAIL_CPU_CORES=0)"
+                    } else {
+                        ""
+                    };
+                    Error::host(format!("placing the sandbox in its cgroup: {e}{hint}"))
+                })?;
             }
             Ok(())
         })?;
