@@ -199,14 +199,17 @@ pub fn spawn(
             return Err(e);
         }
     };
+    let t = Instant::now();
     if let Err(e) = before_go(pid) {
         discard(pid, Some(&pidfd));
         return Err(e);
     }
+    let t_parent = t.elapsed();
     if let Err(e) = nix::sys::socket::send(parent_end.as_raw_fd(), &[msg::GO], MsgFlags::MSG_NOSIGNAL) {
         let status = discard(pid, Some(&pidfd));
         return Err(Error::host(format!("the sandbox's first process died before setup ({}; {status})", e.desc())));
     }
+    let t = Instant::now();
     let workspace = await_exec(&parent_end, &plan).map_err(|e| {
         let status = discard(pid, Some(&pidfd));
         match e {
@@ -214,6 +217,7 @@ pub fn spawn(
             other => other,
         }
     })?;
+    tracing::debug!("jail spawn: ids and cgroup {t_parent:?}, child setup to exec {:?}", t.elapsed());
     Ok(Spawned { pid, pidfd, workspace })
 }
 
