@@ -389,9 +389,10 @@ impl JailBackend {
             | libc::CLONE_NEWUTS
             | net::clone_flag(spec.network);
         let cg = cgroup.0.clone();
-        let spawned = spawn::spawn(plan, sync, flags, |pid| {
+        let placement = cg.as_ref().and_then(|g| g.placement_fd());
+        let spawned = spawn::spawn(plan, sync, flags, placement.as_ref(), |pid, placed| {
             ids.write(pid)?;
-            if let Some(g) = &cg {
+            if let Some(g) = cg.as_ref().filter(|_| !placed) {
                 g.add(pid).map_err(|e| {
                     let hint = if e.kind() == std::io::ErrorKind::InvalidInput && self.config.cpu_cores > 0.0 {
                         " (a real-time airlock cannot put sandboxes in a v1 cpu group without cpu.rt_runtime_us; \

@@ -92,6 +92,11 @@ pub trait CgroupOps {
     fn remove(&self) -> io::Result<()>;
     /// The group's directories.
     fn paths(&self) -> Vec<PathBuf>;
+    /// A directory descriptor to create the first process in (`clone3` with
+    /// `CLONE_INTO_CGROUP`, cgroup v2 only).
+    fn placement_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
 }
 
 /// One sandbox's cgroup.
@@ -162,6 +167,12 @@ impl CgroupOps for Cgroup {
         match self {
             Cgroup::V1(g) => g.paths(),
             Cgroup::V2(g) => g.paths(),
+        }
+    }
+    fn placement_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        match self {
+            Cgroup::V1(g) => g.placement_fd(),
+            Cgroup::V2(g) => g.placement_fd(),
         }
     }
 }

@@ -294,6 +294,16 @@ impl CgroupOps for Group {
     fn paths(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
     }
+
+    fn placement_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        use nix::fcntl::OFlag;
+        nix::fcntl::open(
+            &self.dir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+    }
 }
 
 #[cfg(test)]
