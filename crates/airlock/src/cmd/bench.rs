@@ -87,7 +87,7 @@ impl Stats {
 #[derive(Debug, Serialize)]
 struct Row {
     workload: String,
-    /// `baseline` for bare python3, else the backend.
+    /// `baseline` for bare python3, `bwrap` for bubblewrap, else the backend.
     target: String,
     /// `cold` (fresh sandbox per run), `cell` (in a live session), or `process` (baseline).
     mode: String,
@@ -120,6 +120,30 @@ fn baseline(python: &std::path::Path, code: &str) -> anyhow::Result<()> {
         .with_context(|| format!("running {}", python.display()))?;
     if !st.success() {
         bail!("baseline `{} -c` failed ({st})", python.display());
+    }
+    Ok(())
+}
+
+/// `bwrap` on `PATH`, if bubblewrap is installed.
+fn find_bwrap() -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join("bwrap")).find(|p| p.is_file())
+}
+
+/// The same code under bubblewrap with every namespace unshared and the host's root
+/// read-only: the cost of the namespaces alone, for comparison with `jail`.
+fn bwrap_baseline(bwrap: &std::path::Path, python: &std::path::Path, code: &str) -> anyhow::Result<()> {
+    let st = Command::new(bwrap)
+        .args(["--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"])
+        .args(["--tmpfs", "/tmp", "--"])
+        .arg(python)
+        .args(["-c", code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", bwrap.display()))?;
+    if !st.success() {
+        bail!("`bwrap --unshare-all {} -c` failed ({st})", python.display());
     }
     Ok(())
 }
@@ -199,6 +223,21 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             stats: base,
             ratio_to_baseline: Some(1.0),
         });
+        if let Some(bwrap) = find_bwrap() {
+            match measure(a.iterations, || bwrap_baseline(&bwrap, &python, w.code)) {
+                Ok(s) => {
+                    let ratio = s.median_ms / base_median;
+                    rows.push(Row {
+                        workload: w.name.into(),
+                        target: "bwrap".into(),
+                        mode: "--unshare-all".into(),
+                        stats: s,
+                        ratio_to_baseline: Some(ratio),
+                    });
+                }
+                Err(e) => skipped.push(format!("{}/bwrap: skipped: {e:#}", w.name)),
+            }
+        }
         for &kind in &backends {
             let backend = match registry.resolve(Some(kind)) {
                 Ok(b) => b,
