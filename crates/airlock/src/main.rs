@@ -25,6 +25,12 @@ enum Command {
     Doctor(cmd::doctor::DoctorArgs),
     /// Measure start-up and run latency of each backend against bare python3.
     Bench(cmd::bench::BenchArgs),
+    /// Serve the HTTP API (sessions, files, streaming, audit log) and MCP at /mcp.
+    Serve(cmd::serve::ServeArgs),
+    /// Serve MCP on stdin/stdout (a drop-in for mcp-run-python).
+    Mcp(cmd::mcp::McpArgs),
+    /// Create, list and revoke the server's API keys.
+    Keys(cmd::keys::KeysArgs),
 }
 
 fn main() {
@@ -42,6 +48,9 @@ fn main() {
         Command::Run(a) => cmd::run::main(a),
         Command::Doctor(a) => cmd::doctor::main(a),
         Command::Bench(a) => cmd::bench::main(a),
+        Command::Serve(a) => cmd::serve::main(a),
+        Command::Mcp(a) => cmd::mcp::main(a),
+        Command::Keys(a) => cmd::keys::main(a),
     };
     let code = match code {
         Ok(c) => c,

@@ -169,6 +169,25 @@ impl SqliteStore {
     }
 }
 
+impl Drop for SqliteStore {
+    /// A clean exit with nothing running removes this instance's lock file; otherwise
+    /// the next start-up finds it free and marks what was running as lost.
+    fn drop(&mut self) {
+        if self._instance_lock.is_none() {
+            return;
+        }
+        let running: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM executions WHERE instance = ?1 AND status = 'running'", [&self.instance], |r| {
+                r.get(0)
+            })
+            .unwrap_or(1);
+        if running == 0 {
+            let _ = std::fs::remove_file(self.instances_dir.join(format!("{}.lock", self.instance)));
+        }
+    }
+}
+
 const COLUMNS: &str = "seq, id, kind, status, reason, key_id, sandbox_id, backend, language, code, code_bytes, \
                        stdout, stderr, output_truncated, error, usage, exit_code, created_at_ms, finished_at_ms";
 
