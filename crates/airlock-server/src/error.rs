@@ -75,7 +75,12 @@ pub fn status_of(kind: ServiceErrorKind) -> StatusCode {
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
-        ApiError { status: status_of(e.kind), code: e.code(), message: e.message.clone(), retry_after_s: e.retry_after_s }
+        ApiError {
+            status: status_of(e.kind),
+            code: e.code(),
+            message: e.message.clone(),
+            retry_after_s: e.retry_after_s,
+        }
     }
 }
 

@@ -172,7 +172,10 @@ mod tests {
     #[test]
     fn events_are_shaped_like_e2b() {
         let s = |e: StreamEvent| serde_json::to_value(e).unwrap();
-        assert_eq!(s(StreamEvent::Stdout { text: "hi\n".into() }), serde_json::json!({"type": "stdout", "text": "hi\n"}));
+        assert_eq!(
+            s(StreamEvent::Stdout { text: "hi\n".into() }),
+            serde_json::json!({"type": "stdout", "text": "hi\n"})
+        );
         let err = ErrorInfo { name: "E".into(), value: "v".into(), traceback: "tb".into() };
         assert_eq!(
             s(StreamEvent::Error(err)),

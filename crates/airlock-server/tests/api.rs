@@ -227,12 +227,16 @@ async fn a_session_keeps_variables_between_cells() {
     assert_eq!(o["sandbox_id"], id.as_str());
 
     // A cell's own limits: only per-cell ones may change.
-    let r = h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "1", "limits": {"memory_bytes": 1 << 30}})).await;
+    let r =
+        h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "1", "limits": {"memory_bytes": 1 << 30}})).await;
     assert!(r.message().contains("memory_bytes is fixed"), "{}", r.message());
     let r = h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "1", "env": {"A": "b"}})).await;
     assert!(r.message().contains("env"), "{}", r.message());
     let o = h
-        .post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "import time; time.sleep(5)", "limits": {"timeout_ms": 300}}))
+        .post(
+            &format!("/v1/sandboxes/{id}/execute"),
+            json!({"code": "import time; time.sleep(5)", "limits": {"timeout_ms": 300}}),
+        )
         .await
         .json();
     assert_eq!(o["status"], "timeout");
@@ -332,8 +336,7 @@ async fn streaming_delivers_events_in_order_as_they_happen() {
         buf.extend_from_slice(&chunk);
     }
     let total = start.elapsed();
-    let lines: Vec<Value> =
-        String::from_utf8(buf).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = String::from_utf8(buf).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let kinds: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["stdout", "stderr", "stdout", "result", "end"], "{lines:?}");
     assert_eq!(lines[0]["text"], "first\n");
@@ -455,7 +458,8 @@ async fn keys_are_required_when_asked_and_see_only_their_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_keys_only_loopback_hosts_are_served() {
     let h = harness(settings());
-    let req = Request::builder().uri("/v1/sandboxes").header(header::HOST, "attacker.example").body(Body::empty()).unwrap();
+    let req =
+        Request::builder().uri("/v1/sandboxes").header(header::HOST, "attacker.example").body(Body::empty()).unwrap();
     let resp = h.app.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();

@@ -75,9 +75,8 @@ pub fn create_key(store: &dyn KeyStore, name: &str, max_sandboxes: Option<u32>) 
         created_at_ms: now_ms(),
     };
     store.create_key(&new)?;
-    let info = store
-        .key_by_hash(&new.hash)?
-        .ok_or_else(|| Error::host("the key was stored but cannot be read back"))?;
+    let info =
+        store.key_by_hash(&new.hash)?.ok_or_else(|| Error::host("the key was stored but cannot be read back"))?;
     Ok((key, info))
 }
 

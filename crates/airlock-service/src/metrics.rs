@@ -202,8 +202,14 @@ mod tests {
         m.rejected("queue_timeout");
         let text = m.render(&Gauges { running: 1, ..Default::default() });
         assert!(text.contains("airlock_executions_total{backend=\"process\",kind=\"cell\",status=\"ok\"} 2"), "{text}");
-        assert!(text.contains("airlock_execution_duration_seconds_bucket{backend=\"process\",kind=\"cell\",le=\"0.005\"} 1"));
-        assert!(text.contains("airlock_execution_duration_seconds_bucket{backend=\"process\",kind=\"cell\",le=\"0.05\"} 2"));
+        assert!(
+            text.contains(
+                "airlock_execution_duration_seconds_bucket{backend=\"process\",kind=\"cell\",le=\"0.005\"} 1"
+            )
+        );
+        assert!(
+            text.contains("airlock_execution_duration_seconds_bucket{backend=\"process\",kind=\"cell\",le=\"0.05\"} 2")
+        );
         assert!(text.contains("airlock_execution_duration_seconds_count{backend=\"process\",kind=\"cell\"} 2"));
         assert!(text.contains("airlock_rejected_total{reason=\"queue_timeout\"} 1"));
         assert!(text.contains("airlock_running 1"));

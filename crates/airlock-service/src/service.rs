@@ -407,7 +407,13 @@ impl Service {
         Ok(self.pending(principal, Work::Oneshot { req }, backend.kind(), permit))
     }
 
-    fn pending(self: &Arc<Self>, p: &Principal, work: Work, backend: BackendKind, permit: OwnedSemaphorePermit) -> Pending {
+    fn pending(
+        self: &Arc<Self>,
+        p: &Principal,
+        work: Work,
+        backend: BackendKind,
+        permit: OwnedSemaphorePermit,
+    ) -> Pending {
         let id = match &work {
             Work::Cell { id, .. } => id.clone(),
             Work::Oneshot { .. } => airlock_core::new_id("exe"),
@@ -430,15 +436,11 @@ impl Service {
     }
 
     fn session(&self, p: &Principal, id: &str) -> Result<Arc<Session>, ServiceError> {
-        lock(&self.sessions)
-            .get(id)
-            .filter(|s| s.owned_by(p.key_id.as_deref()))
-            .cloned()
-            .ok_or_else(|| {
-                ServiceError::not_found(format!(
-                    "no sandbox '{id}' (it may have been deleted, or destroyed after its idle timeout or lifetime)"
-                ))
-            })
+        lock(&self.sessions).get(id).filter(|s| s.owned_by(p.key_id.as_deref())).cloned().ok_or_else(|| {
+            ServiceError::not_found(format!(
+                "no sandbox '{id}' (it may have been deleted, or destroyed after its idle timeout or lifetime)"
+            ))
+        })
     }
 
     /// Validates and admits a cell of a session. The body is an `ExecRequest` as JSON;
@@ -570,8 +572,7 @@ impl Service {
                 s.max_max_lifetime_ms
             )));
         }
-        if req.metadata.len() > 32 || req.metadata.iter().any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 512)
-        {
+        if req.metadata.len() > 32 || req.metadata.iter().any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 512) {
             return Err(ServiceError::invalid(
                 "metadata takes at most 32 entries, with keys of 1 to 64 bytes and values up to 512 bytes",
             ));
@@ -581,11 +582,7 @@ impl Service {
         let slot = self.admit(Slot::Sandbox).await?;
         let run = self.admit(Slot::Run).await?;
 
-        let spec = SandboxSpec {
-            env: req.env.clone(),
-            network: req.network,
-            ..SandboxSpec::new(req.limits)
-        };
+        let spec = SandboxSpec { env: req.env.clone(), network: req.network, ..SandboxSpec::new(req.limits) };
         let id = spec.id.clone();
         self.creating.fetch_add(1, Ordering::SeqCst);
         let registry = self.registry.clone();
@@ -714,7 +711,9 @@ impl Service {
         self.after_use(&session, session.give_back(Some(sb), false, broken)).await;
         match r {
             Ok(r) => Ok(r?),
-            Err(_) => Err(ServiceError::internal(format!("the file {op} failed unexpectedly; the sandbox was stopped"))),
+            Err(_) => {
+                Err(ServiceError::internal(format!("the file {op} failed unexpectedly; the sandbox was stopped")))
+            }
         }
     }
 
@@ -776,8 +775,7 @@ impl Service {
     pub async fn read_file(&self, principal: &Principal, id: &str, path: &str) -> Result<Vec<u8>, ServiceError> {
         let path = WorkspacePath::parse(path)?;
         let cap = self.settings.max_file_bytes;
-        self.with_sandbox(principal, id, "read", move |sb, s| sb.read_file(&path, cap.min(s.limits.file_bytes)))
-            .await
+        self.with_sandbox(principal, id, "read", move |sb, s| sb.read_file(&path, cap.min(s.limits.file_bytes))).await
     }
 
     /// Lists a directory of a session's workspace (recursively, bounded).
@@ -916,8 +914,7 @@ impl Service {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if self.operations() > 0 {
-            let cancellers: Vec<Canceller> =
-                lock(&self.running).values().filter_map(|r| r.canceller.clone()).collect();
+            let cancellers: Vec<Canceller> = lock(&self.running).values().filter_map(|r| r.canceller.clone()).collect();
             tracing::warn!("stopping {} execution(s) still running after the drain timeout", cancellers.len());
             for c in cancellers {
                 c();

@@ -219,7 +219,8 @@ mod tests {
     fn file_overrides_some_keys_and_refuses_unknown_ones() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("airlock.toml");
-        std::fs::write(&p, "max_running = 3\ndefault_backend = \"process\"\n[max_limits]\ntimeout_ms = 60000\n").unwrap();
+        std::fs::write(&p, "max_running = 3\ndefault_backend = \"process\"\n[max_limits]\ntimeout_ms = 60000\n")
+            .unwrap();
         let s = ServerSettings::from_file(&p).unwrap();
         assert_eq!(s.max_running, 3);
         assert_eq!(s.default_backend, Some(BackendKind::Process));

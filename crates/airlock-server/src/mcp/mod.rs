@@ -16,9 +16,9 @@ use airlock_service::session::CreateSandbox;
 use airlock_service::{Pending, Service, ServiceError};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock as Content};
-use schemars::JsonSchema;
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -253,7 +253,9 @@ impl AirlockMcp {
                 Ok(b) => b,
                 Err(e) => return Ok(tool_error(ServiceError::invalid(format!("content is not valid base64: {e}")))),
             },
-            other => return Ok(tool_error(ServiceError::invalid(format!("unknown encoding '{other}': use utf8 or base64")))),
+            other => {
+                return Ok(tool_error(ServiceError::invalid(format!("unknown encoding '{other}': use utf8 or base64"))));
+            }
         };
         let slot = match self.service.file_transfer_slot().await {
             Ok(s) => s,

@@ -178,9 +178,11 @@ impl Drop for SqliteStore {
         }
         let running: i64 = self
             .conn()
-            .query_row("SELECT COUNT(*) FROM executions WHERE instance = ?1 AND status = 'running'", [&self.instance], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT COUNT(*) FROM executions WHERE instance = ?1 AND status = 'running'",
+                [&self.instance],
+                |r| r.get(0),
+            )
             .unwrap_or(1);
         if running == 0 {
             let _ = std::fs::remove_file(self.instances_dir.join(format!("{}.lock", self.instance)));
@@ -471,7 +473,8 @@ mod tests {
         assert_eq!(p3.executions.len(), 1);
         assert!(p3.next_cursor.is_none());
 
-        let errors = s.executions(&ExecutionQuery { status: Some(RecordStatus::Error), limit: 10, ..q.clone() }).unwrap();
+        let errors =
+            s.executions(&ExecutionQuery { status: Some(RecordStatus::Error), limit: 10, ..q.clone() }).unwrap();
         assert_eq!(errors.executions.len(), 2);
         let other = s.executions(&ExecutionQuery { sandbox_id: Some("sbx_2".into()), limit: 10, ..q.clone() }).unwrap();
         assert!(other.executions.is_empty());

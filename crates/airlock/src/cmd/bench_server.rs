@@ -23,7 +23,11 @@ pub struct LocalServer {
 
 /// An HTTP agent that hands back 4xx/5xx responses instead of failing on them.
 pub fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(300))).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into()
 }
 
 impl LocalServer {

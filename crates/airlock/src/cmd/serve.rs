@@ -7,7 +7,6 @@ use std::sync::Arc;
 use airlock_core::BackendKind;
 use airlock_server::mcp::ReturnMode;
 use airlock_service::settings::AuthMode;
-use airlock_service::store::KeyStore;
 use airlock_service::store::sqlite::SqliteStore;
 use airlock_service::{Config, Registry, ServerSettings, Service};
 use anyhow::{Context, bail};
@@ -111,8 +110,8 @@ pub async fn start_service(a: &ServiceArgs, s: ServerSettings) -> anyhow::Result
             None => bail!("the default backend '{b}' is not built into this airlock"),
         }
     }
-    let store = SqliteStore::open(&data_dir)
-        .with_context(|| format!("opening the audit store in {}", data_dir.display()))?;
+    let store =
+        SqliteStore::open(&data_dir).with_context(|| format!("opening the audit store in {}", data_dir.display()))?;
     let service = Service::new(s, Registry::new(config), Arc::new(store));
     let recovered = service.start().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     for line in recovered {
