@@ -170,7 +170,12 @@ async fn one_shot_execution_returns_the_outcome_and_is_audited() {
 async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
     let h = harness(ServerSettings { max_body_bytes: 4096, ..settings() });
     let cases: Vec<(Value, StatusCode, &str, &str)> = vec![
-        (json!({"code": "1", "limits": {"timeout": 5}}), StatusCode::BAD_REQUEST, "invalid_request", "timeout"),
+        (
+            json!({"code": "1", "limits": {"timeout": 5}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "limits: unknown field `timeout`",
+        ),
         (json!({"code": "1", "backend": "docker"}), StatusCode::BAD_REQUEST, "invalid_request", "docker"),
         (
             json!({"code": "1", "limits": {"timeout_ms": 999_999_999}}),

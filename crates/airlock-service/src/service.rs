@@ -251,8 +251,18 @@ pub fn overlay_limits(body: &mut Value, base: &Limits) -> Result<(), Error> {
     Ok(())
 }
 
+/// Deserialises a request, naming where in the document a problem is
+/// (`limits: unknown field `timeout`, ...`).
 fn from_json<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Error> {
-    serde_json::from_value(body).map_err(|e| Error::invalid(format!("{e}")))
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            Error::invalid(inner.to_string())
+        } else {
+            Error::invalid(format!("{path}: {inner}"))
+        }
+    })
 }
 
 impl Service {

@@ -26,7 +26,7 @@ fn start(data: &Path, tmp: &Path, extra: &[&str]) -> Server {
         .args(["serve", "--data-dir"])
         .arg(data)
         .args(["--backend", "process"])
-        .args(if extra.iter().any(|a| *a == "--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
+        .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
         .args(extra)
         .env("TMPDIR", tmp)
         .env("RUST_LOG", "info")

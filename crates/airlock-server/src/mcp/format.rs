@@ -88,9 +88,8 @@ fn escape_tag(text: &str, tag: &str) -> String {
     let mut i = 0;
     while i < text.len() {
         let rest = &lower[i..];
-        if rest.starts_with('<') {
-            let after = rest[1..].strip_prefix('/').unwrap_or(&rest[1..]);
-            let after = after.trim_start();
+        if let Some(inner) = rest.strip_prefix('<') {
+            let after = inner.strip_prefix('/').unwrap_or(inner).trim_start();
             if after.starts_with(tag) {
                 // Escape up to and including the next '>' (if it closes this markup).
                 let end = rest.find('>').map(|e| i + e + 1).unwrap_or(i + 1);
@@ -230,8 +229,8 @@ mod tests {
     #[test]
     fn stopped_runs_say_why() {
         let mut o = outcome(Status::Timeout);
-        o.reason = Some("the code ran longer than 1 s".into());
-        assert_eq!(error_text(&o), "timeout: the code ran longer than 1 s");
+        o.reason = Some("execution exceeded the wall-clock limit of 1 s (limits.timeout_ms)".into());
+        assert_eq!(error_text(&o), "timeout: execution exceeded the wall-clock limit of 1 s (limits.timeout_ms)");
     }
 
     #[test]

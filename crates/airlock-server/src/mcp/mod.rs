@@ -254,7 +254,9 @@ impl AirlockMcp {
                 Err(e) => return Ok(tool_error(ServiceError::invalid(format!("content is not valid base64: {e}")))),
             },
             other => {
-                return Ok(tool_error(ServiceError::invalid(format!("unknown encoding '{other}': use utf8 or base64"))));
+                return Ok(tool_error(ServiceError::invalid(format!(
+                    "unknown encoding '{other}': use utf8 or base64"
+                ))));
             }
         };
         let slot = match self.service.file_transfer_slot().await {
