@@ -174,7 +174,7 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
             json!({"code": "1", "limits": {"timeout": 5}}),
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "limits: unknown field `timeout`",
+            "limits.timeout: unknown field `timeout`",
         ),
         (json!({"code": "1", "backend": "docker"}), StatusCode::BAD_REQUEST, "invalid_request", "docker"),
         (
