@@ -544,3 +544,25 @@ async fn shutdown_stops_cells_that_outlive_the_drain_timeout() {
     assert!(t.elapsed() < Duration::from_secs(10));
     assert_eq!(cell.await.unwrap()["status"], "killed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_gives_up_in_the_queue_leaves_the_sandbox_usable() {
+    let h = Arc::new(harness(ServerSettings { max_running: 1, queue_timeout_ms: 5000, ..settings() }));
+    let id = h.sandbox(json!({})).await;
+    let h2 = h.clone();
+    let long = tokio::spawn(async move { h2.post("/v1/execute", json!({"code": "import time; time.sleep(1)"})).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // This cell waits in the queue; its client goes away (the request future is dropped).
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "1"})),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the cell was not queued");
+    assert_eq!(long.await.unwrap().json()["status"], "ok");
+    let info = h.get(&format!("/v1/sandboxes/{id}")).await.json();
+    assert_eq!(info["status"], "idle", "{info}");
+    assert_eq!(main_text(&h.cell(&id, "6 * 7").await).as_deref(), Some("42"));
+    // Nothing ran for the abandoned request.
+    assert_eq!(info["execution_count"], 0);
+}

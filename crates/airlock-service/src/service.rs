@@ -26,7 +26,9 @@ use crate::Registry;
 use crate::admission::{Admission, Rejected, Slot};
 use crate::keys::{Principal, check_shape, hash_key};
 use crate::metrics::{Gauges, Metrics};
-use crate::session::{AfterUse, Busy, CreateSandbox, Phase, Resources, SandboxInfo, SandboxStatus, Session, State};
+use crate::session::{
+    AfterUse, Busy, CreateSandbox, Lease, Phase, Resources, SandboxInfo, SandboxStatus, Session, State,
+};
 use crate::settings::{AuthMode, ServerSettings};
 use crate::store::{
     ExecutionEnd, ExecutionKind, ExecutionPage, ExecutionQuery, ExecutionRecord, ExecutionStart, RecordStatus, Store,
@@ -174,6 +176,22 @@ impl Drop for QuotaToken {
                 }
             }
         }
+    }
+}
+
+/// Counts a sandbox creation in progress for as long as it lives.
+struct Creating<'a>(&'a AtomicUsize);
+
+impl<'a> Creating<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Creating(n)
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -466,16 +484,12 @@ impl Service {
         let session = self.session(principal, sandbox_id)?;
         let req = self.cell_request(body, &session)?;
         let id = airlock_core::new_id("exe");
-        let sandbox = session.take(Busy::Cell(id.clone()))?;
-        let permit = match self.admit(Slot::Run).await {
-            Ok(p) => p,
-            Err(e) => {
-                self.after_use(&session, session.give_back(Some(sandbox), false, false)).await;
-                return Err(e);
-            }
-        };
+        // If admission fails, or this future is dropped while it waits, the lease
+        // puts the sandbox back.
+        let lease = session.take(Busy::Cell(id.clone()))?;
+        let permit = self.admit(Slot::Run).await?;
         let backend = session.backend;
-        Ok(self.pending(principal, Work::Cell { id, session, sandbox: Some(sandbox), req }, backend, permit))
+        Ok(self.pending(principal, Work::Cell { id, lease, req }, backend, permit))
     }
 
     fn cell_request(&self, mut body: Value, s: &Session) -> Result<ExecRequest, ServiceError> {
@@ -593,47 +607,54 @@ impl Service {
         let run = self.admit(Slot::Run).await?;
 
         let spec = SandboxSpec { env: req.env.clone(), network: req.network, ..SandboxSpec::new(req.limits) };
-        let id = spec.id.clone();
-        self.creating.fetch_add(1, Ordering::SeqCst);
-        let registry = self.registry.clone();
-        let b = backend.clone();
-        let created = blocking(move || registry.create_sandbox(b.as_ref(), &spec)).await;
-        self.creating.fetch_sub(1, Ordering::SeqCst);
-        drop(run);
-        let sandbox = created??;
-        let now = Instant::now();
-        let session = Arc::new(Session {
-            id: id.clone(),
-            owner: principal.key_id.clone(),
-            backend: backend.kind(),
-            isolation: backend.isolation(),
-            limits: req.limits,
-            network: req.network,
-            metadata: req.metadata,
-            created: now,
-            created_ms: now_ms(),
-            idle_timeout: Duration::from_millis(idle),
-            max_lifetime: Duration::from_millis(life),
-            state: Mutex::new(State {
-                sandbox: Some(sandbox),
-                phase: Phase::Idle,
-                last_active: now,
-                last_active_ms: now_ms(),
-                executions: 0,
-                resources: Some(Resources { _slot: slot, _quota: quota }),
-                doomed: None,
-            }),
-            ended: watch::channel(false).0,
+        // The creation finishes (and the session is registered) even if the caller
+        // goes away meanwhile; an unclaimed session is reaped when idle.
+        let svc = self.clone();
+        let owner = principal.clone();
+        let task = tokio::spawn(async move {
+            let id = spec.id.clone();
+            let creating = Creating::new(&svc.creating);
+            let registry = svc.registry.clone();
+            let b = backend.clone();
+            let created = blocking(move || registry.create_sandbox(b.as_ref(), &spec)).await;
+            drop(creating);
+            drop(run);
+            let sandbox = created??;
+            let now = Instant::now();
+            let session = Arc::new(Session {
+                id: id.clone(),
+                owner: owner.key_id.clone(),
+                backend: backend.kind(),
+                isolation: backend.isolation(),
+                limits: req.limits,
+                network: req.network,
+                metadata: req.metadata,
+                created: now,
+                created_ms: now_ms(),
+                idle_timeout: Duration::from_millis(idle),
+                max_lifetime: Duration::from_millis(life),
+                state: Mutex::new(State {
+                    sandbox: Some(sandbox),
+                    phase: Phase::Idle,
+                    last_active: now,
+                    last_active_ms: now_ms(),
+                    executions: 0,
+                    resources: Some(Resources { _slot: slot, _quota: quota }),
+                    doomed: None,
+                }),
+                ended: watch::channel(false).0,
+            });
+            lock(&svc.sessions).insert(id.clone(), session.clone());
+            svc.metrics.sandbox_created(backend.kind());
+            if svc.shutting_down.load(Ordering::SeqCst) {
+                lock(&svc.sessions).remove(&id);
+                svc.end_session(&session, "shutdown").await;
+                svc.check_open()?;
+            }
+            tracing::info!(sandbox = %id, backend = %backend.kind(), owner = owner.label(), "sandbox created");
+            Ok::<_, ServiceError>(session.info())
         });
-        lock(&self.sessions).insert(id.clone(), session.clone());
-        self.metrics.sandbox_created(backend.kind());
-        if self.shutting_down.load(Ordering::SeqCst) {
-            lock(&self.sessions).remove(&id);
-            self.end_session(&session, "shutdown").await;
-            self.check_open()?;
-        }
-        tracing::info!(sandbox = %id, backend = %backend.kind(), owner = principal.label(), "sandbox created");
-        Ok(session.info())
+        task.await.map_err(|e| ServiceError::internal(format!("creating the sandbox failed unexpectedly: {e}")))?
     }
 
     /// The caller's sessions, oldest first.
@@ -654,7 +675,7 @@ impl Service {
 
     /// Destroys a session (cancelling a running cell) and waits, up to 10 s, until its
     /// sandbox is gone.
-    pub async fn delete_sandbox(&self, principal: &Principal, id: &str) -> Result<(), ServiceError> {
+    pub async fn delete_sandbox(self: &Arc<Self>, principal: &Principal, id: &str) -> Result<(), ServiceError> {
         let session = self.session(principal, id)?;
         lock(&self.sessions).remove(id);
         self.end_session(&session, "deleted").await;
@@ -667,35 +688,43 @@ impl Service {
 
     /// Dooms a session; destroys its sandbox now if nothing is using it, else when
     /// the current use ends (a running cell is cancelled).
-    async fn end_session(&self, s: &Arc<Session>, cause: &'static str) {
+    async fn end_session(self: &Arc<Self>, s: &Arc<Session>, cause: &'static str) {
         if let Some(sb) = s.doom(cause, true) {
-            self.destroy(s, sb, cause).await;
+            let (svc, s) = (self.clone(), s.clone());
+            // Destroyed and released on the blocking thread, so that a dropped caller
+            // cannot leave the session's resources held.
+            if let Err(e) = blocking(move || svc.destroy_now(&s, sb, cause)).await {
+                tracing::error!("destroying a sandbox: {e}");
+            }
         } else if s.status() == SandboxStatus::Stopped {
             s.release();
         }
     }
 
-    async fn destroy(&self, s: &Arc<Session>, sb: Box<dyn airlock_core::Sandbox>, cause: &'static str) {
-        let id = s.id.clone();
-        if let Ok(Err(e)) = blocking(move || sb.destroy()).await {
-            tracing::warn!(sandbox = %id, "destroying the sandbox failed: {e}");
+    /// Destroys a sandbox (blocking) and releases its session's resources.
+    fn destroy_now(&self, s: &Session, sb: Box<dyn airlock_core::Sandbox>, cause: &'static str) {
+        if let Err(e) = sb.destroy() {
+            tracing::warn!(sandbox = %s.id, "destroying the sandbox failed: {e}");
         }
         s.release();
         self.metrics.sandbox_ended(cause);
         tracing::info!(sandbox = %s.id, cause, "sandbox destroyed");
     }
 
-    async fn after_use(&self, s: &Arc<Session>, after: AfterUse) {
+    /// Carries out what a finished use asks for (blocking).
+    fn after_use_now(&self, s: &Session, after: AfterUse) {
         match after {
             AfterUse::Kept => {}
-            AfterUse::Destroy(sb, cause) => self.destroy(s, sb, cause).await,
+            AfterUse::Destroy(sb, cause) => self.destroy_now(s, sb, cause),
             AfterUse::Lost => s.release(),
         }
     }
 
-    /// Runs a blocking file operation on a session's sandbox.
+    /// Runs a blocking file operation on a session's sandbox. The whole use —
+    /// including putting the sandbox back — happens on the blocking thread, so it
+    /// completes even if the caller goes away.
     async fn with_sandbox<T: Send + 'static>(
-        &self,
+        self: &Arc<Self>,
         principal: &Principal,
         id: &str,
         op: &'static str,
@@ -703,22 +732,18 @@ impl Service {
     ) -> Result<T, ServiceError> {
         self.check_open()?;
         let session = self.session(principal, id)?;
-        let mut sb = session.take(Busy::Files(op))?;
-        let s2 = session.clone();
-        let (sb, r) = match blocking(move || {
-            let r = std::panic::catch_unwind(AssertUnwindSafe(|| f(sb.as_mut(), &s2)));
-            (sb, r)
+        let mut lease = session.take(Busy::Files(op))?;
+        let svc = self.clone();
+        let r = blocking(move || {
+            let mut sb = lease.sandbox.take().expect("a lease holds its sandbox");
+            let s = lease.session.clone();
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| f(sb.as_mut(), &s)));
+            lease.sandbox = Some(sb);
+            let after = lease.finish(false, r.is_err());
+            svc.after_use_now(&s, after);
+            r
         })
-        .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                self.after_use(&session, session.give_back(None, false, true)).await;
-                return Err(e);
-            }
-        };
-        let broken = r.is_err();
-        self.after_use(&session, session.give_back(Some(sb), false, broken)).await;
+        .await?;
         match r {
             Ok(r) => Ok(r?),
             Err(_) => {
@@ -748,7 +773,7 @@ impl Service {
 
     /// Writes a file into a session's workspace.
     pub async fn write_file(
-        &self,
+        self: &Arc<Self>,
         principal: &Principal,
         id: &str,
         path: &str,
@@ -782,20 +807,35 @@ impl Service {
     }
 
     /// Reads a file from a session's workspace.
-    pub async fn read_file(&self, principal: &Principal, id: &str, path: &str) -> Result<Vec<u8>, ServiceError> {
+    pub async fn read_file(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+        path: &str,
+    ) -> Result<Vec<u8>, ServiceError> {
         let path = WorkspacePath::parse(path)?;
         let cap = self.settings.max_file_bytes;
         self.with_sandbox(principal, id, "read", move |sb, s| sb.read_file(&path, cap.min(s.limits.file_bytes))).await
     }
 
     /// Lists a directory of a session's workspace (recursively, bounded).
-    pub async fn list_files(&self, principal: &Principal, id: &str, dir: &str) -> Result<Vec<FileEntry>, ServiceError> {
+    pub async fn list_files(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+        dir: &str,
+    ) -> Result<Vec<FileEntry>, ServiceError> {
         let dir = WorkspacePath::parse_dir(dir)?;
         self.with_sandbox(principal, id, "listing", move |sb, _| sb.list_files(&dir)).await
     }
 
     /// Removes a file or an empty directory from a session's workspace.
-    pub async fn remove_file(&self, principal: &Principal, id: &str, path: &str) -> Result<(), ServiceError> {
+    pub async fn remove_file(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+        path: &str,
+    ) -> Result<(), ServiceError> {
         let path = WorkspacePath::parse(path)?;
         self.with_sandbox(principal, id, "removal", move |sb, _| sb.remove_file(&path)).await
     }
@@ -898,7 +938,7 @@ impl Service {
     }
 
     /// Ends sessions past their idle timeout or lifetime, and forgets stopped ones.
-    pub async fn reap(&self) {
+    pub async fn reap(self: &Arc<Self>) {
         let now = Instant::now();
         let due: Vec<(Arc<Session>, &'static str)> =
             lock(&self.sessions).values().filter_map(|s| s.expired(now).map(|why| (s.clone(), why))).collect();
@@ -917,7 +957,7 @@ impl Service {
 
     /// Shuts down: refuses new work, lets running operations finish for up to
     /// `drain`, cancels what is left, then destroys every session's sandbox.
-    pub async fn shutdown(&self, drain: Duration) {
+    pub async fn shutdown(self: &Arc<Self>, drain: Duration) {
         self.begin_shutdown();
         let deadline = Instant::now() + drain;
         while self.operations() > 0 && Instant::now() < deadline {
@@ -949,10 +989,11 @@ impl Service {
 /// The work of an admitted execution.
 enum Work {
     Oneshot { req: ExecRequest },
-    Cell { id: String, session: Arc<Session>, sandbox: Option<Box<dyn airlock_core::Sandbox>>, req: ExecRequest },
+    Cell { id: String, lease: Lease, req: ExecRequest },
 }
 
-/// An admitted execution, not started yet. Dropping it gives its slot and sandbox back.
+/// An admitted execution, not started yet. Dropping it gives its slot and sandbox back
+/// (the sandbox through its lease).
 pub struct Pending {
     service: Arc<Service>,
     id: String,
@@ -962,18 +1003,6 @@ pub struct Pending {
     accepted_ms: u64,
     permit: Option<OwnedSemaphorePermit>,
     work: Option<Work>,
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some(Work::Cell { session, sandbox, .. }) = self.work.take() {
-            // Not run: the sandbox goes back untouched.
-            if let AfterUse::Destroy(sb, _) = session.give_back(sandbox, false, false) {
-                drop(sb);
-                session.release();
-            }
-        }
-    }
 }
 
 impl Pending {
@@ -1020,7 +1049,7 @@ impl Service {
     ) -> Result<Outcome, ServiceError> {
         let (kind, req, sandbox_id) = match &work {
             Work::Oneshot { req } => (ExecutionKind::Oneshot, req, None),
-            Work::Cell { session, req, .. } => (ExecutionKind::Cell, req, Some(session.id.clone())),
+            Work::Cell { lease, req, .. } => (ExecutionKind::Cell, req, Some(lease.session.id.clone())),
         };
         let (code, _) = cut(&req.code, self.settings.audit_code_bytes);
         let start = ExecutionStart {
@@ -1037,9 +1066,7 @@ impl Service {
         let store = self.store.clone();
         if let Err(e) = blocking(move || store.begin(&start)).await.and_then(|r| r.map_err(ServiceError::from)) {
             tracing::error!(execution = %id, "the audit log refused the execution: {e}");
-            if let Work::Cell { session, sandbox, .. } = work {
-                self.after_use(&session, session.give_back(sandbox, false, false)).await;
-            }
+            drop(work); // a cell's lease puts its sandbox back
             return Err(ServiceError::internal(format!(
                 "the execution was not run because the audit log could not record it: {}",
                 e.message
@@ -1078,52 +1105,37 @@ impl Service {
             })
             .await
             .and_then(|r| r),
-            Work::Cell { session, sandbox, req, .. } => {
-                let mut sandbox = sandbox.expect("a cell has its sandbox");
-                let sess = session.clone();
-                let joined = blocking(move || {
-                    let mut sink = |ev: Event| {
-                        if let Some(tx) = &sink_tx {
-                            let _ = tx.send(ev);
-                        }
-                    };
-                    let c = sandbox.canceller();
-                    sess.set_canceller(c.clone());
-                    lock(&svc.running).insert(exe.clone(), Running { backend, oneshot: false, canceller: c });
-                    // The session may have been deleted between admission and now.
-                    if sess.lock().doomed.is_some() {
-                        lock(&svc.running).remove(&exe);
-                        return (
-                            sandbox,
-                            Err(ServiceError::gone(format!("sandbox {} was deleted before the cell started", sess.id))),
-                            false,
-                        );
+            Work::Cell { mut lease, req, .. } => blocking(move || {
+                let mut sink = |ev: Event| {
+                    if let Some(tx) = &sink_tx {
+                        let _ = tx.send(ev);
                     }
-                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                };
+                let sess = lease.session.clone();
+                let mut sandbox = lease.sandbox.take().expect("a lease holds its sandbox");
+                let c = sandbox.canceller();
+                sess.set_canceller(c.clone());
+                lock(&svc.running).insert(exe.clone(), Running { backend, oneshot: false, canceller: c });
+                // The session may have been deleted between admission and now.
+                let r = if sess.lock().doomed.is_some() {
+                    Ok(Err(ServiceError::gone(format!("sandbox {} was deleted before the cell started", sess.id))))
+                } else {
+                    std::panic::catch_unwind(AssertUnwindSafe(|| {
                         run_in(sandbox.as_mut(), &req, Some(exe.clone()), Instant::now(), &mut sink)
-                    }));
-                    lock(&svc.running).remove(&exe);
-                    match r {
-                        Ok(r) => (sandbox, r.map_err(ServiceError::from), false),
-                        Err(_) => (
-                            sandbox,
-                            Err(ServiceError::internal("airlock failed unexpectedly while running this cell")),
-                            true,
-                        ),
-                    }
-                })
-                .await;
-                match joined {
-                    Ok((sb, r, broken)) => {
-                        self.after_use(&session, session.give_back(Some(sb), true, broken)).await;
-                        r
-                    }
-                    Err(e) => {
-                        self.after_use(&session, session.give_back(None, true, true)).await;
-                        Err(e)
-                    }
+                            .map_err(ServiceError::from)
+                    }))
+                };
+                lock(&svc.running).remove(&exe);
+                lease.sandbox = Some(sandbox);
+                let after = lease.finish(true, r.is_err());
+                svc.after_use_now(&sess, after);
+                match r {
+                    Ok(r) => r,
+                    Err(_) => Err(ServiceError::internal("airlock failed unexpectedly while running this cell")),
                 }
-            }
+            })
+            .await
+            .and_then(|r| r),
         };
 
         let end = match &result {

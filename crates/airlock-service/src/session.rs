@@ -6,7 +6,7 @@
 //! waiting, and no lock is held while the backend works.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use airlock_core::backend::Canceller;
@@ -144,6 +144,45 @@ pub struct Session {
     pub(crate) ended: watch::Sender<bool>,
 }
 
+/// A session's sandbox, taken out for one use. However the use ends — normally, by
+/// an error, by a panic, or because the request that started it was dropped — the
+/// sandbox goes back to its session (or the session is marked stopped if the sandbox
+/// was lost).
+pub(crate) struct Lease {
+    pub session: Arc<Session>,
+    pub sandbox: Option<Box<dyn Sandbox>>,
+    done: bool,
+}
+
+impl Lease {
+    /// Ends the use. `cell` counts a cell; `broken` says the sandbox must not be used
+    /// again. Returns what must happen to the sandbox.
+    pub(crate) fn finish(mut self, cell: bool, broken: bool) -> AfterUse {
+        self.done = true;
+        self.session.give_back(self.sandbox.take(), cell, broken)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let lost = self.sandbox.is_none();
+        match self.session.give_back(self.sandbox.take(), false, false) {
+            AfterUse::Kept => {}
+            AfterUse::Destroy(sb, _) => {
+                drop(sb); // its Drop tears it down
+                self.session.release();
+            }
+            AfterUse::Lost => {
+                debug_assert!(lost);
+                self.session.release();
+            }
+        }
+    }
+}
+
 /// What to do with a sandbox after a use.
 pub(crate) enum AfterUse {
     /// It went back into the session.
@@ -170,7 +209,7 @@ impl Session {
     }
 
     /// Takes the sandbox out for a use, or says why not.
-    pub(crate) fn take(&self, what: Busy) -> Result<Box<dyn Sandbox>, ServiceError> {
+    pub(crate) fn take(self: &Arc<Self>, what: Busy) -> Result<Lease, ServiceError> {
         let mut st = self.lock();
         match &st.phase {
             Phase::Idle => {}
@@ -199,7 +238,7 @@ impl Session {
             return Err(ServiceError::gone(format!("sandbox {} has stopped; create a new sandbox", self.id)));
         };
         st.phase = Phase::Busy { what, since: Instant::now(), canceller: None };
-        Ok(sb)
+        Ok(Lease { session: self.clone(), sandbox: Some(sb), done: false })
     }
 
     /// Records the canceller of the running cell (for deletion and shutdown).
