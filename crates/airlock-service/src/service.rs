@@ -1036,9 +1036,30 @@ impl Pending {
 }
 
 impl Service {
+    /// Runs admitted work on one blocking thread: the audit record before, the run,
+    /// the sandbox put back, the audit record after. One thread hand-off per
+    /// execution, and nothing in it depends on the caller still waiting.
     #[allow(clippy::too_many_arguments)]
     async fn run_work(
         self: &Arc<Self>,
+        work: Work,
+        id: &str,
+        principal: &Principal,
+        backend: BackendKind,
+        accepted: Instant,
+        accepted_ms: u64,
+        events: Option<mpsc::UnboundedSender<Event>>,
+    ) -> Result<Outcome, ServiceError> {
+        let svc = self.clone();
+        let (id, principal) = (id.to_string(), principal.clone());
+        blocking(move || svc.run_work_now(work, &id, &principal, backend, accepted, accepted_ms, events))
+            .await
+            .and_then(|r| r)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_work_now(
+        &self,
         work: Work,
         id: &str,
         principal: &Principal,
@@ -1063,28 +1084,24 @@ impl Service {
             code_bytes: req.code.len() as u64,
             created_at_ms: accepted_ms,
         };
-        let store = self.store.clone();
-        if let Err(e) = blocking(move || store.begin(&start)).await.and_then(|r| r.map_err(ServiceError::from)) {
+        if let Err(e) = self.store.begin(&start) {
             tracing::error!(execution = %id, "the audit log refused the execution: {e}");
             drop(work); // a cell's lease puts its sandbox back
             return Err(ServiceError::internal(format!(
-                "the execution was not run because the audit log could not record it: {}",
-                e.message
+                "the execution was not run because the audit log could not record it: {e}"
             )));
         }
 
-        let sink_tx = events;
-        let svc = self.clone();
+        let mut sink = |ev: Event| {
+            if let Some(tx) = &events {
+                let _ = tx.send(ev);
+            }
+        };
         let exe = id.to_string();
         let result: Result<Outcome, ServiceError> = match work {
-            Work::Oneshot { req } => blocking(move || {
-                let mut sink = |ev: Event| {
-                    if let Some(tx) = &sink_tx {
-                        let _ = tx.send(ev);
-                    }
-                };
+            Work::Oneshot { req } => {
                 let mut on_start = |c: Option<Canceller>| {
-                    let mut running = lock(&svc.running);
+                    let mut running = lock(&self.running);
                     match c {
                         Some(c) => {
                             running.insert(exe.clone(), Running { backend, oneshot: true, canceller: Some(c) });
@@ -1095,27 +1112,20 @@ impl Service {
                     }
                 };
                 let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    svc.registry.execute(&req, Some(exe.clone()), &mut on_start, &mut sink)
+                    self.registry.execute(&req, Some(exe.clone()), &mut on_start, &mut sink)
                 }));
-                lock(&svc.running).remove(&exe);
+                lock(&self.running).remove(&exe);
                 match r {
                     Ok(r) => r.map_err(ServiceError::from),
                     Err(_) => Err(ServiceError::internal("airlock failed unexpectedly while running this execution")),
                 }
-            })
-            .await
-            .and_then(|r| r),
-            Work::Cell { mut lease, req, .. } => blocking(move || {
-                let mut sink = |ev: Event| {
-                    if let Some(tx) = &sink_tx {
-                        let _ = tx.send(ev);
-                    }
-                };
+            }
+            Work::Cell { mut lease, req, .. } => {
                 let sess = lease.session.clone();
                 let mut sandbox = lease.sandbox.take().expect("a lease holds its sandbox");
                 let c = sandbox.canceller();
                 sess.set_canceller(c.clone());
-                lock(&svc.running).insert(exe.clone(), Running { backend, oneshot: false, canceller: c });
+                lock(&self.running).insert(exe.clone(), Running { backend, oneshot: false, canceller: c });
                 // The session may have been deleted between admission and now.
                 let r = if sess.lock().doomed.is_some() {
                     Ok(Err(ServiceError::gone(format!("sandbox {} was deleted before the cell started", sess.id))))
@@ -1125,18 +1135,17 @@ impl Service {
                             .map_err(ServiceError::from)
                     }))
                 };
-                lock(&svc.running).remove(&exe);
+                lock(&self.running).remove(&exe);
                 lease.sandbox = Some(sandbox);
                 let after = lease.finish(true, r.is_err());
-                svc.after_use_now(&sess, after);
+                self.after_use_now(&sess, after);
                 match r {
                     Ok(r) => r,
                     Err(_) => Err(ServiceError::internal("airlock failed unexpectedly while running this cell")),
                 }
-            })
-            .await
-            .and_then(|r| r),
+            }
         };
+        drop(events); // the stream ends before the final result is handed back
 
         let end = match &result {
             Ok(o) => {
@@ -1169,12 +1178,8 @@ impl Service {
             },
         };
         self.metrics.execution(Some(backend), kind, end.status, accepted.elapsed());
-        let store = self.store.clone();
-        let id2 = id.to_string();
-        match blocking(move || store.end(&id2, &end)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(execution = %id, "the audit log could not record the end: {e}"),
-            Err(e) => tracing::error!(execution = %id, "the audit log could not record the end: {e}"),
+        if let Err(e) = self.store.end(id, &end) {
+            tracing::error!(execution = %id, "the audit log could not record the end: {e}");
         }
         result
     }

@@ -228,6 +228,50 @@ fn overload_gets_429_with_retry_after() {
     assert_eq!(long.join().unwrap().json()["status"], "ok");
 }
 
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[test]
+fn a_burst_far_beyond_capacity_is_refused_with_flat_memory() {
+    let (_root, data, tmp) = dirs();
+    let s = Arc::new(start(&data, &tmp, &["--max-running", "2", "--queue-timeout", "2s"]));
+    // A settings file would do too; flags keep the test short.
+    assert_eq!(s.post("/v1/execute", json!({"code": "1"})).json()["status"], "ok");
+    let before = rss_bytes(s.pid());
+    let code = "import time; time.sleep(0.3); print('x' * 100000)";
+    let threads: Vec<_> = (0..120)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || s.post("/v1/execute", json!({ "code": code })).status)
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(ok + refused, statuses.len(), "unexpected statuses: {statuses:?}");
+    assert!(ok >= 2 && refused >= 60, "{ok} ran, {refused} refused");
+    let after = rss_bytes(s.pid());
+    eprintln!(
+        "server RSS {} MiB before the burst, {} MiB after; {ok} ran, {refused} got 429",
+        before >> 20,
+        after >> 20
+    );
+    assert!(after < before + (64 << 20), "the server grew from {before} to {after} bytes");
+    // Every accepted run is in the audit log, and nothing is left running.
+    let page = s.get("/v1/executions?limit=1000").json();
+    assert_eq!(page["executions"].as_array().unwrap().len(), ok + 1);
+    assert!(s.get("/v1/executions?status=running").json()["executions"].as_array().unwrap().is_empty());
+}
+
 #[test]
 fn keys_are_required_beyond_loopback() {
     let (_root, data, tmp) = dirs();

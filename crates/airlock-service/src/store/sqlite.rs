@@ -236,10 +236,12 @@ fn record(r: &Row<'_>) -> rusqlite::Result<(i64, ExecutionRecord)> {
 impl AuditStore for SqliteStore {
     fn begin(&self, s: &ExecutionStart) -> Result<(), Error> {
         self.conn()
-            .execute(
+            .prepare_cached(
                 "INSERT INTO executions (id, instance, kind, key_id, sandbox_id, backend, language, code, code_bytes, status, created_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'running', ?10)",
-                params![
+            )
+            .and_then(|mut st| {
+                st.execute(params![
                     s.id,
                     self.instance,
                     s.kind.as_str(),
@@ -250,8 +252,8 @@ impl AuditStore for SqliteStore {
                     s.code,
                     s.code_bytes as i64,
                     s.created_at_ms as i64
-                ],
-            )
+                ])
+            })
             .map_err(|e| db_err("recording an accepted execution", e))?;
         Ok(())
     }
@@ -260,11 +262,13 @@ impl AuditStore for SqliteStore {
         let error = e.error.as_ref().map(|x| serde_json::to_string(x).unwrap_or_default());
         let usage = e.usage.as_ref().map(|x| serde_json::to_string(x).unwrap_or_default());
         self.conn()
-            .execute(
+            .prepare_cached(
                 "UPDATE executions SET status = ?2, reason = ?3, backend = COALESCE(?4, backend), exit_code = ?5,
                  stdout = ?6, stderr = ?7, output_truncated = ?8, error = ?9, usage = ?10, finished_at_ms = ?11
                  WHERE id = ?1",
-                params![
+            )
+            .and_then(|mut st| {
+                st.execute(params![
                     id,
                     e.status.as_str(),
                     e.reason,
@@ -276,8 +280,8 @@ impl AuditStore for SqliteStore {
                     error,
                     usage,
                     e.finished_at_ms as i64
-                ],
-            )
+                ])
+            })
             .map_err(|e| db_err("recording the end of an execution", e))?;
         Ok(())
     }
