@@ -8,7 +8,7 @@
 # output from C code and child processes is captured too.
 #
 # Frames: a 4-byte big-endian length, then that many bytes of UTF-8 JSON (an object
-# with a "type"). Host -> guest: exec, shutdown. Guest -> host: hello, result,
+# with a "type"). Host -> guest: exec, shutdown, guard. Guest -> host: hello, result,
 # error, done. See crates/airlock-guest/src/protocol.rs for the full schema.
 #
 # Start-up cost matters (a sandbox start is measured against a bare `python3 -c`),
@@ -327,6 +327,430 @@ def _scrub(te, seen):
         _scrub(sub, seen)
 
 
+# ---- the guard's runtime layer (PEP 578 audit hooks) ----
+#
+# Installed when the host sends a "guard" frame, before the first guarded cell.
+# Audit hooks cannot be removed, so a guarded sandbox stays guarded. The layer refuses
+# at run time what the host's static check refuses in the source, for code that got
+# past it: imports outside the allow-list, running programs, sockets (unless the
+# network is allowed), files outside the workspace (writes) or outside the interpreter's
+# own directories (reads), ctypes, frame and code-object access, exec/compile.
+#
+# Whose action is it? An event belongs to the nearest frame on the stack that is not
+# "plumbing" (os, io, subprocess, ctypes, socket, pathlib, ... and the guard's own
+# wrappers): the user's cells (code compiled as "<cell-N>" or running in the user's
+# namespace), the import system (loading a module's code), a library (an allowed
+# package such as pandas opening its data files), or the driver. The allow-list of
+# import statements applies to the user's code only; C code that imports helpers lazily
+# (datetime's _strptime, numpy's internals) is not the user's import statement. The
+# rules on programs, sockets, file paths and ctypes-by-name apply to everyone.
+
+class GuardViolation(PermissionError):
+    """The airlock guard refused this action. A PermissionError, so that a library
+    expecting an OSError from a refused file or program degrades gracefully."""
+
+
+# Modules whose frames act for their caller.
+_GUARD_PLUMBING = frozenset((
+    "os", "posix", "posixpath", "genericpath", "io", "_pyio", "codecs", "encodings", "pathlib", "shutil",
+    "tempfile", "glob", "fnmatch", "subprocess", "pty", "ctypes", "socket", "selectors", "ssl", "urllib",
+    "http", "ftplib", "smtplib", "multiprocessing", "concurrent", "asyncio", "threading", "pickle",
+    "_compat_pickle", "copyreg", "marshal", "functools", "contextlib", "inspect", "linecache",
+    "tokenize", "traceback", "zipfile", "tarfile", "gzip", "bz2", "lzma", "shelve", "dbm", "webbrowser",
+    "sqlite3", "gc", "types", "operator", "builtins", "code", "codeop", "pydoc", "pdb", "bdb", "cmd",
+    "sys", "runpy", "pkgutil",
+))
+_GUARD_PLUMBING_MODULES = frozenset(("numpy.ctypeslib",))
+# The import system: it acts for its caller when importing, and runs module code itself.
+_GUARD_IMPORT_SYSTEM = frozenset(("importlib", "_frozen_importlib", "_frozen_importlib_external", "zipimport"))
+# Modules the user's code may never load, whatever triggers the import.
+_GUARD_NEVER = frozenset((
+    "os", "posix", "subprocess", "_posixsubprocess", "pty", "sys", "builtins", "importlib", "ctypes",
+    "_ctypes", "cffi", "pickle", "_pickle", "marshal", "shelve", "dill", "socket", "_socket", "ssl", "gc",
+    "inspect", "code", "codeop", "multiprocessing", "_multiprocessing", "threading", "_thread", "signal",
+    "shutil", "pathlib", "webbrowser", "pdb", "bdb", "pydoc", "sqlite3", "_sqlite3", "resource", "fcntl",
+    "mmap", "urllib", "http", "ftplib", "smtplib", "telnetlib", "asyncio", "_winapi", "nt",
+))
+_GUARD_PROCESS_EVENTS = frozenset((
+    "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.startfile",
+    "subprocess.Popen", "pty.spawn", "os.kill", "os.killpg", "signal.pthread_kill", "webbrowser.open",
+))
+_GUARD_NETWORK_EVENTS = frozenset((
+    "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg", "socket.getaddrinfo",
+    "socket.gethostbyname", "socket.gethostbyaddr", "socket.getnameinfo", "urllib.Request",
+    "http.client.connect", "ftplib.connect", "smtplib.connect", "poplib.connect", "imaplib.open",
+    "nntplib.connect", "telnetlib.Telnet.open",
+))
+# Events refused when the user's code causes them directly.
+_GUARD_USER_EVENTS = {
+    "exec": "exec() of code objects is not allowed",
+    "compile": "compile() is not allowed",
+    "code.__new__": "building code objects is not allowed",
+    "function.__new__": "building functions from code objects is not allowed",
+    "object.__getattr__": "reading frames, code objects and tracebacks is not allowed",
+    "sys._getframe": "reading interpreter frames is not allowed",
+    "sys._current_frames": "reading interpreter frames is not allowed",
+    "sys.settrace": "tracing is not allowed",
+    "sys.setprofile": "profiling hooks are not allowed",
+    "sys.addaudithook": "adding audit hooks is not allowed",
+    "gc.get_objects": "walking the object graph is not allowed",
+    "gc.get_referrers": "walking the object graph is not allowed",
+    "gc.get_referents": "walking the object graph is not allowed",
+    "marshal.loads": "marshal is not allowed",
+    "marshal.load": "marshal is not allowed",
+    "builtins.input": "input() is not allowed: there is no interactive input",
+    "builtins.breakpoint": "breakpoint() is not allowed: there is no debugger",
+    "resource.setrlimit": "changing resource limits is not allowed",
+    "resource.prlimit": "changing resource limits is not allowed",
+    "fcntl.ioctl": "ioctl() is not allowed",
+    "sqlite3.enable_load_extension": "loading sqlite extensions is not allowed",
+    "sqlite3.load_extension": "loading sqlite extensions is not allowed",
+}
+# (event, indexes of arguments that are paths written)
+_GUARD_WRITE_EVENTS = {
+    "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,), "os.chown": (0,),
+    "os.truncate": (0,), "os.utime": (0,), "os.rename": (0, 1), "os.link": (1,), "os.symlink": (1,),
+    "os.chflags": (0,), "os.lchflags": (0,), "os.setxattr": (0,), "os.removexattr": (0,),
+    "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.copymode": (1,), "shutil.copystat": (1,),
+    "shutil.copytree": (1,), "shutil.move": (0, 1), "shutil.unpack_archive": (1,), "sqlite3.connect": (0,),
+}
+_GUARD_READ_EVENTS = {"os.listdir": (0,), "os.scandir": (0,), "shutil.copyfile": (0,), "shutil.copytree": (0,)}
+_GUARD_PICKLE_BUILTINS = frozenset((
+    "list", "dict", "set", "frozenset", "tuple", "slice", "range", "complex", "bytearray", "bytes", "int",
+    "float", "str", "bool", "object",
+))
+
+
+def _install_guard(policy, user_globals, workspace, driver_globals):
+    """Installs the audit hook; returns the builtins dict for the user's namespace."""
+    import builtins
+    from _thread import get_ident
+
+    getframe = sys._getframe
+    real_import = builtins.__import__
+    real_getattr, real_setattr, real_delattr = getattr, setattr, delattr
+    modules = sys.modules
+    path_mod = os.path
+    fsdecode = os.fsdecode
+    module_type = type(sys)
+    profile = str(policy["profile"])
+    allowed = tuple(str(m) for m in policy["allowed_imports"])
+    exact = frozenset(m for m in allowed if not m.endswith(".*"))
+    subtrees = tuple(m[:-2] for m in allowed if m.endswith(".*"))
+    allow_open = bool(policy["allow_open"])
+    allow_network = bool(policy["allow_network"])
+    private_ok = bool(policy["private_attributes"])
+    denied_attrs = frozenset(policy["denied_attributes"])
+    safe_dunders = frozenset(policy["safe_dunders"])
+    denied_builtins = tuple(policy["denied_builtins"])
+    allowed_roots = frozenset(m.split(".")[0] for m in allowed) | {"copyreg", "_codecs", "collections", "datetime"}
+    allowed_text = ", ".join(allowed)
+    try:
+        import opcode
+        import_op = opcode.opmap["IMPORT_NAME"]
+    except Exception:
+        import_op = -1
+    busy = set()
+    driver_file = _DRIVER_FILE
+
+    def refusal(what):
+        return GuardViolation("airlock guard (profile '%s'): %s" % (profile, what))
+
+    def import_ok(name):
+        if name in exact or name == "__future__":
+            return True
+        for p in subtrees:
+            if name == p or name.startswith(p + "."):
+                return True
+        return False
+
+    def never(name):
+        return name.partition(".")[0] in _GUARD_NEVER and not import_ok(name)
+
+    # -- paths --
+    def real(p):
+        try:
+            return path_mod.realpath(p)
+        except Exception:
+            return path_mod.normpath(path_mod.join(os.getcwd(), p))
+
+    def dirs(*paths):
+        out = []
+        for p in paths:
+            if p:
+                p = real(p)
+                out.append(p if p.endswith("/") else p + "/")
+        return tuple(sorted(set(out)))
+
+    ws = real(workspace)
+    write_roots = dirs(ws, os.environ.get("TMPDIR"), os.environ.get("MPLCONFIGDIR"))
+    write_files = frozenset(("/dev/null",))
+    system_roots = dirs(
+        sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+        *[p for p in sys.path if p and real(p) != ws],
+        "/usr/share", "/usr/lib", "/usr/local/share", "/usr/local/lib", "/etc/fonts", "/etc/ssl",
+    )
+    read_files = frozenset((
+        "/dev/null", "/dev/urandom", "/dev/random", "/etc/matplotlibrc", "/etc/localtime", "/etc/timezone",
+        "/etc/mime.types", "/etc/os-release", "/proc/meminfo", "/proc/cpuinfo",
+    ))
+
+    def under(p, roots):
+        for r in roots:
+            if p.startswith(r) or p + "/" == r:
+                return True
+        return False
+
+    def path_of(p):
+        """A plain str path, or None for a type the guard does not trust."""
+        t = type(p)
+        if t is str:
+            return p
+        if isinstance(p, str):
+            return str.__str__(p)
+        if t is bytes:
+            return fsdecode(p)
+        pl = modules.get("pathlib")
+        if pl is not None and t in (pl.PosixPath, pl.PurePosixPath, pl.Path, pl.PurePath):
+            return str(p)
+        if t is getattr(os, "DirEntry", None):
+            return p.path if type(p.path) is str else fsdecode(p.path)
+        return None
+
+    def resolve(p, dir_fd=None):
+        if not path_mod.isabs(p):
+            base = os.getcwd()
+            if dir_fd is not None:
+                try:
+                    base = os.readlink("/proc/self/fd/%d" % dir_fd)
+                except Exception:
+                    return None
+            p = path_mod.join(base, p)
+        n = path_mod.normpath(p)
+        if under(n, system_roots) or n in read_files:
+            return n  # system trees are root-owned: no symlink games there
+        return real(n)
+
+    def check_path(raw, write, what, dir_fd=None):
+        if type(raw) is int:
+            return  # an fd the code already holds
+        p = path_of(raw)
+        if p is None:
+            raise refusal("%s: paths must be str, bytes or pathlib paths, not %s" % (what, type(raw).__name__))
+        rp = resolve(p, dir_fd)
+        if rp is None:
+            raise refusal("%s %r relative to a directory descriptor is not allowed" % (what, p))
+        if write:
+            if rp in write_files or under(rp, write_roots):
+                return
+            raise refusal("%s %r is not allowed: code may write only inside the workspace %s" % (what, p, ws))
+        if rp in read_files or rp in write_files or under(rp, write_roots) or under(rp, system_roots):
+            return
+        raise refusal(
+            "%s %r is not allowed: code may read only the workspace %s and the interpreter's own files" % (what, p, ws)
+        )
+
+    # -- who is acting --
+    wrapper_codes = set()
+
+    def actor(frame, through_imports):
+        while frame is not None:
+            code = frame.f_code
+            if code in wrapper_codes:
+                frame = frame.f_back
+                continue
+            g = frame.f_globals
+            if g is user_globals or code.co_filename[:6] == "<cell-":
+                return "user"
+            if g is driver_globals and code.co_filename == driver_file:
+                return "driver"
+            name = g.get("__name__")
+            root = name.partition(".")[0] if type(name) is str else ""
+            if root in _GUARD_IMPORT_SYSTEM:
+                if not through_imports:
+                    return "import"
+            elif not (root in _GUARD_PLUMBING or name in _GUARD_PLUMBING_MODULES):
+                return "library"
+            frame = frame.f_back
+        return "driver"
+
+    def hook(event, args):
+        tid = get_ident()
+        if tid in busy:
+            return
+        busy.add(tid)
+        try:
+            handle(event, args)
+        finally:
+            busy.discard(tid)
+
+    def handle(event, args):
+        if event == "open":
+            who = actor(getframe(2), False)
+            if who == "driver":
+                return
+            if who == "user" and not allow_open:
+                raise refusal("open() is not allowed; read data with pandas or numpy (pd.read_csv('data.csv'))")
+            flags = args[2] if len(args) > 2 else 0
+            mode = args[1] if len(args) > 1 else None
+            if type(flags) is int and flags:
+                write = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
+            else:
+                write = type(mode) is str and any(c in mode for c in "wax+")
+            if type(args[0]) is int and who == "user":
+                raise refusal("opening a file descriptor by number is not allowed")
+            check_path(args[0], write, "writing" if write else "reading")
+            return
+        if event == "import":
+            who = actor(getframe(2), True)
+            name = args[0]
+            if who == "user" and type(name) is str and never(name):
+                raise refusal("import of %r is not allowed; allowed imports: %s" % (name, allowed_text))
+            return
+        if event in _GUARD_PROCESS_EVENTS:
+            raise refusal("running or signalling programs (%s) is not allowed in this sandbox" % event)
+        if event in _GUARD_NETWORK_EVENTS:
+            if not allow_network:
+                raise refusal("network access (%s) is not allowed: the sandbox's network policy is 'none'" % event)
+            return
+        if event in _GUARD_USER_EVENTS:
+            if actor(getframe(2), False) == "user":
+                raise refusal(_GUARD_USER_EVENTS[event])
+            return
+        if event[:7] == "ctypes.":
+            who = actor(getframe(2), False)
+            if who == "driver":
+                return
+            if event == "ctypes.dlopen" and args and args[0] is not None:
+                raise refusal("loading native libraries with ctypes (%r) is not allowed" % (args[0],))
+            if who == "user":
+                raise refusal("ctypes (%s) is not allowed: it calls C directly" % event)
+            return
+        if event == "pickle.find_class":
+            module, name = str(args[0]), str(args[1])
+            root = module.partition(".")[0]
+            if root in ("builtins", "__builtin__"):
+                if name in _GUARD_PICKLE_BUILTINS:
+                    return
+            elif root in allowed_roots:
+                return
+            raise refusal("unpickling %s.%s is not allowed: pickles may only rebuild data types" % (module, name))
+        if event in _GUARD_WRITE_EVENTS or event in _GUARD_READ_EVENTS:
+            who = actor(getframe(2), False)
+            if who == "driver":
+                return
+            if event in ("os.symlink", "os.link") and who == "user":
+                raise refusal("creating links is not allowed")
+            dir_fd = None
+            for i in _GUARD_WRITE_EVENTS.get(event, ()):
+                if i < len(args):
+                    if event in ("os.remove", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.utime"):
+                        dir_fd = args[-1] if type(args[-1]) is int else None
+                    if not (event == "sqlite3.connect" and args[i] in (":memory:", b":memory:", "")):
+                        check_path(args[i], True, event, dir_fd)
+            for i in _GUARD_READ_EVENTS.get(event, ()):
+                if i < len(args) and args[i] is not None:
+                    check_path(args[i], False, event)
+            return
+
+    # -- the user's builtins --
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+        # Called for the import statements of code whose builtins are the user's, and
+        # by C code that imports a helper while such code runs (PyImport_Import uses
+        # the current frame's __import__). Only the former is the user's import.
+        tid = get_ident()
+        busy.add(tid)
+        try:
+            caller = getframe(1)
+            code = caller.f_code
+            statement = import_op >= 0 and code.co_code[caller.f_lasti:caller.f_lasti + 1] == bytes((import_op,))
+            user = caller.f_globals is user_globals or code.co_filename[:6] == "<cell-"
+        finally:
+            busy.discard(tid)
+        if type(name) is not str:
+            return real_import(name, globals, locals, fromlist, level)
+        if user and statement:
+            if level:
+                raise refusal("relative imports are not allowed; import allowed modules by their absolute name")
+            if not import_ok(name):
+                raise refusal("import of %r is not allowed; allowed imports: %s" % (name, allowed_text))
+            if fromlist:
+                real_import(name, globals, locals, (), 0)
+                target = modules.get(name)
+                d = real_getattr(target, "__dict__", None) if target is not None else None
+                for item in fromlist:
+                    if type(item) is not str or item == "*" or import_ok(name + "." + item):
+                        continue
+                    sub = name + "." + item
+                    if d is not None and item in d:
+                        bad = type(d[item]) is module_type
+                    else:
+                        bad = True
+                    if bad:
+                        raise refusal(
+                            "from %s import %s: %r is a module that is not allowed; allowed imports: %s"
+                            % (name, item, sub, allowed_text)
+                        )
+        elif never(name) and (user or caller.f_globals is not driver_globals):
+            raise refusal("import of %r is not allowed; allowed imports: %s" % (name, allowed_text))
+        return real_import(name, globals, locals, fromlist, level)
+
+    def attr_refusal(name):
+        if type(name) is not str:
+            return None
+        if len(name) > 4 and name[:2] == "__" and name[-2:] == "__":
+            if name in safe_dunders:
+                return None
+            return "the attribute %r reaches interpreter internals and is not allowed" % name
+        if name in denied_attrs:
+            return "the attribute %r is not allowed" % name
+        if not private_ok and name[:1] == "_":
+            return "private attributes such as %r are not allowed" % name
+        return None
+
+    def guarded_getattr(obj, name, *default):
+        why = attr_refusal(name)
+        if why:
+            raise refusal(why)
+        return real_getattr(obj, name, *default)
+
+    def guarded_setattr(obj, name, value):
+        why = attr_refusal(name)
+        if why:
+            raise refusal(why)
+        return real_setattr(obj, name, value)
+
+    def guarded_delattr(obj, name):
+        why = attr_refusal(name)
+        if why:
+            raise refusal(why)
+        return real_delattr(obj, name)
+
+    def make_refused(bname):
+        def refused(*args, **kwargs):
+            raise refusal("%s() is not allowed" % bname)
+        refused.__name__ = bname
+        return refused
+
+    for fn in (guarded_import, guarded_getattr, guarded_setattr, guarded_delattr):
+        wrapper_codes.add(fn.__code__)
+    user_builtins = dict(builtins.__dict__)
+    for bname in denied_builtins:
+        if bname != "__import__":
+            user_builtins[bname] = make_refused(bname)
+    user_builtins["__import__"] = guarded_import
+    user_builtins["getattr"] = guarded_getattr
+    user_builtins["setattr"] = guarded_setattr
+    user_builtins["delattr"] = guarded_delattr
+    user_builtins["GuardViolation"] = GuardViolation
+
+    # The user's code must not import from the workspace (a file there named like an
+    # allowed module would shadow it).
+    sys.path[:] = [p for p in sys.path if p and real(p) != ws]
+    sys.addaudithook(hook)
+    return user_builtins
+
+
 class SandboxInterrupt(KeyboardInterrupt):
     """Raised in a running cell when the host stops it (a time, CPU or output limit)."""
 
@@ -347,6 +771,11 @@ class Driver:
         sys.modules["__main__"] = main_module
         self.globals = main_module.__dict__
         self.workspace = workspace
+        # The guard's runtime layer: the installed policy, a failure that makes every
+        # later cell fail (fail closed), and an error for the next cell only.
+        self.guard = None
+        self.guard_failed = None
+        self.guard_next_error = None
         try:
             import resource
 
@@ -477,6 +906,39 @@ class Driver:
             return "signal", -rc
         return "error", rc
 
+    # -- the guard --
+
+    def set_guard(self, policy):
+        """Installs the guard's runtime layer (a "guard" frame). It cannot be removed
+        or changed afterwards; a policy arriving after unguarded cells is refused."""
+        if self.guard is not None or self.guard_failed is not None:
+            if policy != self.guard and self.guard_failed is None:
+                self.guard_next_error = "this sandbox's guard policy cannot change; create a new sandbox for another policy"
+            return
+        if self.count > 0:
+            self.guard_next_error = (
+                "the guard must be on from a sandbox's first cell; create a new sandbox with the guard on"
+            )
+            return
+        try:
+            user_builtins = _install_guard(policy, self.globals, self.workspace, globals())
+        except Exception as e:
+            self.guard_failed = "the guard could not be installed (%s: %s); this sandbox refuses to run code" % (
+                type(e).__name__, e)
+            return
+        self.globals["__builtins__"] = user_builtins
+        self.guard = policy
+
+    def _guard_refusal(self, g):
+        if self.guard_failed is not None:
+            return self.guard_failed
+        if self.guard_next_error is not None:
+            err, self.guard_next_error = self.guard_next_error, None
+            return err
+        if self.guard is not None and g and any(type(k) is not str or k[:2] == "__" for k in g):
+            return "global variables may not be dunder names under the guard"
+        return None
+
     def execute(self, msg):
         self.count += 1
         code = msg.get("code", "")
@@ -484,6 +946,13 @@ class Driver:
         name = "<cell-%d>" % self.count
         self.sources[name] = code
         g = msg.get("globals")
+        refused = self._guard_refusal(g)
+        if refused is not None:
+            text = "airlock guard: " + refused
+            self.ch.send({"type": "error", "name": "GuardViolation", "value": text, "traceback": "GuardViolation: %s\n" % text})
+            self.ch.send({"type": "done", "status": "error", "execution_count": self.count, "cpu_ms": 0,
+                          "peak_memory_bytes": self._peak_bytes()})
+            return
         if g:
             self.globals.update(g)
         cpu0 = self._cpu_ms()
@@ -551,6 +1020,8 @@ class Driver:
                 self.execute(msg)
             elif kind == "shutdown":
                 return 0
+            elif kind == "guard":
+                self.set_guard(msg.get("policy"))
             else:
                 self.ch.send({"type": "done", "status": "error", "protocol_error": "unknown frame type %r" % (kind,)})
 
