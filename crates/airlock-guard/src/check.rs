@@ -1,6 +1,8 @@
 //! The static checker: one walk over the syntax tree that ruff's parser builds,
 //! collecting every violation of a [`GuardPolicy`].
 
+use std::collections::HashSet;
+
 use airlock_core::GuardFinding;
 use airlock_core::GuardPolicy;
 use airlock_core::guard::{DANGEROUS_MODULES, MODULE_ATTRIBUTES};
@@ -65,6 +67,9 @@ const MAX_FOLD_CHARS: usize = 4096;
 /// Why a finding exists and what to do about it; the checker's output.
 pub(crate) struct Checker<'a> {
     policy: &'a GuardPolicy,
+    denied_builtins: HashSet<&'a str>,
+    denied_attributes: HashSet<&'a str>,
+    safe_dunders: HashSet<&'a str>,
     strict: bool,
     source: &'a str,
     lines: LineIndex,
@@ -78,6 +83,9 @@ impl<'a> Checker<'a> {
     pub(crate) fn new(source: &'a str, policy: &'a GuardPolicy) -> Self {
         Checker {
             policy,
+            denied_builtins: policy.denied_builtins.iter().map(String::as_str).collect(),
+            denied_attributes: policy.denied_attributes.iter().map(String::as_str).collect(),
+            safe_dunders: policy.safe_dunders.iter().map(String::as_str).collect(),
             strict: policy.profile == airlock_core::GuardProfile::Strict,
             source,
             lines: LineIndex::from_source_text(source),
@@ -189,7 +197,7 @@ impl<'a> Checker<'a> {
     // ---- names ----
 
     fn check_name(&mut self, name: &str, store: bool, range: TextRange) {
-        if self.policy.denied_builtins.iter().any(|b| b == name) {
+        if self.denied_builtins.contains(name) {
             let hint = banned_name_hint(name, self.profile());
             self.report("banned-name", range, hint);
         } else if matches!(name, "getattr" | "setattr" | "delattr") {
@@ -206,7 +214,7 @@ impl<'a> Checker<'a> {
         } else if store {
             // Class bodies bind protocol dunders (`__hash__ = None`, `__slots__`).
             self.check_binding(name, range);
-        } else if is_dunder(name) && !SAFE_DUNDER_NAMES.contains(&name) && !self.policy.is_safe_dunder(name) {
+        } else if is_dunder(name) && !SAFE_DUNDER_NAMES.contains(&name) && !self.safe_dunders.contains(name) {
             self.report(
                 "dunder-name",
                 range,
@@ -237,7 +245,7 @@ impl<'a> Checker<'a> {
 
     fn attribute_violation(&self, attr: &str) -> Option<(&'static str, String)> {
         if is_dunder(attr) {
-            if self.policy.is_safe_dunder(attr) {
+            if self.safe_dunders.contains(attr) {
                 return None;
             }
             let hint = match attr {
@@ -260,7 +268,7 @@ impl<'a> Checker<'a> {
                 ),
             ));
         }
-        if self.policy.denied_attributes.iter().any(|a| a == attr) {
+        if self.denied_attributes.contains(attr) {
             return Some((
                 "internal-attribute",
                 format!(
@@ -426,12 +434,15 @@ impl<'a> Checker<'a> {
 
     /// Scans the text of a string literal (or of a folded concatenation).
     fn check_string(&mut self, text: &str, range: TextRange) {
+        if !text.contains('{') && !text.contains("__") {
+            return;
+        }
         for field in format_fields(text) {
             for part in field_attributes(&field) {
                 let bad = if is_dunder(part) {
-                    !self.policy.is_safe_dunder(part)
+                    !self.safe_dunders.contains(part)
                 } else {
-                    self.policy.denied_attributes.iter().any(|a| a == part)
+                    self.denied_attributes.contains(part)
                         || (!self.policy.private_attributes && part.starts_with('_'))
                 };
                 if bad {
@@ -487,7 +498,7 @@ impl<'a> Visitor<'a> for Checker<'a> {
                     if name != "*" {
                         self.check_binding(name, alias.name.range());
                         if matches!(name, "getattr" | "setattr" | "delattr")
-                            || self.policy.denied_builtins.iter().any(|b| b == name)
+                            || self.denied_builtins.contains(name)
                         {
                             self.report(
                                 "banned-name",

@@ -130,14 +130,28 @@ pub struct Denial {
 }
 
 impl Denial {
-    /// One sentence: how many findings, and the first one's hint.
+    /// One sentence: how many findings, and the first few hints (without the list of
+    /// allowed imports, which the findings carry).
     pub fn summary(&self) -> String {
+        const SHOWN: usize = 3;
         let n = self.findings.len();
-        let first = self.findings.first().map(|f| format!("line {}: {}", f.line, f.hint)).unwrap_or_default();
+        let mut parts: Vec<String> = self
+            .findings
+            .iter()
+            .take(SHOWN)
+            .map(|f| {
+                let hint = f.hint.split("; allowed imports:").next().unwrap_or(&f.hint);
+                if f.line > 0 { format!("line {}: {hint}", f.line) } else { hint.to_string() }
+            })
+            .collect();
+        if n > SHOWN {
+            parts.push(format!("and {} more", n - SHOWN));
+        }
         format!(
-            "the guard (profile '{}') refused the code before running it: {n} finding{}; {first}",
+            "the guard (profile '{}') refused the code before running it ({n} finding{}): {}",
             self.profile,
-            if n == 1 { "" } else { "s" }
+            if n == 1 { "" } else { "s" },
+            parts.join("; ")
         )
     }
 

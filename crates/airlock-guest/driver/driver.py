@@ -415,6 +415,13 @@ _GUARD_WRITE_EVENTS = {
     "shutil.copytree": (1,), "shutil.move": (0, 1), "shutil.unpack_archive": (1,), "sqlite3.connect": (0,),
 }
 _GUARD_READ_EVENTS = {"os.listdir": (0,), "os.scandir": (0,), "shutil.copyfile": (0,), "shutil.copytree": (0,)}
+# ctypes events refused whoever causes them: resolving C symbols by name, calling C
+# function pointers, reading raw addresses. (The allowed packages use ctypes only for
+# types and buffers.)
+_GUARD_CTYPES_ANYONE = frozenset((
+    "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.call_function", "ctypes.cdata", "ctypes.PyObj_FromPtr",
+    "ctypes.string_at", "ctypes.wstring_at", "ctypes.memoryview_at",
+))
 _GUARD_PICKLE_BUILTINS = frozenset((
     "list", "dict", "set", "frozenset", "tuple", "slice", "range", "complex", "bytearray", "bytes", "int",
     "float", "str", "bool", "object",
@@ -574,7 +581,26 @@ def _install_guard(policy, user_globals, workspace, driver_globals):
             frame = frame.f_back
         return "driver"
 
+    def executing_module(frame):
+        """The name of the module whose code the import system is running (the
+        `module` argument of the loader's exec_module, up the stack)."""
+        while frame is not None:
+            m = frame.f_locals.get("module") if frame.f_code.co_name == "exec_module" else None
+            if type(m) is module_type:
+                name = m.__dict__.get("__name__")
+                return name if type(name) is str else None
+            frame = frame.f_back
+        return None
+
+    interesting = (
+        frozenset(("open", "import", "exec", "pickle.find_class"))
+        | _GUARD_PROCESS_EVENTS | _GUARD_NETWORK_EVENTS | frozenset(_GUARD_USER_EVENTS)
+        | frozenset(_GUARD_WRITE_EVENTS) | frozenset(_GUARD_READ_EVENTS)
+    )
+
     def hook(event, args):
+        if event not in interesting and event[:7] != "ctypes.":
+            return
         tid = get_ident()
         if tid in busy:
             return
@@ -613,6 +639,18 @@ def _install_guard(policy, user_globals, workspace, driver_globals):
             if not allow_network:
                 raise refusal("network access (%s) is not allowed: the sandbox's network policy is 'none'" % event)
             return
+        if event == "exec":
+            caller = getframe(2)
+            who = actor(caller, False)
+            if who == "user":
+                raise refusal(_GUARD_USER_EVENTS[event])
+            if who == "import" and actor(caller, True) == "user":
+                # The import system runs a module's code for the user's code:
+                # importlib.import_module raises no "import" event of its own.
+                name = executing_module(caller)
+                if name is not None and never(name):
+                    raise refusal("import of %r is not allowed; allowed imports: %s" % (name, allowed_text))
+            return
         if event in _GUARD_USER_EVENTS:
             if actor(getframe(2), False) == "user":
                 raise refusal(_GUARD_USER_EVENTS[event])
@@ -623,7 +661,7 @@ def _install_guard(policy, user_globals, workspace, driver_globals):
                 return
             if event == "ctypes.dlopen" and args and args[0] is not None:
                 raise refusal("loading native libraries with ctypes (%r) is not allowed" % (args[0],))
-            if who == "user":
+            if who == "user" or event in _GUARD_CTYPES_ANYONE:
                 raise refusal("ctypes (%s) is not allowed: it calls C directly" % event)
             return
         if event == "pickle.find_class":
@@ -744,6 +782,19 @@ def _install_guard(policy, user_globals, workspace, driver_globals):
     user_builtins["delattr"] = guarded_delattr
     user_builtins["GuardViolation"] = GuardViolation
 
+    # _posixsubprocess.fork_exec starts programs without an audit event of its own
+    # (subprocess.Popen raises one before calling it): refuse it at the source.
+    # subprocess keeps its own reference (_fork_exec); it is imported after this point
+    # (the driver imports it only for bash cells, which run before no guard), so it
+    # picks up the stub.
+    try:
+        import _posixsubprocess
+
+        _posixsubprocess.fork_exec = make_refused("_posixsubprocess.fork_exec")
+        if "subprocess" in modules:
+            modules["subprocess"]._fork_exec = _posixsubprocess.fork_exec
+    except ImportError:
+        pass
     # The user's code must not import from the workspace (a file there named like an
     # allowed module would shadow it).
     sys.path[:] = [p for p in sys.path if p and real(p) != ws]
