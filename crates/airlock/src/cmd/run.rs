@@ -180,6 +180,12 @@ pub fn main(a: RunArgs) -> anyhow::Result<i32> {
         config.python = p.clone();
     }
     let registry = Registry::new(config);
+    if req.backend.is_none() && !a.json && registry.resolve(None).is_ok_and(|b| b.kind() == BackendKind::Process) {
+        eprintln!(
+            "airlock: warning: no isolating backend works on this host (see `airlock doctor`); \
+             running with backend 'process', which has NO ISOLATION"
+        );
+    }
     install_ctrlc();
     let started = Instant::now();
 
