@@ -508,7 +508,8 @@ mod tests {
     fn validation_names_the_problem() {
         let s = GuardSettings { allow_open: true, ..GuardSettings::default() };
         assert!(s.validate().unwrap_err().to_string().contains("profile is 'off'"));
-        let s = GuardSettings { allow_imports: vec!["os; rm".into()], ..GuardSettings::profile(GuardProfile::Standard) };
+        let s =
+            GuardSettings { allow_imports: vec!["os; rm".into()], ..GuardSettings::profile(GuardProfile::Standard) };
         assert!(s.validate().unwrap_err().to_string().contains("'os; rm'"));
         let s = GuardSettings {
             allow_imports: vec!["requests".into(), "sklearn.*".into(), "scipy.stats".into()],

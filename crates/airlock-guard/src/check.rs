@@ -249,9 +249,12 @@ impl<'a> Checker<'a> {
                 return None;
             }
             let hint = match attr {
-                "__class__" => "obj.__class__ is not allowed; use type(obj) (and type(obj).__name__ for its name)".into(),
-                "__dict__" => "obj.__dict__ is not allowed; use dataclasses.asdict(obj) or read the attributes you need"
-                    .into(),
+                "__class__" => {
+                    "obj.__class__ is not allowed; use type(obj) (and type(obj).__name__ for its name)".into()
+                }
+                "__dict__" => {
+                    "obj.__dict__ is not allowed; use dataclasses.asdict(obj) or read the attributes you need".into()
+                }
                 _ => format!(
                     "the attribute '{attr}' reaches interpreter internals and is not allowed; \
                      use the object's public API"
@@ -442,8 +445,7 @@ impl<'a> Checker<'a> {
                 let bad = if is_dunder(part) {
                     !self.safe_dunders.contains(part)
                 } else {
-                    self.denied_attributes.contains(part)
-                        || (!self.policy.private_attributes && part.starts_with('_'))
+                    self.denied_attributes.contains(part) || (!self.policy.private_attributes && part.starts_with('_'))
                 };
                 if bad {
                     self.report(
@@ -497,13 +499,14 @@ impl<'a> Visitor<'a> for Checker<'a> {
                     let name = alias.name.id.as_str();
                     if name != "*" {
                         self.check_binding(name, alias.name.range());
-                        if matches!(name, "getattr" | "setattr" | "delattr")
-                            || self.denied_builtins.contains(name)
-                        {
+                        if matches!(name, "getattr" | "setattr" | "delattr") || self.denied_builtins.contains(name) {
                             self.report(
                                 "banned-name",
                                 alias.range(),
-                                format!("importing '{name}' is not allowed; {}", banned_name_hint(name, self.profile())),
+                                format!(
+                                    "importing '{name}' is not allowed; {}",
+                                    banned_name_hint(name, self.profile())
+                                ),
                             );
                         }
                     }

@@ -158,7 +158,8 @@ impl Denial {
     /// The findings as an error a model can read: name `GuardViolation`, the summary
     /// as value, one finding per line as traceback.
     pub fn error_info(&self) -> ErrorInfo {
-        let mut tb = format!("GuardViolation: {} finding(s) under guard profile '{}'\n", self.findings.len(), self.profile);
+        let mut tb =
+            format!("GuardViolation: {} finding(s) under guard profile '{}'\n", self.findings.len(), self.profile);
         for f in &self.findings {
             tb.push_str(&format!("  {f}\n"));
         }

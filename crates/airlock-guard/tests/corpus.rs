@@ -99,10 +99,17 @@ fn findings_point_at_the_offending_code() {
     let src = "import math\nx = 1\nvalue = ().__class__\nimport os\n";
     let f = airlock_guard::check(src, &policy(GuardProfile::Standard));
     assert_eq!(f.len(), 2, "{f:#?}");
-    assert_eq!((f[0].rule.as_str(), f[0].line, f[0].column, f[0].text.as_str()), ("dunder-attribute", 3, 12, "__class__"));
+    assert_eq!(
+        (f[0].rule.as_str(), f[0].line, f[0].column, f[0].text.as_str()),
+        ("dunder-attribute", 3, 12, "__class__")
+    );
     assert!(f[0].hint.contains("type(obj)"), "{}", f[0].hint);
     assert_eq!((f[1].rule.as_str(), f[1].line, f[1].column, f[1].text.as_str()), ("dangerous-module", 4, 8, "os"));
-    assert!(f[1].hint.contains("import of 'os' is not allowed") && f[1].hint.contains("allowed imports: "), "{}", f[1].hint);
+    assert!(
+        f[1].hint.contains("import of 'os' is not allowed") && f[1].hint.contains("allowed imports: "),
+        "{}",
+        f[1].hint
+    );
     assert!(f[1].hint.contains("pandas"), "the hint lists the allowed imports: {}", f[1].hint);
 }
 
