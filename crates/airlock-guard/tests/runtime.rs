@@ -88,23 +88,36 @@ fn cases(dir: &str) -> Vec<Case> {
     out
 }
 
-/// A host path outside every sandbox's workspace and temporary directory (a sandbox's
-/// `TMPDIR` may be `/tmp`, where the guard lets code write), in a directory of its own.
-fn marker_path(tag: &str) -> PathBuf {
-    let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let base = Path::new("/var/tmp");
-    let base = if base.is_dir() { base.to_path_buf() } else { std::env::temp_dir() };
-    let dir = base.join(format!("airlock-guard-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(format!("{tag}-{n}"))
+/// A host directory outside every sandbox's workspace and temporary directory (a
+/// sandbox's `TMPDIR` may be `/tmp`, where the guard lets code write), one per test;
+/// removed when dropped.
+struct MarkerDir(PathBuf);
+
+impl MarkerDir {
+    fn new(test: &str) -> MarkerDir {
+        let base = Path::new("/var/tmp");
+        let base = if base.is_dir() { base.to_path_buf() } else { std::env::temp_dir() };
+        let dir = base.join(format!("airlock-guard-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        MarkerDir(dir)
+    }
+
+    /// A fresh path in the directory (nothing is created).
+    fn marker(&self, tag: &str) -> PathBuf {
+        let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        self.0.join(format!("{tag}-{n}"))
+    }
 }
 
-/// Removes a marker and, when it is empty, its directory.
+impl Drop for MarkerDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes a marker.
 fn clean(marker: &Path) {
     let _ = std::fs::remove_file(marker);
-    if let Some(dir) = marker.parent() {
-        let _ = std::fs::remove_dir(dir);
-    }
 }
 
 fn request(case: &Case, guard: GuardProfile, marker: &Path, port: u16) -> ExecRequest {
@@ -191,10 +204,11 @@ impl Drop for Listener {
 fn runtime_cases(b: &dyn Backend, prove_escape: bool) {
     let mut failures = Vec::new();
     let mut n = 0;
+    let dir = MarkerDir::new(&format!("runtime-{}", b.kind()));
     for case in cases("denied") {
         let Some(kind) = case.runtime.clone() else { continue };
         n += 1;
-        let marker = marker_path(&case.name.replace(".py", ""));
+        let marker = dir.marker(&case.name.replace(".py", ""));
         let l = Listener::new();
         let port = l.port;
         if prove_escape {
@@ -253,11 +267,12 @@ fn runtime_layer_stops_escapes_on_jail() {
 fn both_layers_through_the_registry() {
     let Some(_) = backend(BackendKind::Process) else { return };
     let mut failures = Vec::new();
+    let dir = MarkerDir::new("registry");
     for case in cases("denied") {
         if case.rules == ["global-variable"] {
             continue;
         }
-        let marker = marker_path("registry");
+        let marker = dir.marker("registry");
         let l = Listener::new();
         let mut req = request(&case, case.profile, &marker, l.port);
         req.backend = Some(BackendKind::Process);
@@ -412,7 +427,8 @@ fn a_guarded_sandbox_stays_guarded() {
 #[test]
 fn overrides_reach_the_runtime_layer() {
     let Some(b) = backend(BackendKind::Process) else { return };
-    let marker = marker_path("allow-open");
+    let dir = MarkerDir::new("allow-open");
+    let marker = dir.marker("allow-open");
     let code = format!(
         "with open('inside.txt', 'w') as f:\n    f.write('ok')\nprint(open('inside.txt').read())\n\
          try:\n    open({:?}, 'w')\nexcept PermissionError as e:\n    print('outside refused')\n",
