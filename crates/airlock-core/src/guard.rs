@@ -519,6 +519,22 @@ mod tests {
     }
 
     #[test]
+    fn the_schema_carries_the_guard() {
+        use utoipa::OpenApi;
+        #[derive(OpenApi)]
+        #[openapi(components(schemas(crate::ExecRequest, crate::Outcome)))]
+        struct Api;
+        let v = serde_json::to_value(Api::openapi()).unwrap();
+        let schemas = &v["components"]["schemas"];
+        let req = &schemas["ExecRequest"];
+        assert!(req["properties"]["guard"].is_object(), "{req}");
+        assert!(!req["required"].as_array().unwrap().iter().any(|r| r == "guard"), "guard is optional");
+        assert!(schemas["GuardSettings"]["properties"]["allow_imports"].is_object(), "{schemas}");
+        assert!(schemas["Outcome"]["properties"]["guard_findings"].is_object());
+        assert!(schemas["GuardFinding"]["properties"]["hint"].is_object());
+    }
+
+    #[test]
     fn policy_lists_and_overrides() {
         let s = GuardSettings {
             allow_imports: vec!["requests".into(), "sklearn.*".into()],

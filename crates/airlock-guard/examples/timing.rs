@@ -1,6 +1,7 @@
 //! Splits the static check's time into parsing and walking (a development aid;
 //! `airlock bench -w guard` is the measurement airlock quotes):
-//! `cargo run --release -p airlock-guard --example timing`
+//! `cargo run --release -p airlock-guard --example timing [FILE.py]` (default: the
+//! generated 1,000-line program of `airlock bench -w guard`)
 
 use std::time::Instant;
 
@@ -10,7 +11,10 @@ fn median(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 fn main() {
-    let program = airlock_guard::sample_program(1000);
+    let program = match std::env::args().nth(1) {
+        Some(path) => std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")),
+        None => airlock_guard::sample_program(1000),
+    };
     let policy = airlock_core::GuardSettings::profile(airlock_core::GuardProfile::Standard)
         .policy(airlock_core::NetworkPolicy::None)
         .expect("standard has a policy");

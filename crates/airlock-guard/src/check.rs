@@ -1,8 +1,6 @@
 //! The static checker: one walk over the syntax tree that ruff's parser builds,
 //! collecting every violation of a [`GuardPolicy`].
 
-use std::collections::HashSet;
-
 use airlock_core::GuardFinding;
 use airlock_core::GuardPolicy;
 use airlock_core::guard::{DANGEROUS_MODULES, MODULE_ATTRIBUTES};
@@ -10,6 +8,7 @@ use ruff_python_ast::visitor::{self, Visitor};
 use ruff_python_ast::{self as ast, Expr, Stmt};
 use ruff_source_file::LineIndex;
 use ruff_text_size::{Ranged, TextRange, TextSize};
+use rustc_hash::FxHashSet;
 
 /// Names a program may use even though they are dunders.
 const SAFE_DUNDER_NAMES: &[&str] = &[
@@ -67,9 +66,9 @@ const MAX_FOLD_CHARS: usize = 4096;
 /// Why a finding exists and what to do about it; the checker's output.
 pub(crate) struct Checker<'a> {
     policy: &'a GuardPolicy,
-    denied_builtins: HashSet<&'a str>,
-    denied_attributes: HashSet<&'a str>,
-    safe_dunders: HashSet<&'a str>,
+    denied_builtins: FxHashSet<&'a str>,
+    denied_attributes: FxHashSet<&'a str>,
+    safe_dunders: FxHashSet<&'a str>,
     strict: bool,
     source: &'a str,
     lines: LineIndex,
