@@ -473,8 +473,8 @@ impl<'a> Checker<'a> {
     }
 }
 
-impl<'a> Visitor<'a> for Checker<'a> {
-    fn visit_stmt(&mut self, stmt: &'a Stmt) {
+impl<'a> Checker<'a> {
+    fn stmt(&mut self, stmt: &'a Stmt) {
         match stmt {
             Stmt::Import(imp) => {
                 for alias in &imp.names {
@@ -529,7 +529,7 @@ impl<'a> Visitor<'a> for Checker<'a> {
         visitor::walk_stmt(self, stmt);
     }
 
-    fn visit_expr(&mut self, expr: &'a Expr) {
+    fn expr(&mut self, expr: &'a Expr) {
         match expr {
             Expr::Name(n) => self.check_name(n.id.as_str(), n.ctx == ast::ExprContext::Store, n.range()),
             Expr::Attribute(a) => {
@@ -572,6 +572,16 @@ impl<'a> Visitor<'a> for Checker<'a> {
             _ => {}
         }
         visitor::walk_expr(self, expr);
+    }
+}
+
+impl<'a> Visitor<'a> for Checker<'a> {
+    fn visit_stmt(&mut self, stmt: &'a Stmt) {
+        stacker::maybe_grow(crate::nesting::RED_ZONE, crate::nesting::SEGMENT, || self.stmt(stmt));
+    }
+
+    fn visit_expr(&mut self, expr: &'a Expr) {
+        stacker::maybe_grow(crate::nesting::RED_ZONE, crate::nesting::SEGMENT, || self.expr(expr));
     }
 
     fn visit_parameter(&mut self, parameter: &'a ast::Parameter) {
@@ -682,8 +692,20 @@ fn fstring_literal_text(f: &ast::ExprFString) -> Option<String> {
 }
 
 /// The value of a constant string expression built from literals with `+` and `*`
-/// (`'{0.__cla' + 'ss__}'`, `'_' * 2 + 'class'`), if it is one.
+/// (`'{0.__cla' + 'ss__}'`, `'_' * 2 + 'class'`), if it is one of at most
+/// [`MAX_FOLD_DEPTH`] levels.
 fn fold_str(expr: &Expr) -> Option<String> {
+    fold_str_within(expr, MAX_FOLD_DEPTH)
+}
+
+/// How many levels of `+`/`*` a folded string may have.
+const MAX_FOLD_DEPTH: u32 = 64;
+
+fn fold_str_within(expr: &Expr, depth: u32) -> Option<String> {
+    if depth == 0 {
+        return None;
+    }
+    let fold_str = |e: &Expr| fold_str_within(e, depth - 1);
     let s = match expr {
         Expr::StringLiteral(s) => s.value.to_str().to_string(),
         Expr::FString(f) => {

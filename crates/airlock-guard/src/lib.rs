@@ -30,6 +30,7 @@ use airlock_core::{
 };
 
 mod check;
+mod nesting;
 
 use check::Checker;
 
@@ -57,11 +58,31 @@ pub fn check(source: &str, policy: &GuardPolicy) -> Vec<GuardFinding> {
 /// Like [`check`], with the time it took.
 pub fn check_timed(source: &str, policy: &GuardPolicy) -> Report {
     let started = Instant::now();
+    // The parser grows its own stack for deep code; the walk and the syntax tree's
+    // destructor recurse too, so depth is bounded first (CPython refuses such code
+    // as well) and deep trees are walked and dropped on a grown stack.
     let parsed = ruff_python_parser::parse_module(source);
     let mut checker = Checker::new(source, policy);
     check_encoding(&mut checker, source);
-    match &parsed {
-        Ok(parsed) => checker.check_module(&parsed.syntax().body),
+    let depth = match &parsed {
+        Ok(parsed) => {
+            let n = nesting::measure(parsed.tokens());
+            match n.refusal() {
+                Some((offset, why)) => {
+                    let text = source.get(offset..).unwrap_or("").lines().next().unwrap_or("").to_string();
+                    checker.report_at(
+                        "syntax",
+                        offset,
+                        &text,
+                        format!("{why}; CPython refuses such code too: split it into smaller expressions"),
+                    );
+                }
+                None => stacker::maybe_grow(nesting::RED_ZONE, nesting::SEGMENT, || {
+                    checker.check_module(&parsed.syntax().body)
+                }),
+            }
+            n.estimate
+        }
         Err(e) => {
             let offset = e.location.start().to_usize();
             let text = source.get(offset..).unwrap_or("").lines().next().unwrap_or("").to_string();
@@ -71,9 +92,17 @@ pub fn check_timed(source: &str, policy: &GuardPolicy) -> Report {
                 &text,
                 format!("the code does not parse ({}); fix the syntax error and run it again", e.error),
             );
+            0
         }
-    }
+    };
     let mut findings = checker.findings;
+    if depth > nesting::SHALLOW {
+        // Dropping a deep tree recurses once per level.
+        let size = depth.saturating_mul(nesting::DROP_BYTES_PER_LEVEL).saturating_add(nesting::SEGMENT);
+        stacker::grow(size, move || drop(parsed));
+    } else {
+        drop(parsed);
+    }
     findings.sort_by_key(|f| (f.line, f.column));
     Report { findings, elapsed: started.elapsed() }
 }

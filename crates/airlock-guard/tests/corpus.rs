@@ -144,3 +144,38 @@ fn strict_is_stricter_than_standard() {
         }
     }
 }
+
+/// Hostile shapes must give a finding, never a crash: the host checks code on whatever
+/// thread serves the request (a 2 MiB async worker, say), so this runs on a 1 MiB stack.
+#[test]
+fn deep_code_is_refused_without_exhausting_the_stack() {
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{}1\n", "-".repeat(100_000)), "nests too deeply"),
+        (format!("x = {}\n", vec!["1"; 200_000].join("+")), "nests too deeply"),
+        (format!("x = {}y\n", "not ".repeat(50_000)), "nests too deeply"),
+        (format!("x = a{}\n", ".b".repeat(50_000)), "nests too deeply"),
+        (format!("x = {}1{}\n", "(".repeat(5_000), ")".repeat(5_000)), "parentheses"),
+        (format!("x = {}1{}\n", "[".repeat(150), "]".repeat(150)), ""),
+        // Just under the limit: walked (on a grown stack) and found clean.
+        (format!("x = {}\n", vec!["1"; 2_400].join(" + ")), ""),
+        (format!("x = {}1\n", "-".repeat(2_400)), ""),
+    ];
+    let p = policy(GuardProfile::Standard);
+    std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || {
+            for (src, expect) in cases {
+                let f = airlock_guard::check(&src, &p);
+                if expect.is_empty() {
+                    assert!(f.is_empty(), "{f:?}");
+                } else {
+                    assert_eq!(f.len(), 1, "{f:?}");
+                    assert_eq!(f[0].rule, "syntax");
+                    assert!(f[0].hint.contains(expect), "{}", f[0].hint);
+                }
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
