@@ -116,10 +116,10 @@ pub(crate) fn measure(tokens: &[Token]) -> Nesting {
                     n.brackets_at = at;
                 }
             }
-            TokenKind::Rpar | TokenKind::Rsqb | TokenKind::Rbrace | TokenKind::FStringEnd | TokenKind::TStringEnd => {
-                if counters.len() > 1 {
-                    sum -= counters.pop().unwrap_or(0);
-                }
+            TokenKind::Rpar | TokenKind::Rsqb | TokenKind::Rbrace | TokenKind::FStringEnd | TokenKind::TStringEnd
+                if counters.len() > 1 =>
+            {
+                sum -= counters.pop().unwrap_or(0);
             }
             TokenKind::Comma | TokenKind::Semi => {
                 if let Some(c) = counters.last_mut() {
