@@ -69,6 +69,8 @@ pub(crate) struct Checker<'a> {
     denied_builtins: FxHashSet<&'a str>,
     denied_attributes: FxHashSet<&'a str>,
     safe_dunders: FxHashSet<&'a str>,
+    /// Builtin names rebound by `from <allowed module> import name`.
+    shadowed: FxHashSet<&'a str>,
     strict: bool,
     source: &'a str,
     lines: LineIndex,
@@ -85,6 +87,7 @@ impl<'a> Checker<'a> {
             denied_builtins: policy.denied_builtins.iter().map(String::as_str).collect(),
             denied_attributes: policy.denied_attributes.iter().map(String::as_str).collect(),
             safe_dunders: policy.safe_dunders.iter().map(String::as_str).collect(),
+            shadowed: FxHashSet::default(),
             strict: policy.profile == airlock_core::GuardProfile::Strict,
             source,
             lines: LineIndex::from_source_text(source),
@@ -196,6 +199,9 @@ impl<'a> Checker<'a> {
     // ---- names ----
 
     fn check_name(&mut self, name: &str, store: bool, range: TextRange) {
+        if self.shadowed.contains(name) {
+            return;
+        }
         if self.denied_builtins.contains(name) {
             let hint = banned_name_hint(name, self.profile());
             self.report("banned-name", range, hint);
@@ -494,11 +500,22 @@ impl<'a> Checker<'a> {
                 } else if let Some(module) = &imp.module {
                     self.check_import(module.id.as_str(), module.range());
                 }
+                let module = imp.module.as_ref().map(|m| m.id.as_str()).unwrap_or("");
                 for alias in &imp.names {
                     let name = alias.name.id.as_str();
                     if name != "*" {
                         self.check_binding(name, alias.name.range());
-                        if matches!(name, "getattr" | "setattr" | "delattr") || self.denied_builtins.contains(name) {
+                        // `from re import compile`, `from pandas import eval`: an allowed
+                        // module's function of the same name; `from io import open` is
+                        // open() by another route.
+                        let opens = name.starts_with("open") || name == "FileIO";
+                        let same_thing = matches!(module, "io" | "_io" | "codecs" | "builtins") && opens;
+                        if !same_thing && alias.asname.is_none() && self.policy.allows_import(module) {
+                            self.shadowed.insert(name);
+                        } else if matches!(name, "getattr" | "setattr" | "delattr")
+                            || self.denied_builtins.contains(name)
+                            || same_thing
+                        {
                             self.report(
                                 "banned-name",
                                 alias.range(),
