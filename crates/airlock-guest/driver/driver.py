@@ -8,9 +8,8 @@
 # output from C code and child processes is captured too.
 #
 # Frames: a 4-byte big-endian length, then that many bytes of UTF-8 JSON (an object
-# with a "type"). Host -> guest: exec, shutdown, configure, guard. Guest -> host: hello,
-# result,
-# error, done. See crates/airlock-guest/src/protocol.rs for the full schema.
+# with a "type"). Host -> guest: exec, shutdown, configure, guard. Guest -> host:
+# hello, result, error, done. See crates/airlock-guest/src/protocol.rs for the full schema.
 #
 # Start-up cost matters (a sandbox start is measured against a bare `python3 -c`),
 # so this file imports only modules that are already loaded at start-up or are
