@@ -167,7 +167,7 @@ class AsyncClient:
 
     async def health(self) -> Dict[str, Any]:
         """The server's health summary."""
-        return (await self._request("GET", "/healthz", "idempotent")).json()
+        return dict((await self._request("GET", "/healthz", "idempotent")).json())
 
     async def run(
         self,
@@ -226,7 +226,7 @@ class AsyncClient:
     async def get_execution(self, execution_id: str) -> Dict[str, Any]:
         """An execution's record from the server's audit log."""
         r = await self._request("GET", f"/v1/executions/{_core.quote_id(execution_id)}", "idempotent")
-        return r.json()
+        return dict(r.json())
 
 
 class AsyncFiles:
@@ -252,7 +252,7 @@ class AsyncFiles:
         elif isinstance(data, (bytes, bytearray, memoryview)):
             content = bytes(data)
         elif hasattr(data, "read"):
-            raw = data.read()  # type: ignore[union-attr]
+            raw = data.read()
             content = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
         else:
             raise TypeError(f"data must be str, bytes or a file object, not {type(data).__name__}")

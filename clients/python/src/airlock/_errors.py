@@ -153,7 +153,7 @@ def error_for(
     ``not_found`` is the class to use for a plain ``not_found`` (the caller knows
     whether it asked about a sandbox or a file).
     """
-    cls = _BY_CODE.get(code)
+    cls: Optional[type] = _BY_CODE.get(code)
     if cls is None:
         cls = _BY_STATUS.get(status or 0)
     if cls is None:
@@ -162,4 +162,5 @@ def error_for(
         cls = not_found
     if cls is RateLimited:
         return RateLimited(message, retry_after=retry_after, code=code, status=status, execution_id=execution_id)
-    return cls(message, code=code, status=status, execution_id=execution_id)
+    err: AirlockError = cls(message, code=code, status=status, execution_id=execution_id)
+    return err

@@ -182,7 +182,7 @@ class Client:
 
     def health(self) -> Dict[str, Any]:
         """The server's health summary (``GET /healthz``): status, version, backends."""
-        return self._request("GET", "/healthz", "idempotent").json()
+        return dict(self._request("GET", "/healthz", "idempotent").json())
 
     def run(
         self,
@@ -245,7 +245,7 @@ class Client:
         """An execution's record from the server's audit log (``GET
         /v1/executions/{id}``): status, output (capped), error, usage, times."""
         r = self._request("GET", f"/v1/executions/{_core.quote_id(execution_id)}", "idempotent")
-        return r.json()
+        return dict(r.json())
 
 
 class Files:
@@ -276,7 +276,7 @@ class Files:
         elif isinstance(data, (bytes, bytearray, memoryview)):
             content = bytes(data)
         elif hasattr(data, "read"):
-            raw = data.read()  # type: ignore[union-attr]
+            raw = data.read()
             content = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
         else:
             raise TypeError(f"data must be str, bytes or a file object, not {type(data).__name__}")

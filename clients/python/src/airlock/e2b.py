@@ -99,10 +99,9 @@ class _Translated:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
         if isinstance(ev, _errors.AirlockError) and not isinstance(ev, SandboxException):
             raise _translate(ev) from ev
-        return False
 
 
 # ---- models, with e2b_code_interpreter's names and types ----
@@ -156,10 +155,10 @@ class Result:
         latex: Optional[str] = None,
         json: Optional[Any] = None,
         javascript: Optional[str] = None,
-        data: Optional[dict] = None,
-        chart: Optional[dict] = None,
+        data: Optional[Dict[str, Any]] = None,
+        chart: Optional[Dict[str, Any]] = None,
         is_main_result: bool = False,
-        extra: Optional[dict] = None,
+        extra: Optional[Dict[str, Any]] = None,
         **kwargs: Any,
     ) -> None:
         self.text = text

@@ -31,7 +31,7 @@ from ._models import Execution
 from ._sync import Sandbox
 
 
-class AirlockExecutor(RemotePythonExecutor):
+class AirlockExecutor(RemotePythonExecutor):  # type: ignore[misc]  # smolagents is untyped
     """Runs a ``CodeAgent``'s code in an airlock sandbox.
 
     Args:
