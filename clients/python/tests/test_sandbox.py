@@ -271,3 +271,15 @@ def test_health(client):
     h = client.health()
     assert h["status"] == "ok"
     assert "process" in h["backends"]
+
+
+def test_cell_files_and_outputs(client):
+    with client.create_sandbox() as sbx:
+        ex = sbx.run_code(
+            "data = open('in.txt').read()\nopen('out.txt', 'w').write(data.upper())\nlen(data)",
+            files={"in.txt": "shout"},
+            outputs=["out.txt"],
+        )
+        assert ex.text == "5"
+        assert ex.file("out.txt") == b"SHOUT"
+        assert sbx.files.read("in.txt") == "shout"  # inputs stay in the workspace

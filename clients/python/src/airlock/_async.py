@@ -424,12 +424,14 @@ class AsyncSandbox:
         timeout: Optional[float] = None,
         limits: LimitsLike = None,
         global_variables: Optional[Mapping[str, Any]] = None,
+        files: FilesArg = None,
+        outputs: Optional[List[str]] = None,
     ) -> Execution:
         """Runs a cell (see :meth:`airlock.Sandbox.run_code`); callbacks may be
         coroutine functions."""
         self._check_alive()
         body = _core.execute_body(code, language=language, limits=limits, timeout=timeout,
-                                  global_variables=global_variables)
+                                  global_variables=global_variables, files=files, outputs=outputs)
         timeout_ms = body.get("limits", {}).get("timeout_ms") or self.info.limits.timeout_ms
         return await self._client._execute(
             f"/v1/sandboxes/{_core.quote_id(self.id)}/execute", body, timeout_ms,

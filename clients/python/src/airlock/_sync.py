@@ -486,6 +486,8 @@ class Sandbox:
         timeout: Optional[float] = None,
         limits: LimitsLike = None,
         global_variables: Optional[Mapping[str, Any]] = None,
+        files: FilesArg = None,
+        outputs: Optional[List[str]] = None,
     ) -> Execution:
         """Runs a cell in the sandbox and returns its :class:`Execution`.
 
@@ -502,6 +504,11 @@ class Sandbox:
             limits: This cell's ``timeout_ms``, ``cpu_ms`` and ``output_bytes`` (the
                 sandbox's other limits are fixed).
             global_variables: JSON values to define as globals before the code runs.
+            files: Files to write into the workspace first (``{path: text or bytes}``).
+            outputs: Workspace paths to return in ``execution.files`` afterwards.
+
+        A callback that raises stops the reading of the stream and the exception
+        propagates; the cell itself runs on to its end on the server.
 
         Raises:
             SandboxBusy: another cell or file operation is running in this sandbox.
@@ -510,7 +517,7 @@ class Sandbox:
         """
         self._check_alive()
         body = _core.execute_body(code, language=language, limits=limits, timeout=timeout,
-                                  global_variables=global_variables)
+                                  global_variables=global_variables, files=files, outputs=outputs)
         timeout_ms = body.get("limits", {}).get("timeout_ms") or self.info.limits.timeout_ms
         return self._client._execute(
             f"/v1/sandboxes/{_core.quote_id(self.id)}/execute", body, timeout_ms,
