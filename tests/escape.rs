@@ -319,3 +319,4 @@ mod checks_detect_escapes {
 }
 
 // One line per backend that claims containment (`process` claims none).
+escape_suite!(microvm, airlock_core::BackendKind::Microvm);

@@ -8,7 +8,7 @@
 # output from C code and child processes is captured too.
 #
 # Frames: a 4-byte big-endian length, then that many bytes of UTF-8 JSON (an object
-# with a "type"). Host -> guest: exec, shutdown. Guest -> host: hello, result,
+# with a "type"). Host -> guest: exec, shutdown, configure. Guest -> host: hello, result,
 # error, done. See crates/airlock-guest/src/protocol.rs for the full schema.
 #
 # Start-up cost matters (a sandbox start is measured against a bare `python3 -c`),
@@ -551,6 +551,16 @@ class Driver:
                 self.execute(msg)
             elif kind == "shutdown":
                 return 0
+            elif kind == "configure":
+                os.environ.update(msg.get("env") or {})
+                for name in msg.get("preload") or ():
+                    # A template's modules, imported once before a snapshot so every
+                    # clone has them ready; a module that fails is simply not preloaded.
+                    try:
+                        __import__(name)
+                    except BaseException:
+                        pass
+                self.ch.send({"type": "done", "status": "ok", "execution_count": self.count})
             else:
                 self.ch.send({"type": "done", "status": "error", "protocol_error": "unknown frame type %r" % (kind,)})
 

@@ -58,6 +58,12 @@ impl Registry {
     pub fn new(config: Config) -> Self {
         let mut backends: BTreeMap<BackendKind, Arc<dyn Backend>> = BTreeMap::new();
         backends.insert(BackendKind::Process, Arc::new(airlock_process::ProcessBackend::new(config.python.clone())));
+        backends.insert(
+            BackendKind::Microvm,
+            Arc::new(airlock_microvm::MicrovmBackend::new(airlock_microvm::MicrovmConfig::from_env(
+                config.data_dir.clone(),
+            ))),
+        );
         Registry { config, backends, probes: Mutex::new(BTreeMap::new()) }
     }
 

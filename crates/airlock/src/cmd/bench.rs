@@ -25,7 +25,9 @@ pub struct BenchArgs {
     /// Iterations per row (after one warm-up run).
     #[arg(short = 'n', long, default_value_t = 20)]
     iterations: usize,
-    /// Modes: cold (fresh sandbox per run) and cell (runs in one live session).
+    /// Modes: cold (fresh sandbox per run; a snapshot restore on microvm), cell (runs in
+    /// one live session), and boot (microvm only: a cold boot of the guest kernel per
+    /// run, no snapshot; slow under TCG, so not run unless asked).
     #[arg(long = "mode", default_values_t = ["cold".to_string(), "cell".to_string()])]
     modes: Vec<String>,
     /// Print the results as JSON.
@@ -156,8 +158,8 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
         a.backends.clone()
     };
     for m in &a.modes {
-        if m != "cold" && m != "cell" {
-            bail!("unknown mode '{m}': use cold or cell");
+        if m != "cold" && m != "cell" && m != "boot" {
+            bail!("unknown mode '{m}': use cold, cell or boot");
         }
     }
     let selected: Vec<&Workload> = if a.workloads.is_empty() {
@@ -208,7 +210,16 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             let mut req = ExecRequest::python(w.code);
             req.limits = Limits { timeout_ms: 120_000, cpu_ms: 120_000, ..Limits::default() };
             for mode in &a.modes {
-                let stats = if mode == "cold" {
+                let stats = if mode == "boot" {
+                    if kind != BackendKind::Microvm {
+                        skipped.push(format!("{}/{kind}/boot: skipped: only microvm boots a kernel", w.name));
+                        continue;
+                    }
+                    let mut cfg = airlock_microvm::MicrovmConfig::from_env(registry.config().data_dir.clone());
+                    cfg.snapshots = false;
+                    let booting = airlock_microvm::MicrovmBackend::new(cfg);
+                    measure(a.iterations, || check(&run_once(&booting, &req, None, &mut |_| {})?))
+                } else if mode == "cold" {
                     measure(a.iterations, || check(&run_once(backend.as_ref(), &req, None, &mut |_| {})?))
                 } else {
                     let mut sb = backend.create(&SandboxSpec::new(req.limits))?;
