@@ -60,3 +60,37 @@ def test_tool_on_an_existing_sandbox_and_output_cap(server):
 def test_format_execution_shapes():
     ex = airlock.Execution.from_outcome({"status": "ok", "stdout": "", "stderr": "", "results": []})
     assert format_execution(ex) == "[no output]"
+
+
+def test_a_chat_models_tool_calls_run_in_the_sandbox(server):
+    """What a LangChain agent loop does: the model's schema for the tool, the model's
+    tool calls, ToolMessages back."""
+    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    tool = AirlockPythonTool(sandbox_kwargs={"url": server.url})
+    schema = convert_to_openai_tool(tool)["function"]
+    assert schema["name"] == "python"
+    assert schema["parameters"]["required"] == ["code"]
+
+    model = FakeMessagesListChatModel(responses=[
+        AIMessage(content="", tool_calls=[
+            {"name": "python", "args": {"code": "import statistics\nstatistics.mean([2, 4, 9])"}, "id": "c1"},
+        ]),
+        AIMessage(content="The mean is 5."),
+    ])
+    history = [HumanMessage("What is the mean of 2, 4 and 9?")]
+    try:
+        while True:
+            ai = model.invoke(history)
+            history.append(ai)
+            if not ai.tool_calls:
+                break
+            for call in ai.tool_calls:
+                history.append(tool.invoke({**call, "type": "tool_call"}))
+    finally:
+        tool.close()
+    tool_msgs = [m for m in history if isinstance(m, ToolMessage)]
+    assert [m.content for m in tool_msgs] == ["5"]
+    assert history[-1].content == "The mean is 5."

@@ -283,3 +283,22 @@ def test_cell_files_and_outputs(client):
         assert ex.text == "5"
         assert ex.file("out.txt") == b"SHOUT"
         assert sbx.files.read("in.txt") == "shout"  # inputs stay in the workspace
+
+
+def test_results_display_in_jupyter(client):
+    """IPython's own display formatter renders a Result as Jupyter would."""
+    formatters = pytest.importorskip("IPython.core.formatters", reason="skipped: IPython is not installed")
+    with client.create_sandbox() as sbx:
+        ex = sbx.run_code(
+            "class Both:\n"
+            "    def _repr_html_(self):\n"
+            "        return '<i>both</i>'\n"
+            "    def _repr_png_(self):\n"
+            "        return b'\\x89PNG\\r\\n\\x1a\\nfake'\n"
+            "Both()"
+        )
+    data, _ = formatters.DisplayFormatter().format(ex.main_result)
+    assert data["text/html"] == "<i>both</i>"
+    assert data["image/png"] == b"\x89PNG\r\n\x1a\nfake"  # the kernel base64-encodes it
+    data, _ = formatters.DisplayFormatter().format(ex)  # an Execution shows its main result
+    assert data["text/html"] == "<i>both</i>"
