@@ -41,7 +41,7 @@ class AsyncClient:
         self.request_timeout = request_timeout
         self.retry = retry or RetryPolicy()
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=request_timeout)
+        self._http = http_client or httpx.AsyncClient(timeout=request_timeout, verify=_core.ssl_context(self.url))
         self._headers = _core.base_headers(self.api_key)
 
     async def aclose(self) -> None:

@@ -7,6 +7,8 @@ import base64
 import json
 import os
 import random
+import ssl
+import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -49,6 +51,35 @@ def resolve_api_key(api_key: Optional[str]) -> Optional[str]:
     required keys accepts that)."""
     k = api_key if api_key is not None else os.environ.get("AIRLOCK_API_KEY")
     return k or None
+
+
+_SSL_LOCK = threading.Lock()
+_SSL_CONTEXTS: Dict[bool, ssl.SSLContext] = {}
+
+
+def ssl_context(url: str) -> ssl.SSLContext:
+    """A TLS context for clients of ``url``, made once per process.
+
+    Loading the CA bundle costs tens of milliseconds, which every new client would
+    otherwise pay (``airlock.run`` makes one per call). A plain ``http://`` server
+    gets a context with no CAs at all: it is never used, and would fail closed if it
+    were.
+    """
+    https = url.lower().startswith("https://")
+    with _SSL_LOCK:
+        ctx = _SSL_CONTEXTS.get(https)
+        if ctx is None:
+            if https:
+                try:
+                    import certifi
+
+                    ctx = ssl.create_default_context(cafile=certifi.where())
+                except ImportError:  # pragma: no cover - httpx depends on certifi
+                    ctx = ssl.create_default_context()
+            else:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            _SSL_CONTEXTS[https] = ctx
+        return ctx
 
 
 def base_headers(api_key: Optional[str]) -> Dict[str, str]:

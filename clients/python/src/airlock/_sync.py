@@ -49,7 +49,7 @@ class Client:
         self.request_timeout = request_timeout
         self.retry = retry or RetryPolicy()
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=request_timeout)
+        self._http = http_client or httpx.Client(timeout=request_timeout, verify=_core.ssl_context(self.url))
         self._headers = _core.base_headers(self.api_key)
 
     def close(self) -> None:
