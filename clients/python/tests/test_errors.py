@@ -67,7 +67,7 @@ def _core_free_port() -> int:
 def test_client_side_timeout_names_the_execution(client, monkeypatch):
     # The client waits for a run its time limit plus a margin; shrink the margin so
     # the wait ends before the run does.
-    monkeypatch.setattr(_core, "EXECUTION_MARGIN_S", -1.5)
+    monkeypatch.setattr(_core, "EXECUTION_MARGIN_S", -1.0)
     with client.create_sandbox() as sbx:
         with pytest.raises(airlock.Timeout) as e:
             sbx.run_code("import time\nprint('x', flush=True)\ntime.sleep(2.5)", timeout=2.0)

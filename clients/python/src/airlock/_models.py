@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json as _json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 
 @dataclass
@@ -356,9 +356,6 @@ class Execution:
                     raise KeyError(f"output '{path}' has no content: {f.error or 'unknown reason'}")
                 return f.content
         raise KeyError(f"no output '{path}'; ask for it with outputs=['{path}']")
-
-    def __iter__(self) -> Iterator[Result]:
-        return iter(self.results)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Dict[str, Any]:
         # In Jupyter, an Execution displays as its main result (or its output).
