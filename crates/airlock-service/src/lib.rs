@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use airlock_core::backend::{Canceller, EventSink, run_in};
 use airlock_core::{Backend, BackendKind, Error, ExecRequest, Limits, Outcome, Probe, Sandbox, SandboxSpec};
@@ -12,6 +12,7 @@ use airlock_core::{Backend, BackendKind, Error, ExecRequest, Limits, Outcome, Pr
 pub mod admission;
 pub mod keys;
 pub mod metrics;
+pub mod pool;
 pub mod service;
 pub mod session;
 pub mod settings;
@@ -66,6 +67,7 @@ pub struct Registry {
     config: Config,
     backends: BTreeMap<BackendKind, Arc<dyn Backend>>,
     probes: Mutex<BTreeMap<BackendKind, Probe>>,
+    pool: OnceLock<Arc<pool::Pool>>,
 }
 
 impl Registry {
@@ -81,13 +83,13 @@ impl Registry {
         );
         let jail = airlock_jail::JailConfig { python: config.python.clone(), ..config.jail.clone() };
         backends.insert(BackendKind::Jail, Arc::new(airlock_jail::JailBackend::new(jail)));
-        Registry { config, backends, probes: Mutex::new(BTreeMap::new()) }
+        Registry { config, backends, probes: Mutex::new(BTreeMap::new()), pool: OnceLock::new() }
     }
 
     /// A registry with exactly these backends (tests, embedding).
     pub fn with_backends(config: Config, list: Vec<Arc<dyn Backend>>) -> Self {
         let backends = list.into_iter().map(|b| (b.kind(), b)).collect();
-        Registry { config, backends, probes: Mutex::new(BTreeMap::new()) }
+        Registry { config, backends, probes: Mutex::new(BTreeMap::new()), pool: OnceLock::new() }
     }
 
     /// The configuration.
@@ -154,8 +156,54 @@ impl Registry {
 impl Registry {
     /// Creates a sandbox: the one place where airlock makes sandboxes (one-shot runs and
     /// sessions alike), so that a pool of pre-initialised sandboxes can take over here.
+    ///
+    /// With a warm pool ([`Registry::set_pool`]), a ready sandbox of the spec's
+    /// template (or `default`) that fits the spec is handed out; otherwise, and when
+    /// the pool is empty, one is created cold.
     pub fn create_sandbox(&self, backend: &dyn Backend, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, Error> {
+        if let Some(pool) = self.pool.get() {
+            if let Some(sb) = pool.take(backend.kind(), spec) {
+                return Ok(sb);
+            }
+            // Service-level templates are not the backend's own (microvm's snapshot
+            // templates): a cold sandbox gets the backend's default.
+            let cold = SandboxSpec { template: None, ..spec.clone() };
+            return backend.create(&cold);
+        }
         backend.create(spec)
+    }
+
+    /// Installs the warm pool `create_sandbox` draws from (once; later calls are ignored).
+    pub fn set_pool(&self, pool: Arc<pool::Pool>) {
+        let _ = self.pool.set(pool);
+    }
+
+    /// The warm pool, if one is installed.
+    pub fn pool(&self) -> Option<&Arc<pool::Pool>> {
+        self.pool.get()
+    }
+
+    /// Builds the warm pool of `templates`, resolving each one's backend here, and
+    /// installs it. The caller starts its thread ([`pool::Pool::start`]).
+    pub fn build_pool(&self, templates: Vec<settings::TemplateSpec>, budget_bytes: u64) -> Arc<pool::Pool> {
+        let list = templates
+            .into_iter()
+            .map(|t| {
+                let backend = self.resolve(t.backend);
+                let template = pool::Template {
+                    name: t.name,
+                    backend: backend.as_ref().map(|b| b.kind()).unwrap_or(t.backend.unwrap_or(BackendKind::Process)),
+                    modules: t.modules,
+                    optional_modules: t.optional_modules,
+                    limits: t.limits,
+                    pool_size: t.pool_size,
+                };
+                (template, backend)
+            })
+            .collect();
+        let pool = pool::Pool::new(list, budget_bytes);
+        self.set_pool(pool.clone());
+        pool
     }
 
     /// Runs every compiled-in backend's [`Backend::cleanup_stale`]: removes what
@@ -207,7 +255,12 @@ impl Registry {
             return Ok(outcome);
         }
         let started = std::time::Instant::now();
-        let spec = SandboxSpec { env: req.env.clone(), network: req.network, ..SandboxSpec::new(req.limits) };
+        let spec = SandboxSpec {
+            env: req.env.clone(),
+            network: req.network,
+            template: req.template.clone(),
+            ..SandboxSpec::new(req.limits)
+        };
         let mut sandbox = self.create_sandbox(backend.as_ref(), &spec)?;
         on_start(sandbox.canceller());
         let result = run_in(sandbox.as_mut(), req, execution_id, started, events);
