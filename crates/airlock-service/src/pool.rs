@@ -135,6 +135,9 @@ pub struct TemplateInfo {
     pub discarded: u64,
 }
 
+/// The backend a template runs on, or why none works for it.
+pub type BackendFor = Result<Arc<dyn Backend>, Error>;
+
 struct Slot {
     template: Template,
     backend: Option<Arc<dyn Backend>>,
@@ -171,7 +174,7 @@ impl Pool {
     /// A pool over `templates`, each with the backend it runs on (`Err`: why no
     /// backend works for it), charging at most `budget_bytes` of `memory_bytes`
     /// limits for ready sandboxes.
-    pub fn new(templates: Vec<(Template, Result<Arc<dyn Backend>, Error>)>, budget_bytes: u64) -> Arc<Self> {
+    pub fn new(templates: Vec<(Template, BackendFor)>, budget_bytes: u64) -> Arc<Self> {
         let slots = templates
             .into_iter()
             .map(|(template, backend)| {
