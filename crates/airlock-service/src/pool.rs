@@ -445,3 +445,20 @@ fn describe_failure(t: &Template, o: &Outcome) -> String {
         t.name
     )
 }
+
+/// Prepares one sandbox of a configured template cold and destroys it (`airlock
+/// doctor`): the modules it imported, or why the template cannot work here.
+pub fn check_template(registry: &crate::Registry, t: &crate::settings::TemplateSpec) -> Result<Vec<String>, String> {
+    let backend = registry.resolve(t.backend).map_err(|e| format!("no backend for this template: {e}"))?;
+    let template = Template {
+        name: t.name.clone(),
+        backend: backend.kind(),
+        modules: t.modules.clone(),
+        optional_modules: t.optional_modules,
+        limits: t.limits,
+        pool_size: t.pool_size,
+    };
+    let (sb, imported) = prepare(backend.as_ref(), &template)?;
+    let _ = sb.destroy();
+    Ok(imported)
+}
