@@ -91,27 +91,30 @@ fn cases(dir: &str) -> Vec<Case> {
 /// A host directory outside every sandbox's workspace and temporary directory (a
 /// sandbox's `TMPDIR` may be `/tmp`, where the guard lets code write), one per test;
 /// removed when dropped.
-struct MarkerDir(PathBuf);
+/// Marker paths directly in a directory the guest has too, so that a library that
+/// checks the parent directory before writing (pandas does) still reaches the write
+/// the guard must stop: the host's `/tmp` for `process` (an unguarded run must be
+/// seen escaping there), `/` elsewhere (a jail's or a VM's own `/tmp` is the sandbox's
+/// scratch space, which the guard lets code write).
+struct MarkerDir(String);
 
 impl MarkerDir {
     fn new(test: &str) -> MarkerDir {
-        let base = Path::new("/var/tmp");
-        let base = if base.is_dir() { base.to_path_buf() } else { std::env::temp_dir() };
-        let dir = base.join(format!("airlock-guard-{test}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        MarkerDir(dir)
+        MarkerDir::in_dir("/tmp", test)
     }
 
-    /// A fresh path in the directory (nothing is created).
+    fn for_backend(kind: BackendKind, test: &str) -> MarkerDir {
+        MarkerDir::in_dir(if kind == BackendKind::Process { "/tmp" } else { "" }, test)
+    }
+
+    fn in_dir(dir: &str, test: &str) -> MarkerDir {
+        MarkerDir(format!("{dir}/airlock-guard-{test}-{}", std::process::id()))
+    }
+
+    /// A fresh path (nothing is created).
     fn marker(&self, tag: &str) -> PathBuf {
         let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-        self.0.join(format!("{tag}-{n}"))
-    }
-}
-
-impl Drop for MarkerDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        PathBuf::from(format!("{}-{tag}-{n}", self.0))
     }
 }
 
@@ -208,7 +211,7 @@ fn runtime_cases(b: &dyn Backend, prove_escape: bool) {
 fn runtime_cases_matching(b: &dyn Backend, prove_escape: bool, select: impl Fn(&str) -> bool, at_least: usize) {
     let mut failures = Vec::new();
     let mut n = 0;
-    let dir = MarkerDir::new(&format!("runtime-{}", b.kind()));
+    let dir = MarkerDir::for_backend(b.kind(), &format!("runtime-{}", b.kind()));
     for case in cases("denied") {
         let Some(kind) = case.runtime.clone() else { continue };
         if !select(&case.name) {
