@@ -68,7 +68,12 @@ pub struct Registry {
     backends: BTreeMap<BackendKind, Arc<dyn Backend>>,
     probes: Mutex<BTreeMap<BackendKind, Probe>>,
     pool: OnceLock<Arc<pool::Pool>>,
+    destroying: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// One-shot sandboxes being destroyed in the background at once, at most; beyond it
+/// they are destroyed before the result is returned (back-pressure).
+const MAX_BACKGROUND_DESTROYS: usize = 16;
 
 impl Registry {
     /// Every backend compiled into this build, configured from `config`.
@@ -83,13 +88,25 @@ impl Registry {
         );
         let jail = airlock_jail::JailConfig { python: config.python.clone(), ..config.jail.clone() };
         backends.insert(BackendKind::Jail, Arc::new(airlock_jail::JailBackend::new(jail)));
-        Registry { config, backends, probes: Mutex::new(BTreeMap::new()), pool: OnceLock::new() }
+        Registry {
+            config,
+            backends,
+            probes: Mutex::new(BTreeMap::new()),
+            pool: OnceLock::new(),
+            destroying: Arc::default(),
+        }
     }
 
     /// A registry with exactly these backends (tests, embedding).
     pub fn with_backends(config: Config, list: Vec<Arc<dyn Backend>>) -> Self {
         let backends = list.into_iter().map(|b| (b.kind(), b)).collect();
-        Registry { config, backends, probes: Mutex::new(BTreeMap::new()), pool: OnceLock::new() }
+        Registry {
+            config,
+            backends,
+            probes: Mutex::new(BTreeMap::new()),
+            pool: OnceLock::new(),
+            destroying: Arc::default(),
+        }
     }
 
     /// The configuration.
@@ -265,11 +282,54 @@ impl Registry {
         on_start(sandbox.canceller());
         let result = run_in(sandbox.as_mut(), req, execution_id, started, events);
         on_start(None);
+        if self.pool.get().is_some() {
+            // A server: the result does not wait for the teardown (an interpreter
+            // with pandas loaded takes longer to exit than to run `print(1)`).
+            self.destroy_in_background(sandbox);
+            return result;
+        }
         let destroyed = sandbox.destroy();
         let outcome = result?;
         if let Err(e) = destroyed {
             tracing::warn!(sandbox = %spec.id, "cleaning up the sandbox failed: {e}");
         }
         Ok(outcome)
+    }
+
+    /// Destroys a used one-shot sandbox on a thread of its own, unless
+    /// [`MAX_BACKGROUND_DESTROYS`] are already in progress (then here and now).
+    fn destroy_in_background(&self, sandbox: Box<dyn Sandbox>) {
+        use std::sync::atomic::Ordering;
+        let destroy = |sandbox: Box<dyn Sandbox>| {
+            let id = sandbox.id().to_string();
+            if let Err(e) = sandbox.destroy() {
+                tracing::warn!(sandbox = %id, "cleaning up the sandbox failed: {e}");
+            }
+        };
+        if self.destroying.fetch_add(1, Ordering::SeqCst) >= MAX_BACKGROUND_DESTROYS {
+            self.destroying.fetch_sub(1, Ordering::SeqCst);
+            return destroy(sandbox);
+        }
+        let count = self.destroying.clone();
+        let spawned = std::thread::Builder::new().name("airlock-destroy".into()).spawn(move || {
+            destroy(sandbox);
+            count.fetch_sub(1, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            // The closure (and the sandbox, destroyed on drop) went with the error.
+            self.destroying.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits up to `timeout` for background destroys to finish (shutdown).
+    pub fn wait_destroyed(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.destroying.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
     }
 }

@@ -30,6 +30,9 @@ pub const DEFAULT_TEMPLATE: &str = "default";
 /// The modules the built-in `default` template imports when they are installed.
 pub const DEFAULT_MODULES: [&str; 3] = ["numpy", "pandas", "matplotlib.pyplot"];
 
+/// How often each ready sandbox is checked to be alive (an empty cell).
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
 /// How long a template whose preparation failed waits before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -147,7 +150,6 @@ struct Slot {
     discarded: AtomicU64,
 }
 
-#[derive(Default)]
 struct SlotState {
     ready: VecDeque<Box<dyn Sandbox>>,
     preparing: bool,
@@ -155,6 +157,21 @@ struct SlotState {
     failed_at: Option<Instant>,
     imported: Vec<String>,
     prepare_ms: Option<u64>,
+    checked: Instant,
+}
+
+impl Default for SlotState {
+    fn default() -> Self {
+        SlotState {
+            ready: VecDeque::new(),
+            preparing: false,
+            error: None,
+            failed_at: None,
+            imported: Vec::new(),
+            prepare_ms: None,
+            checked: Instant::now(),
+        }
+    }
 }
 
 /// The warm pool of every template. Start its refill thread with [`Pool::start`];
@@ -381,13 +398,36 @@ impl Pool {
         }
     }
 
+    /// Drops ready sandboxes that died. An idle interpreter's death is only noticed
+    /// when the host next talks to it, so each ready sandbox is also sent an empty
+    /// cell every [`CHECK_EVERY`] (taken out of the pool meanwhile).
     fn discard_dead(&self, slot: &Slot) {
-        let dead: Vec<_> = {
+        let due: Vec<Box<dyn Sandbox>> = {
             let mut st = lock(&slot.state);
-            let (alive, dead): (VecDeque<_>, VecDeque<_>) = st.ready.drain(..).partition(|sb| sb.is_alive());
-            st.ready = alive;
-            dead.into_iter().collect()
+            if st.checked.elapsed() < CHECK_EVERY {
+                Vec::new()
+            } else {
+                st.checked = Instant::now();
+                st.ready.drain(..).collect()
+            }
         };
+        let mut checked = Vec::new();
+        for mut sb in due {
+            let mut cell = Cell::new(Language::Python, "pass", &slot.template.limits);
+            cell.timeout_ms = 5_000;
+            let ok = sb.is_alive() && sb.execute(&cell, &mut |_| {}).is_ok_and(|o| o.status == Status::Ok);
+            checked.push((sb, ok));
+        }
+        let mut dead: Vec<Box<dyn Sandbox>> = Vec::new();
+        {
+            let mut st = lock(&slot.state);
+            for (sb, ok) in checked {
+                if ok { st.ready.push_back(sb) } else { dead.push(sb) }
+            }
+            let (alive, gone): (VecDeque<_>, VecDeque<_>) = st.ready.drain(..).partition(|sb| sb.is_alive());
+            st.ready = alive;
+            dead.extend(gone);
+        }
         if !dead.is_empty() {
             tracing::warn!(template = %slot.template.name, "discarding {} pooled sandbox(es) that died", dead.len());
             slot.discarded.fetch_add(dead.len() as u64, Ordering::Relaxed);

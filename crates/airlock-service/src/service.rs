@@ -1064,6 +1064,9 @@ impl Service {
         for mut rx in waits {
             let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|e| *e)).await;
         }
+        // Used one-shot sandboxes still being torn down in the background.
+        let registry = self.registry.clone();
+        let _ = blocking(move || registry.wait_destroyed(Duration::from_secs(10))).await;
     }
 }
 
