@@ -181,6 +181,7 @@ pub struct Pool {
     budget_bytes: u64,
     stop: AtomicBool,
     wake: (Mutex<bool>, Condvar),
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -209,17 +210,24 @@ impl Pool {
                 }
             })
             .collect();
-        Arc::new(Pool { slots, budget_bytes, stop: AtomicBool::new(false), wake: (Mutex::new(false), Condvar::new()) })
+        Arc::new(Pool {
+            slots,
+            budget_bytes,
+            stop: AtomicBool::new(false),
+            wake: (Mutex::new(false), Condvar::new()),
+            thread: Mutex::new(None),
+        })
     }
 
     /// Starts the background thread that keeps the pools full.
     pub fn start(self: &Arc<Self>) -> Result<(), Error> {
         let pool = self.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("airlock-pool".into())
             .spawn(move || pool.refill_loop())
-            .map(|_| ())
-            .map_err(|e| Error::host(format!("cannot start the pool thread: {e}")))
+            .map_err(|e| Error::host(format!("cannot start the pool thread: {e}")))?;
+        *lock(&self.thread) = Some(handle);
+        Ok(())
     }
 
     /// The template called `name`.
@@ -295,10 +303,17 @@ impl Pool {
             .collect()
     }
 
-    /// Stops the refill thread and destroys every ready sandbox.
+    /// Stops the refill thread (waiting for a sandbox it is preparing, which it then
+    /// destroys) and destroys every ready sandbox.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.notify();
+        let handle = lock(&self.thread).take();
+        if let Some(h) = handle
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
+        }
         for s in &self.slots {
             let drained: Vec<_> = lock(&s.state).ready.drain(..).collect();
             for sb in drained {
