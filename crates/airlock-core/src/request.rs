@@ -244,6 +244,10 @@ pub struct ExecRequest {
     /// boundary). A safety net, not a boundary; see docs/guard.md.
     #[serde(default, skip_serializing_if = "GuardSettings::is_off")]
     pub guard: GuardSettings,
+    /// A server template (its modules already imported, from the warm pool when
+    /// one is ready); omitted means the server's `default` template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 impl ExecRequest {
@@ -260,6 +264,7 @@ impl ExecRequest {
             backend: None,
             outputs: Vec::new(),
             guard: GuardSettings::default(),
+            template: None,
         }
     }
 

@@ -125,6 +125,20 @@ pub async fn create_sandbox(
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
 }
 
+/// The templates and their warm pools.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TemplateList {
+    /// Every template, with its pool's state and, if it failed, why.
+    pub templates: Vec<airlock_service::pool::TemplateInfo>,
+}
+
+/// Lists the templates: their modules, pool sizes, ready sandboxes and failures.
+#[utoipa::path(get, path = "/v1/templates", tag = "service",
+    responses((status = 200, description = "The templates", body = TemplateList)))]
+pub async fn list_templates(State(st): State<AppState>) -> axum::Json<TemplateList> {
+    axum::Json(TemplateList { templates: st.service.templates() })
+}
+
 /// Lists the caller's sandboxes.
 #[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes",
     responses((status = 200, description = "The caller's sandboxes", body = SandboxList)))]

@@ -192,6 +192,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/execute", post(api::execute_cell))
         .route("/v1/sandboxes/{id}/files", get(api::list_files))
         .route("/v1/sandboxes/{id}/files/{*path}", get(api::get_file).put(api::put_file).delete(api::delete_file))
+        .route("/v1/templates", get(api::list_templates))
         .route("/v1/executions", get(api::list_executions))
         .route("/v1/executions/{id}", get(api::get_execution))
         .route("/metrics", get(api::metrics))

@@ -26,6 +26,7 @@ use crate::api;
         api::delete_file,
         api::list_executions,
         api::get_execution,
+        api::list_templates,
     ),
     components(schemas(
         airlock_core::ExecRequest,
@@ -39,6 +40,7 @@ use crate::api;
         crate::error::ErrorBody,
         api::SandboxList,
         api::FileList,
+        api::TemplateList,
     )),
     modifiers(&BearerAuth),
     tags(

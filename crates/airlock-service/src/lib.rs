@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use airlock_core::backend::{Canceller, EventSink, run_in};
 use airlock_core::{Backend, BackendKind, Error, ExecRequest, Limits, Outcome, Probe, Sandbox, SandboxSpec};
@@ -12,6 +12,7 @@ use airlock_core::{Backend, BackendKind, Error, ExecRequest, Limits, Outcome, Pr
 pub mod admission;
 pub mod keys;
 pub mod metrics;
+pub mod pool;
 pub mod service;
 pub mod session;
 pub mod settings;
@@ -66,7 +67,13 @@ pub struct Registry {
     config: Config,
     backends: BTreeMap<BackendKind, Arc<dyn Backend>>,
     probes: Mutex<BTreeMap<BackendKind, Probe>>,
+    pool: OnceLock<Arc<pool::Pool>>,
+    destroying: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// One-shot sandboxes being destroyed in the background at once, at most; beyond it
+/// they are destroyed before the result is returned (back-pressure).
+const MAX_BACKGROUND_DESTROYS: usize = 16;
 
 impl Registry {
     /// Every backend compiled into this build, configured from `config`.
@@ -81,13 +88,25 @@ impl Registry {
         );
         let jail = airlock_jail::JailConfig { python: config.python.clone(), ..config.jail.clone() };
         backends.insert(BackendKind::Jail, Arc::new(airlock_jail::JailBackend::new(jail)));
-        Registry { config, backends, probes: Mutex::new(BTreeMap::new()) }
+        Registry {
+            config,
+            backends,
+            probes: Mutex::new(BTreeMap::new()),
+            pool: OnceLock::new(),
+            destroying: Arc::default(),
+        }
     }
 
     /// A registry with exactly these backends (tests, embedding).
     pub fn with_backends(config: Config, list: Vec<Arc<dyn Backend>>) -> Self {
         let backends = list.into_iter().map(|b| (b.kind(), b)).collect();
-        Registry { config, backends, probes: Mutex::new(BTreeMap::new()) }
+        Registry {
+            config,
+            backends,
+            probes: Mutex::new(BTreeMap::new()),
+            pool: OnceLock::new(),
+            destroying: Arc::default(),
+        }
     }
 
     /// The configuration.
@@ -154,8 +173,54 @@ impl Registry {
 impl Registry {
     /// Creates a sandbox: the one place where airlock makes sandboxes (one-shot runs and
     /// sessions alike), so that a pool of pre-initialised sandboxes can take over here.
+    ///
+    /// With a warm pool ([`Registry::set_pool`]), a ready sandbox of the spec's
+    /// template (or `default`) that fits the spec is handed out; otherwise, and when
+    /// the pool is empty, one is created cold.
     pub fn create_sandbox(&self, backend: &dyn Backend, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, Error> {
+        if let Some(pool) = self.pool.get() {
+            if let Some(sb) = pool.take(backend.kind(), spec) {
+                return Ok(sb);
+            }
+            // Service-level templates are not the backend's own (microvm's snapshot
+            // templates): a cold sandbox gets the backend's default.
+            let cold = SandboxSpec { template: None, ..spec.clone() };
+            return backend.create(&cold);
+        }
         backend.create(spec)
+    }
+
+    /// Installs the warm pool `create_sandbox` draws from (once; later calls are ignored).
+    pub fn set_pool(&self, pool: Arc<pool::Pool>) {
+        let _ = self.pool.set(pool);
+    }
+
+    /// The warm pool, if one is installed.
+    pub fn pool(&self) -> Option<&Arc<pool::Pool>> {
+        self.pool.get()
+    }
+
+    /// Builds the warm pool of `templates`, resolving each one's backend here, and
+    /// installs it. The caller starts its thread ([`pool::Pool::start`]).
+    pub fn build_pool(&self, templates: Vec<settings::TemplateSpec>, budget_bytes: u64) -> Arc<pool::Pool> {
+        let list = templates
+            .into_iter()
+            .map(|t| {
+                let backend = self.resolve(t.backend);
+                let template = pool::Template {
+                    name: t.name,
+                    backend: backend.as_ref().map(|b| b.kind()).unwrap_or(t.backend.unwrap_or(BackendKind::Process)),
+                    modules: t.modules,
+                    optional_modules: t.optional_modules,
+                    limits: t.limits,
+                    pool_size: t.pool_size,
+                };
+                (template, backend)
+            })
+            .collect();
+        let pool = pool::Pool::new(list, budget_bytes);
+        self.set_pool(pool.clone());
+        pool
     }
 
     /// Runs every compiled-in backend's [`Backend::cleanup_stale`]: removes what
@@ -207,16 +272,64 @@ impl Registry {
             return Ok(outcome);
         }
         let started = std::time::Instant::now();
-        let spec = SandboxSpec { env: req.env.clone(), network: req.network, ..SandboxSpec::new(req.limits) };
+        let spec = SandboxSpec {
+            env: req.env.clone(),
+            network: req.network,
+            template: req.template.clone(),
+            ..SandboxSpec::new(req.limits)
+        };
         let mut sandbox = self.create_sandbox(backend.as_ref(), &spec)?;
         on_start(sandbox.canceller());
         let result = run_in(sandbox.as_mut(), req, execution_id, started, events);
         on_start(None);
+        if self.pool.get().is_some() {
+            // A server: the result does not wait for the teardown (an interpreter
+            // with pandas loaded takes longer to exit than to run `print(1)`).
+            self.destroy_in_background(sandbox);
+            return result;
+        }
         let destroyed = sandbox.destroy();
         let outcome = result?;
         if let Err(e) = destroyed {
             tracing::warn!(sandbox = %spec.id, "cleaning up the sandbox failed: {e}");
         }
         Ok(outcome)
+    }
+
+    /// Destroys a used one-shot sandbox on a thread of its own, unless
+    /// [`MAX_BACKGROUND_DESTROYS`] are already in progress (then here and now).
+    fn destroy_in_background(&self, sandbox: Box<dyn Sandbox>) {
+        use std::sync::atomic::Ordering;
+        let destroy = |sandbox: Box<dyn Sandbox>| {
+            let id = sandbox.id().to_string();
+            if let Err(e) = sandbox.destroy() {
+                tracing::warn!(sandbox = %id, "cleaning up the sandbox failed: {e}");
+            }
+        };
+        if self.destroying.fetch_add(1, Ordering::SeqCst) >= MAX_BACKGROUND_DESTROYS {
+            self.destroying.fetch_sub(1, Ordering::SeqCst);
+            return destroy(sandbox);
+        }
+        let count = self.destroying.clone();
+        let spawned = std::thread::Builder::new().name("airlock-destroy".into()).spawn(move || {
+            destroy(sandbox);
+            count.fetch_sub(1, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            // The closure (and the sandbox, destroyed on drop) went with the error.
+            self.destroying.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits up to `timeout` for background destroys to finish (shutdown).
+    pub fn wait_destroyed(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.destroying.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
     }
 }

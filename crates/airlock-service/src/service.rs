@@ -237,6 +237,7 @@ pub struct Service {
     auth_required: AtomicBool,
     shutting_down: AtomicBool,
     started: Instant,
+    templates: Vec<crate::settings::TemplateSpec>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -293,6 +294,10 @@ impl Service {
             settings.max_queue,
             Duration::from_millis(settings.queue_timeout_ms),
         );
+        let templates = settings.templates().unwrap_or_else(|e| {
+            tracing::error!("templates ignored: {e}");
+            Vec::new()
+        });
         Arc::new(Service {
             registry: Arc::new(registry),
             file_transfers: Arc::new(Semaphore::new(settings.max_file_transfers)),
@@ -307,6 +312,7 @@ impl Service {
             auth_required: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             started: Instant::now(),
+            templates,
         })
     }
 
@@ -332,8 +338,71 @@ impl Service {
             Ok(lines)
         })
         .await??;
+        self.start_pool().await?;
         self.spawn_reaper();
         Ok(report)
+    }
+
+    /// Builds the warm pool of the configured templates and starts filling it in
+    /// the background (called by [`Service::start`]).
+    pub async fn start_pool(self: &Arc<Self>) -> Result<(), ServiceError> {
+        if self.registry.pool().is_some() {
+            return Ok(());
+        }
+        let registry = self.registry.clone();
+        let templates = self.templates.clone();
+        let budget = self.settings.pool_memory_bytes;
+        let pool = blocking(move || registry.build_pool(templates, budget)).await?;
+        pool.start()?;
+        Ok(())
+    }
+
+    /// The templates and their pools (`GET /v1/templates`). Before the pool is
+    /// started, the configured templates with nothing ready.
+    pub fn templates(&self) -> Vec<crate::pool::TemplateInfo> {
+        if let Some(p) = self.registry.pool() {
+            return p.info();
+        }
+        self.templates
+            .iter()
+            .map(|t| crate::pool::TemplateInfo {
+                name: t.name.clone(),
+                backend: t.backend,
+                modules: t.modules.clone(),
+                imported: Vec::new(),
+                limits: t.limits,
+                pool_size: t.pool_size,
+                ready: 0,
+                status: "off".into(),
+                error: None,
+                prepare_ms: None,
+                served_warm: 0,
+                served_cold: 0,
+                discarded: 0,
+            })
+            .collect()
+    }
+
+    /// Checks a request's template and returns the backend it implies: the
+    /// request's own, else the template's. Unknown names are refused.
+    fn check_template(
+        &self,
+        template: Option<&str>,
+        backend: Option<BackendKind>,
+    ) -> Result<Option<BackendKind>, ServiceError> {
+        let Some(name) = template else { return Ok(backend) };
+        let Some(t) = self.templates.iter().find(|t| t.name == name) else {
+            let names = self.templates.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(ServiceError::invalid(format!(
+                "unknown template '{name}': this server has {names} (GET /v1/templates lists them)"
+            )));
+        };
+        match (backend, t.backend) {
+            (Some(b), Some(tb)) if b != tb => Err(ServiceError::invalid(format!(
+                "template '{name}' runs on backend '{tb}', but the request asks for '{b}'; leave `backend` out or pick another template"
+            ))),
+            (b, tb) => Ok(b.or(tb)),
+        }
     }
 
     /// The settings.
@@ -425,6 +494,7 @@ impl Service {
         mut req: ExecRequest,
     ) -> Result<Pending, ServiceError> {
         self.check_open()?;
+        req.backend = self.check_template(req.template.as_deref(), req.backend)?;
         if req.backend.is_none() {
             req.backend = self.settings.default_backend;
         }
@@ -601,18 +671,23 @@ impl Service {
                 "metadata takes at most 32 entries, with keys of 1 to 64 bytes and values up to 512 bytes",
             ));
         }
-        let backend = self.registry.resolve(req.backend.or(s.default_backend))?;
+        let wanted = self.check_template(req.template.as_deref(), req.backend)?;
+        let backend = self.registry.resolve(wanted.or(s.default_backend))?;
         let quota = self.reserve_quota(principal)?;
         let slot = self.admit(Slot::Sandbox).await?;
         let run = self.admit(Slot::Run).await?;
 
-        let spec = SandboxSpec { env: req.env.clone(), network: req.network, ..SandboxSpec::new(req.limits) };
+        let spec = SandboxSpec {
+            env: req.env.clone(),
+            network: req.network,
+            template: req.template.clone(),
+            ..SandboxSpec::new(req.limits)
+        };
         // The creation finishes (and the session is registered) even if the caller
         // goes away meanwhile; an unclaimed session is reaped when idle.
         let svc = self.clone();
         let owner = principal.clone();
         let task = tokio::spawn(async move {
-            let id = spec.id.clone();
             let creating = Creating::new(&svc.creating);
             let registry = svc.registry.clone();
             let b = backend.clone();
@@ -620,6 +695,8 @@ impl Service {
             drop(creating);
             drop(run);
             let sandbox = created??;
+            // A pooled sandbox keeps the id it was made with.
+            let id = sandbox.id().to_string();
             let now = Instant::now();
             let session = Arc::new(Session {
                 id: id.clone(),
@@ -959,6 +1036,10 @@ impl Service {
     /// `drain`, cancels what is left, then destroys every session's sandbox.
     pub async fn shutdown(self: &Arc<Self>, drain: Duration) {
         self.begin_shutdown();
+        if let Some(pool) = self.registry.pool() {
+            let pool = pool.clone();
+            let _ = blocking(move || pool.shutdown()).await;
+        }
         let deadline = Instant::now() + drain;
         while self.operations() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -983,6 +1064,9 @@ impl Service {
         for mut rx in waits {
             let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|e| *e)).await;
         }
+        // Used one-shot sandboxes still being torn down in the background.
+        let registry = self.registry.clone();
+        let _ = blocking(move || registry.wait_destroyed(Duration::from_secs(10))).await;
     }
 }
 

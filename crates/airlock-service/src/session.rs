@@ -41,6 +41,10 @@ pub struct CreateSandbox {
     pub max_lifetime_ms: Option<u64>,
     /// Your own labels (at most 32, keys up to 64 bytes, values up to 512 bytes).
     pub metadata: BTreeMap<String, String>,
+    /// A server template (its modules already imported, from the warm pool when
+    /// one is ready); omitted means the server's `default` template.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 /// The state of a session.

@@ -78,6 +78,38 @@ pub struct ServerSettings {
     /// Extra `Host` header values accepted by the MCP endpoint (`/mcp`), besides
     /// loopback names and the listen address (DNS-rebinding protection).
     pub mcp_allowed_hosts: Vec<String>,
+    /// Ready sandboxes the warm pool keeps per template, unless the template sets
+    /// its own `pool_size` (default 2; 0 turns the pool off).
+    pub pool_size: usize,
+    /// The most memory the warm pool may hold, charged at each ready sandbox's
+    /// `memory_bytes` limit (default 4 GiB).
+    pub pool_memory_bytes: u64,
+    /// Templates besides the built-in `default` (which imports whichever of numpy,
+    /// pandas and matplotlib.pyplot are installed); a template named `default`
+    /// replaces the built-in one. In TOML: `[[templates]]` tables.
+    pub templates: Vec<TemplateSettings>,
+}
+
+/// A template in the settings file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSettings {
+    /// Its name (letters, digits, `-`, `_`; up to 64 bytes), chosen per request
+    /// with `"template": "<name>"`.
+    pub name: String,
+    /// Its backend (default: the server's default backend).
+    #[serde(default)]
+    pub backend: Option<BackendKind>,
+    /// Modules imported before user code runs (e.g. `["numpy", "pandas"]`); each
+    /// must import, or the template reports the failure.
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// Its sandboxes' limits; omitted fields take `default_limits`.
+    #[serde(default)]
+    pub limits: toml::Table,
+    /// Ready sandboxes to keep (default: the server's `pool_size`).
+    #[serde(default)]
+    pub pool_size: Option<usize>,
 }
 
 impl Default for ServerSettings {
@@ -116,6 +148,9 @@ impl Default for ServerSettings {
             audit_output_bytes: 64 * 1024,
             audit_code_bytes: 64 * 1024,
             mcp_allowed_hosts: Vec::new(),
+            pool_size: 2,
+            pool_memory_bytes: 4096 * MIB,
+            templates: Vec::new(),
         }
     }
 }
@@ -185,8 +220,87 @@ impl ServerSettings {
         if self.max_lifetime_ms > self.max_max_lifetime_ms {
             return Err(Error::invalid("max_lifetime_ms must not exceed max_max_lifetime_ms"));
         }
+        self.templates()?;
         Ok(())
     }
+
+    /// The templates: the built-in `default` (unless replaced) and those of the
+    /// settings file, checked. A template whose backend is not given gets
+    /// [`ServerSettings::default_backend`] (or, if that is unset, `None`: the
+    /// registry's choice).
+    pub fn templates(&self) -> Result<Vec<TemplateSpec>, Error> {
+        let mut out: Vec<TemplateSpec> = Vec::new();
+        if !self.templates.iter().any(|t| t.name == crate::pool::DEFAULT_TEMPLATE) {
+            out.push(TemplateSpec {
+                name: crate::pool::DEFAULT_TEMPLATE.into(),
+                backend: self.default_backend,
+                modules: crate::pool::DEFAULT_MODULES.iter().map(|m| m.to_string()).collect(),
+                optional_modules: true,
+                limits: self.default_limits,
+                pool_size: self.pool_size,
+            });
+        }
+        for t in &self.templates {
+            let at = |e: Error| {
+                Error::invalid(format!(
+                    "template '{}': {}",
+                    t.name,
+                    e.to_string().trim_start_matches("invalid request: ")
+                ))
+            };
+            let name_ok = !t.name.is_empty()
+                && t.name.len() <= 64
+                && t.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                return Err(Error::invalid(format!(
+                    "template name '{}' is not valid: use 1 to 64 letters, digits, '-' or '_'",
+                    t.name
+                )));
+            }
+            if out.iter().any(|o| o.name == t.name) {
+                return Err(Error::invalid(format!("template '{}' is defined twice", t.name)));
+            }
+            for m in &t.modules {
+                crate::pool::check_module_name(m).map_err(at)?;
+            }
+            let mut limits = toml::Value::try_from(self.default_limits).map_err(|e| Error::host(e.to_string()))?;
+            merge(&mut limits, toml::Value::Table(t.limits.clone()));
+            let limits: Limits = limits
+                .try_into()
+                .map_err(|e: toml::de::Error| at(Error::invalid(format!("limits: {}", e.to_string().trim()))))?;
+            limits.validate(&self.max_limits).map_err(at)?;
+            let pool_size = t.pool_size.unwrap_or(self.pool_size);
+            if pool_size > 256 {
+                return Err(at(Error::invalid(format!("pool_size = {pool_size} is too large: use 0 to 256"))));
+            }
+            out.push(TemplateSpec {
+                name: t.name.clone(),
+                backend: t.backend.or(self.default_backend),
+                modules: t.modules.clone(),
+                optional_modules: false,
+                limits,
+                pool_size,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A checked template, before its backend is resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateSpec {
+    /// Its name.
+    pub name: String,
+    /// The backend it asks for (`None`: the registry's choice).
+    pub backend: Option<BackendKind>,
+    /// Modules to import before user code.
+    pub modules: Vec<String>,
+    /// Whether a module that is not installed is skipped (built-in `default`).
+    pub optional_modules: bool,
+    /// Its sandboxes' limits.
+    pub limits: Limits,
+    /// Ready sandboxes to keep.
+    pub pool_size: usize,
 }
 
 /// Merges `over` into `base`: tables key by key, anything else replaced.

@@ -26,6 +26,8 @@ fn start(data: &Path, tmp: &Path, extra: &[&str]) -> Server {
         .args(["serve", "--data-dir"])
         .arg(data)
         .args(["--backend", "process"])
+        // Without a warm pool: these tests count the sandboxes on the host.
+        .args(if extra.contains(&"--pool-size") { &[][..] } else { &["--pool-size", "0"][..] })
         .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
         .args(extra)
         .env("TMPDIR", tmp)
@@ -384,7 +386,8 @@ fn restart_keeps_the_audit_log_and_kill_9_leaves_nothing_behind() {
 #[test]
 fn sigterm_drains_then_destroys_every_sandbox() {
     let (_root, data, tmp) = dirs();
-    let s = start(&data, &tmp, &[]);
+    // With a warm pool: its ready and half-prepared sandboxes must go too.
+    let s = start(&data, &tmp, &["--pool-size", "2"]);
     let idle = s.sandbox();
     let busy = s.sandbox();
     let pid: i32 = main_text(&s.cell(&idle, "import os; os.getpid()")).unwrap().parse().unwrap();

@@ -225,7 +225,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
         if !a.json {
             eprintln!("starting a local airlock serve ...");
         }
-        Some(super::bench_server::LocalServer::start(&python)?)
+        Some(super::bench_server::LocalServer::start(&python, importable(&python, "pandas"))?)
     } else {
         None
     };
@@ -334,6 +334,13 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             }
         }
     }
+    let mut notes = Vec::new();
+    if let Some(srv) = &server {
+        match srv.pool_uss(BackendKind::Jail) {
+            Ok(line) => notes.push(line),
+            Err(e) => skipped.push(format!("pool memory: skipped: {e:#}")),
+        }
+    }
     drop(server);
 
     if a.json {
@@ -343,6 +350,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             "host": host_info(),
             "rows": rows,
             "skipped": skipped,
+            "notes": notes,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
@@ -365,13 +373,13 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             r.ratio_to_baseline.unwrap_or(f64::NAN)
         );
     }
-    for s in &skipped {
+    for s in skipped.iter().chain(&notes) {
         println!("{s}");
     }
     println!("ratio = median / median of the baseline (bare `python3 -c` of the same code) measured in this run");
     if a.server {
         println!(
-            "modes: cold/cell = in-process library calls; cli = `airlock run` as a new process; http-oneshot = POST /v1/execute; http-cell = POST /v1/sandboxes/{{id}}/execute in a live session (request to result, over loopback TCP)"
+            "modes: cold/cell = in-process library calls; cli = `airlock run` as a new process; http-oneshot = POST /v1/execute; http-cell = POST /v1/sandboxes/{{id}}/execute in a live session (request to result, over loopback TCP); http-pool = POST /v1/execute taking a ready sandbox from the warm pool (template pool-<backend>, pre-imported; the bench waits, untimed, for one to be ready before each run; its runs/s is 1/mean latency)"
         );
     }
     if rows.iter().any(|r| r.workload == GUARD_CHECK) {

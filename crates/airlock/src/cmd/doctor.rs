@@ -15,6 +15,51 @@ pub struct DoctorArgs {
     /// Only inspect the host; do not start a test sandbox on each backend.
     #[arg(long)]
     no_smoke: bool,
+    /// The server's settings file whose templates to check (default:
+    /// DATA_DIR/server.toml if it exists, else the built-in `default` template).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+/// A template's line in the report: it was prepared once, cold (create + pre-import).
+#[derive(Debug, Serialize)]
+struct TemplateCheck {
+    name: String,
+    ok: bool,
+    ms: u64,
+    /// The modules imported, or why preparing failed.
+    detail: String,
+}
+
+fn check_templates(registry: &Registry, config: Option<&std::path::Path>) -> anyhow::Result<Vec<TemplateCheck>> {
+    let file = match config {
+        Some(f) => Some(f.to_path_buf()),
+        None => Some(registry.config().data_dir.join("server.toml")).filter(|p| p.exists()),
+    };
+    let settings = match &file {
+        Some(f) => airlock_service::ServerSettings::from_file(f)?,
+        None => airlock_service::ServerSettings::default(),
+    };
+    let mut out = Vec::new();
+    for t in settings.templates()? {
+        let started = Instant::now();
+        let r = airlock_service::pool::check_template(registry, &t);
+        let ms = started.elapsed().as_millis() as u64;
+        out.push(match r {
+            Ok(imported) => TemplateCheck {
+                name: t.name,
+                ok: true,
+                ms,
+                detail: if imported.is_empty() {
+                    "no modules".into()
+                } else {
+                    format!("imports {}", imported.join(", "))
+                },
+            },
+            Err(e) => TemplateCheck { name: t.name, ok: false, ms, detail: e },
+        });
+    }
+    Ok(out)
 }
 
 /// One backend's line in the report.
@@ -65,10 +110,12 @@ pub fn main(a: DoctorArgs) -> anyhow::Result<i32> {
         reports.push(Report { probe, smoke });
     }
     let default = registry.resolve(None).ok().map(|b| b.kind());
+    let templates = if a.no_smoke { Vec::new() } else { check_templates(&registry, a.config.as_deref())? };
     let any = reports.iter().any(|r| r.probe.available && r.smoke.as_ref().is_none_or(|s| s.ok));
     if a.json {
         let v = serde_json::json!({
             "backends": reports,
+            "templates": templates,
             "default_backend": default,
             "data_dir": registry.config().data_dir,
             "python": registry.config().python,
@@ -97,6 +144,9 @@ pub fn main(a: DoctorArgs) -> anyhow::Result<i32> {
             println!("         fix: {f}");
         }
         println!();
+    }
+    for t in &templates {
+        println!("template {}: {} in {} ms: {}", t.name, if t.ok { "prepared" } else { "FAILED" }, t.ms, t.detail);
     }
     match default {
         Some(k) => println!(

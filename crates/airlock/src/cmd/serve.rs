@@ -50,6 +50,10 @@ pub struct ServiceArgs {
     /// How long a request waits for a free slot before it gets 429 (1, 500ms, ...).
     #[arg(long, value_parser = super::duration_arg, value_name = "DURATION")]
     pub queue_timeout: Option<u64>,
+    /// Ready sandboxes the warm pool keeps per template (0: no pool; a template's own
+    /// `pool_size` in the settings file still wins). See docs/faststart.md.
+    #[arg(long)]
+    pub pool_size: Option<usize>,
     /// The Python interpreter for native backends (default: $AIRLOCK_PYTHON, /usr/bin/python3).
     #[arg(long, env = "AIRLOCK_PYTHON")]
     pub python: Option<PathBuf>,
@@ -87,6 +91,9 @@ pub fn settings(a: &ServiceArgs) -> anyhow::Result<ServerSettings> {
     }
     if let Some(t) = a.queue_timeout {
         s.queue_timeout_ms = t;
+    }
+    if let Some(n) = a.pool_size {
+        s.pool_size = n;
     }
     s.validate()?;
     Ok(s)
