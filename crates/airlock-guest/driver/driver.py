@@ -440,14 +440,29 @@ class Driver:
         done["peak_memory_bytes"] = self._peak_bytes()
         self.ch.send(done)
 
-    def serve(self):
-        self.ch.send({
+    def hello(self):
+        """The first frame a driver sends: who it is."""
+        return {
             "type": "hello",
             "protocol": PROTOCOL,
             "python": "%d.%d.%d" % sys.version_info[:3],
             "implementation": sys.implementation.name,
             "pid": os.getpid(),
-        })
+        }
+
+    def dispatch(self, msg):
+        """Handles one host frame; returns False when the host asked the driver to exit."""
+        kind = msg.get("type")
+        if kind == "exec":
+            self.execute(msg)
+        elif kind == "shutdown":
+            return False
+        else:
+            self.ch.send({"type": "done", "status": "error", "protocol_error": "unknown frame type %r" % (kind,)})
+        return True
+
+    def serve(self):
+        self.ch.send(self.hello())
         while True:
             try:
                 msg = self.ch.recv()
@@ -455,13 +470,133 @@ class Driver:
                 continue  # a late interrupt that arrived while idle
             except EOFError:
                 return 0
-            kind = msg.get("type")
-            if kind == "exec":
-                self.execute(msg)
-            elif kind == "shutdown":
+            if not self.dispatch(msg):
                 return 0
-            else:
-                self.ch.send({"type": "done", "status": "error", "protocol_error": "unknown frame type %r" % (kind,)})
+
+
+# ---- the WASI transport (the wasm backend) ----
+#
+# Under wasmtime there is no socket and no signal. The host calls the guest's `turn`
+# export once per cell with `wasi_turn()`, and the driver talks back through the
+# `host::call` import (the `_door` module): each frame sent is one door call, whose
+# answer is b"stop" when the host wants the running cell stopped (a time or output
+# limit: what SIGINT is to the socket transport); a door call with an empty request
+# returns the host's next frame. sys.stdout and sys.stderr are replaced by writers
+# that send `stream` frames, so output reaches the host as it is written and a flood
+# is stopped inside the print() that passes the limit.
+
+class DoorChannel(Channel):
+    """Frames through the WASI host's door (`_door.call`): one call per frame."""
+
+    def __init__(self, call):
+        self._call = call
+        self._lock = None
+
+    def recv(self):
+        return loads(self._call(b"").decode("utf-8"))
+
+    def send(self, obj):
+        answer = self._call(dumps(obj).encode("utf-8"))
+        if answer == b"stop" and _driver is not None and _driver.running:
+            raise SandboxInterrupt("the cell was stopped by the sandbox (time or output limit reached)")
+
+
+def _door_writer_class():
+    import io
+
+    class DoorWriter(io.TextIOBase):
+        """sys.stdout / sys.stderr under WASI: text goes to the host as `stream` frames,
+        a line (or 8 KiB) at a time."""
+
+        def __init__(self, ch, name, fd):
+            self._ch = ch
+            self._name = name
+            self._fd = fd
+            self._parts = []
+            self._size = 0
+
+        @property
+        def encoding(self):
+            return "utf-8"
+
+        @property
+        def errors(self):
+            return "replace"
+
+        def writable(self):
+            return True
+
+        def isatty(self):
+            return False
+
+        def fileno(self):
+            return self._fd
+
+        def write(self, s):
+            if not isinstance(s, str):
+                raise TypeError("write() argument must be str, not %s" % type(s).__name__)
+            if s:
+                self._parts.append(s)
+                self._size += len(s)
+                if self._size >= 8192 or "\n" in s:
+                    self.flush()
+            return len(s)
+
+        def flush(self):
+            if self._parts:
+                text = "".join(self._parts)
+                self._parts = []
+                self._size = 0
+                # Lone surrogates are not valid in the host's JSON.
+                text = text.encode("utf-8", "replace").decode("utf-8")
+                self._ch.send({"type": "stream", "name": self._name, "text": text})
+
+    return DoorWriter
+
+
+def _reseed():
+    """A sandbox restored from a snapshot inherits the snapshot's random state: reseed."""
+    r = sys.modules.get("random")
+    if r is not None:
+        r.seed()
+    nr = sys.modules.get("numpy.random")
+    if nr is not None:
+        try:
+            nr.seed()
+        except Exception:
+            pass
+
+
+def wasi_start():
+    """The first turn of a wasm sandbox: takes its settings from the host, then greets it."""
+    global _driver
+    import _door
+
+    ch = DoorChannel(_door.call)
+    cfg = ch.recv()
+    os.environ.clear()
+    os.environ.update(cfg.get("env") or {})
+    workspace = cfg.get("workspace") or os.getcwd()
+    os.chdir(workspace)
+    sys.argv = [""]
+    if workspace not in sys.path:
+        sys.path.insert(0, workspace)
+    _reseed()
+    _driver = Driver(ch, workspace)
+    writer = _door_writer_class()
+    sys.stdout = writer(ch, "stdout", 1)
+    sys.stderr = writer(ch, "stderr", 2)
+    ch.send(_driver.hello())
+
+
+def wasi_turn():
+    """One turn of a wasm sandbox: runs the host's next frame."""
+    _driver.dispatch(_driver.ch.recv())
+    for f in (sys.__stdout__, sys.__stderr__):
+        try:
+            f.flush()
+        except Exception:
+            pass
 
 
 def _on_sigint(signum, frame):

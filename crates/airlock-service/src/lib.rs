@@ -51,6 +51,7 @@ impl Registry {
     pub fn new(config: Config) -> Self {
         let mut backends: BTreeMap<BackendKind, Arc<dyn Backend>> = BTreeMap::new();
         backends.insert(BackendKind::Process, Arc::new(airlock_process::ProcessBackend::new(config.python.clone())));
+        backends.insert(BackendKind::Wasm, Arc::new(airlock_wasm::WasmBackend::new(config.data_dir.clone())));
         Registry { config, backends, probes: Mutex::new(BTreeMap::new()) }
     }
 

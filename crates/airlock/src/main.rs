@@ -25,6 +25,8 @@ enum Command {
     Doctor(cmd::doctor::DoctorArgs),
     /// Measure start-up and run latency of each backend against bare python3.
     Bench(cmd::bench::BenchArgs),
+    /// Make what a backend needs exist on this host (downloads, compiles), once.
+    Setup(cmd::setup::SetupArgs),
 }
 
 fn main() {
@@ -42,6 +44,7 @@ fn main() {
         Command::Run(a) => cmd::run::main(a),
         Command::Doctor(a) => cmd::doctor::main(a),
         Command::Bench(a) => cmd::bench::main(a),
+        Command::Setup(a) => cmd::setup::main(a),
     };
     let code = match code {
         Ok(c) => c,

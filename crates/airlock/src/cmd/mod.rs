@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod doctor;
 pub mod run;
+pub mod setup;
 
 use airlock_core::units::{parse_duration_ms, parse_size};
 use airlock_core::{BackendKind, Language, NetworkPolicy};
