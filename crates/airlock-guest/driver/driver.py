@@ -69,11 +69,20 @@ loads, dumps = _make_json()
 # ---- the channel ----
 
 class Channel:
-    """Length-prefixed JSON frames over a file descriptor (a socket or a pipe pair)."""
+    """Length-prefixed JSON frames over a file descriptor (a socket or a pipe pair).
+
+    Python-level output (sys.stdout / sys.stderr) travels as "stream" frames on the
+    same channel, line-buffered, so its order relative to results is exact. Output
+    written to the file descriptors directly (C code, child processes) reaches the
+    host through the process's own fds 1 and 2.
+    """
 
     def __init__(self, rfd, wfd):
         self.rfd = rfd
         self.wfd = wfd
+        self._pending = []
+        self._pending_len = 0
+        self._pending_name = None
         try:
             import _thread
 
@@ -94,20 +103,101 @@ class Channel:
         n = int.from_bytes(self._read_exact(4), "big")
         return loads(self._read_exact(n).decode("utf-8"))
 
-    def send(self, obj):
+    def _write(self, obj):
         data = dumps(obj).encode("utf-8")
-        frame = len(data).to_bytes(4, "big") + data
+        view = memoryview(len(data).to_bytes(4, "big") + data)
+        while view:
+            n = os.write(self.wfd, view)
+            view = view[n:]
+
+    def _flush_locked(self):
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending = []
+            self._pending_len = 0
+            self._write({"type": "stream", "name": self._pending_name, "text": text})
+
+    def _locked(self, fn, *args):
         lock = self._lock
         if lock is not None:
             lock.acquire()
         try:
-            view = memoryview(frame)
-            while view:
-                n = os.write(self.wfd, view)
-                view = view[n:]
+            return fn(*args)
         finally:
             if lock is not None:
                 lock.release()
+
+    def _stream_locked(self, name, text):
+        if self._pending and self._pending_name != name:
+            self._flush_locked()
+        self._pending_name = name
+        self._pending.append(text)
+        self._pending_len += len(text)
+        if "\n" in text or self._pending_len >= 8192:
+            self._flush_locked()
+
+    def _send_locked(self, obj):
+        self._flush_locked()
+        self._write(obj)
+
+    def stream(self, name, text):
+        """Queues output text; sent at a newline, at 8 KiB, or before any other frame."""
+        self._locked(self._stream_locked, name, text)
+
+    def flush_streams(self):
+        self._locked(self._flush_locked)
+
+    def send(self, obj):
+        self._locked(self._send_locked, obj)
+
+
+def _make_writer_class():
+    import io
+
+    class StreamWriter(io.TextIOBase):
+        """sys.stdout / sys.stderr for user code: text goes to the channel as stream frames."""
+
+        def __init__(self, channel, name, original):
+            self._channel = channel
+            self._name = name
+            self._original = original
+
+        def write(self, s):
+            if not isinstance(s, str):
+                raise TypeError("write() argument must be str, not %s" % type(s).__name__)
+            if s:
+                self._channel.stream(self._name, s)
+            return len(s)
+
+        def writable(self):
+            return True
+
+        def flush(self):
+            self._channel.flush_streams()
+
+        def fileno(self):
+            return self._original.fileno()
+
+        def isatty(self):
+            return False
+
+        @property
+        def encoding(self):
+            return "utf-8"
+
+        @property
+        def errors(self):
+            return "strict"
+
+        @property
+        def buffer(self):
+            return self._original.buffer
+
+        @property
+        def name(self):
+            return "<%s>" % self._name
+
+    return StreamWriter
 
 
 # ---- rich representations (what Jupyter and E2B return) ----
@@ -369,6 +459,7 @@ class Driver:
     def _run_bash(self, code):
         import subprocess
 
+        self.ch.flush_streams()
         self.running = True
         try:
             p = subprocess.Popen(["bash", "-c", code], stdin=subprocess.DEVNULL)
@@ -431,7 +522,7 @@ class Driver:
             self._flush_figures()
         except BaseException as e:  # e.g. an interrupt while rendering
             self.ch.send({"type": "result", "data": {"text/plain": "<figures not rendered: %s>" % type(e).__name__}, "main": False})
-        for f in (sys.stdout, sys.stderr):
+        for f in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             try:
                 f.flush()
             except Exception:
@@ -478,80 +569,26 @@ class Driver:
 #
 # Under wasmtime there is no socket and no signal. The host calls the guest's `turn`
 # export once per cell with `wasi_turn()`, and the driver talks back through the
-# `host::call` import (the `_door` module): each frame sent is one door call, whose
+# `host::call` import (the `_host` module): each frame written is one door call, whose
 # answer is b"stop" when the host wants the running cell stopped (a time or output
-# limit: what SIGINT is to the socket transport); a door call with an empty request
-# returns the host's next frame. sys.stdout and sys.stderr are replaced by writers
-# that send `stream` frames, so output reaches the host as it is written and a flood
-# is stopped inside the print() that passes the limit.
+# limit); a door call with an empty request returns the host's next frame. A cell that
+# makes no door call is interrupted like a native one: the host calls CPython's
+# PyErr_SetInterruptEx(SIGINT) and _on_sigint raises SandboxInterrupt. Output uses
+# the shared stream frames and writers.
 
 class DoorChannel(Channel):
-    """Frames through the WASI host's door (`_door.call`): one call per frame."""
+    """Frames through the WASI host's door (`_host.call`): one call per frame."""
 
     def __init__(self, call):
+        Channel.__init__(self, None, None)
         self._call = call
-        self._lock = None
 
     def recv(self):
         return loads(self._call(b"").decode("utf-8"))
 
-    def send(self, obj):
-        answer = self._call(dumps(obj).encode("utf-8"))
-        if answer == b"stop" and _driver is not None and _driver.running:
-            raise SandboxInterrupt("the cell was stopped by the sandbox (time or output limit reached)")
-
-
-def _door_writer_class():
-    import io
-
-    class DoorWriter(io.TextIOBase):
-        """sys.stdout / sys.stderr under WASI: text goes to the host as `stream` frames,
-        a line (or 8 KiB) at a time."""
-
-        def __init__(self, ch, name, fd):
-            self._ch = ch
-            self._name = name
-            self._fd = fd
-            self._parts = []
-            self._size = 0
-
-        @property
-        def encoding(self):
-            return "utf-8"
-
-        @property
-        def errors(self):
-            return "replace"
-
-        def writable(self):
-            return True
-
-        def isatty(self):
-            return False
-
-        def fileno(self):
-            return self._fd
-
-        def write(self, s):
-            if not isinstance(s, str):
-                raise TypeError("write() argument must be str, not %s" % type(s).__name__)
-            if s:
-                self._parts.append(s)
-                self._size += len(s)
-                if self._size >= 8192 or "\n" in s:
-                    self.flush()
-            return len(s)
-
-        def flush(self):
-            if self._parts:
-                text = "".join(self._parts)
-                self._parts = []
-                self._size = 0
-                # Lone surrogates are not valid in the host's JSON.
-                text = text.encode("utf-8", "replace").decode("utf-8")
-                self._ch.send({"type": "stream", "name": self._name, "text": text})
-
-    return DoorWriter
+    def _write(self, obj):
+        if self._call(dumps(obj).encode("utf-8")) == b"stop" and _driver is not None and _driver.running:
+            raise SandboxInterrupt("the cell was stopped by the sandbox (time, CPU or output limit reached)")
 
 
 def _reseed():
@@ -570,10 +607,10 @@ def _reseed():
 def wasi_start():
     """The first turn of a wasm sandbox: takes its settings from the host, then greets it."""
     global _driver
-    import _door
+    import _host
 
-    ch = DoorChannel(_door.call)
-    cfg = ch.recv()
+    channel = DoorChannel(_host.call)
+    cfg = channel.recv()
     os.environ.clear()
     os.environ.update(cfg.get("env") or {})
     workspace = cfg.get("workspace") or os.getcwd()
@@ -582,21 +619,23 @@ def wasi_start():
     if workspace not in sys.path:
         sys.path.insert(0, workspace)
     _reseed()
-    _driver = Driver(ch, workspace)
-    writer = _door_writer_class()
-    sys.stdout = writer(ch, "stdout", 1)
-    sys.stderr = writer(ch, "stderr", 2)
-    ch.send(_driver.hello())
+    _driver = Driver(channel, workspace)
+    writer = _make_writer_class()
+    sys.stdout = writer(channel, "stdout", sys.__stdout__)
+    sys.stderr = writer(channel, "stderr", sys.__stderr__)
+    try:
+        # The host interrupts a cell with CPython's PyErr_SetInterruptEx(SIGINT).
+        import signal
+
+        signal.signal(signal.SIGINT, _on_sigint)
+    except (ImportError, AttributeError, ValueError, OSError):
+        pass  # then a stopped cell is halted, not interrupted
+    channel.send(_driver.hello())
 
 
 def wasi_turn():
     """One turn of a wasm sandbox: runs the host's next frame."""
     _driver.dispatch(_driver.ch.recv())
-    for f in (sys.__stdout__, sys.__stderr__):
-        try:
-            f.flush()
-        except Exception:
-            pass
 
 
 def _on_sigint(signum, frame):
@@ -619,12 +658,16 @@ def main(argv):
     sys.argv = [""]
     if workspace not in sys.path:
         sys.path.insert(0, workspace)
-    _driver = Driver(Channel(rfd, wfd), workspace)
+    channel = Channel(rfd, wfd)
+    _driver = Driver(channel, workspace)
+    writer = _make_writer_class()
+    sys.stdout = writer(channel, "stdout", sys.__stdout__)
+    sys.stderr = writer(channel, "stderr", sys.__stderr__)
     signal.signal(signal.SIGINT, _on_sigint)
     return _driver.serve()
 
 
 if __name__ == "__main__":
-    # Started as `python -c BOOTSTRAP DRIVER_SOURCE FD...` (see driver_args in lib.rs):
-    # argv is ['-c', source, fd, ...].
-    sys.exit(main(sys.argv[2:]))
+    # Started as `python -c BOOTSTRAP [DRIVER_SOURCE] FD [FD]` (see driver_args in
+    # lib.rs): the channel's fds are the trailing numeric arguments.
+    sys.exit(main([a for a in sys.argv[1:] if a.isdigit()]))

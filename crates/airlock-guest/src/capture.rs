@@ -20,6 +20,11 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// A capture of an open pipe.
+    pub fn pipe() -> Self {
+        Stream { open: true, ..Stream::default() }
+    }
+
     /// New text that forms complete UTF-8 characters, for streaming events. With
     /// `flush`, everything pending (an incomplete character becomes U+FFFD).
     pub fn take_new_text(&mut self, flush: bool) -> Option<String> {

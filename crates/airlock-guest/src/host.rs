@@ -400,8 +400,8 @@ impl<S: Supervisor> Guest<S> {
             return Ok(self.finish(outcome, End::Protocol(e.to_string()), None, &exit, cpu_start, started, cell));
         }
 
-        let mut out = Stream { open: true, ..Stream::default() };
-        let mut err = Stream { open: true, ..Stream::default() };
+        let mut out = Stream::pipe();
+        let mut err = Stream::pipe();
         let mut total: u64 = 0;
         let mut stop: Option<Stop> = None;
         let mut kill_at: Option<Instant> = None;

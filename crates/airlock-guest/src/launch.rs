@@ -3,7 +3,7 @@
 //! supervisor for a child process and its process group.
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +14,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::Pid;
 
 use crate::host::{ExitInfo, Supervisor};
+use crate::{DRIVER_SOURCE, driver_args, driver_args_bytecode};
 
 /// The file descriptor number the driver's channel has inside the guest.
 pub const CHANNEL_FD: i32 = 3;
@@ -182,4 +183,123 @@ impl Drop for ChildSupervisor {
             let _ = self.reap(0);
         }
     }
+}
+
+/// How the driver's code reaches the interpreter.
+#[derive(Debug, Clone)]
+pub enum DriverBoot {
+    /// As source on the command line, compiled at start-up (works with any interpreter).
+    Source,
+    /// As a marshalled code object sent over the channel before anything else; made
+    /// once per interpreter (it is specific to the Python version) and cached on disk.
+    Bytecode(Arc<Vec<u8>>),
+}
+
+impl DriverBoot {
+    /// The fastest boot for `python` (the interpreter as it will run inside the
+    /// sandbox, which must be the same file). Falls back to [`DriverBoot::Source`].
+    pub fn for_python(python: &Path) -> DriverBoot {
+        match cached_bytecode(python) {
+            Ok(code) => DriverBoot::Bytecode(code),
+            Err(e) => {
+                tracing::debug!("driver bytecode unavailable for {}: {e}; compiling from source", python.display());
+                DriverBoot::Source
+            }
+        }
+    }
+
+    /// Interpreter arguments; the channel must be on [`CHANNEL_FD`].
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            DriverBoot::Source => driver_args(CHANNEL_FD),
+            DriverBoot::Bytecode(_) => driver_args_bytecode(),
+        }
+    }
+
+    /// Sends what the bootstrap reads first (nothing for source boots). Call right
+    /// after spawning, before [`crate::host::Guest::connect`].
+    pub fn send_preamble(&self, channel: &OwnedFd) -> Result<(), Error> {
+        let DriverBoot::Bytecode(code) = self else { return Ok(()) };
+        let mut frame = Vec::with_capacity(code.len() + 4);
+        frame.extend_from_slice(&(code.len() as u32).to_be_bytes());
+        frame.extend_from_slice(code);
+        let mut off = 0;
+        while off < frame.len() {
+            match nix::sys::socket::send(channel.as_raw_fd(), &frame[off..], nix::sys::socket::MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => off += n,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(Error::host(format!("sending the driver to the guest: {}", e.desc()))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// airlock's cache directory (`$XDG_CACHE_HOME/airlock` or `~/.cache/airlock`).
+pub fn cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("airlock"))
+}
+
+fn cached_bytecode(python: &Path) -> Result<Arc<Vec<u8>>, String> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    static MEMO: std::sync::Mutex<Vec<(u64, Arc<Vec<u8>>)>> = std::sync::Mutex::new(Vec::new());
+
+    let real = std::fs::canonicalize(python).map_err(|e| e.to_string())?;
+    let meta = std::fs::metadata(&real).map_err(|e| e.to_string())?;
+    let mut h = std::hash::DefaultHasher::new();
+    (DRIVER_SOURCE, &real, meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino()).hash(&mut h);
+    let key = h.finish();
+    if let Some((_, code)) = MEMO.lock().map_err(|e| e.to_string())?.iter().find(|(k, _)| *k == key) {
+        return Ok(code.clone());
+    }
+    let file = cache_dir().map(|d| d.join("driver").join(format!("{key:016x}.marshal")));
+    let code = match file.as_ref().and_then(|f| std::fs::read(f).ok()).filter(|c| !c.is_empty()) {
+        Some(c) => c,
+        None => {
+            let c = compile_with(&real)?;
+            if let Some(f) = &file {
+                if let Some(dir) = f.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+                if std::fs::write(&tmp, &c).is_ok() {
+                    let _ = std::fs::rename(&tmp, f);
+                }
+            }
+            c
+        }
+    };
+    let code = Arc::new(code);
+    MEMO.lock().map_err(|e| e.to_string())?.push((key, code.clone()));
+    Ok(code)
+}
+
+/// Compiles the driver with `python` and returns the marshalled code object.
+fn compile_with(python: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(python)
+        .args([
+            "-I",
+            "-S",
+            "-c",
+            "import sys,marshal;sys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.read(),'<airlock-driver>','exec')))",
+        ])
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", python.display()))?;
+    child.stdin.take().expect("piped").write_all(DRIVER_SOURCE.as_bytes()).map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() || out.stdout.is_empty() {
+        return Err(format!("compiling the driver failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(out.stdout)
 }

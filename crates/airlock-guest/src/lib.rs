@@ -19,9 +19,37 @@ pub mod workspace;
 /// The guest driver's Python source (CPython 3.11+, standard library only).
 pub const DRIVER_SOURCE: &str = include_str!("../driver/driver.py");
 
-/// Command-line arguments that make `python3` run the driver with the channel on `fd`:
-/// isolated mode (no user site, no `PYTHON*` variables), unbuffered output, no
-/// bytecode writes.
+/// The file name the driver's code is compiled under; tracebacks drop frames with it.
+pub const DRIVER_FILENAME: &str = "<airlock-driver>";
+
+/// A one-line bootstrap that compiles the driver (passed as the next argument) under
+/// [`DRIVER_FILENAME`] and runs it as `__main__`.
+const SOURCE_BOOTSTRAP: &str =
+    "import sys;exec(compile(sys.argv[1],'<airlock-driver>','exec'),{'__name__':'__main__'})";
+
+/// A bootstrap that reads the driver's marshalled code object from the channel (fd 3)
+/// as one length-prefixed frame and runs it: no compile at start-up (~5-10 ms saved).
+const BYTECODE_BOOTSTRAP: &str = "import os,marshal\n\
+def r(n):\n b=b''\n while len(b)<n:\n  c=os.read(3,n-len(b))\n  if not c:raise SystemExit(70)\n  b+=c\n return b\n\
+exec(marshal.loads(r(int.from_bytes(r(4),'big'))),{'__name__':'__main__'})";
+
+/// Command-line arguments that make `python3` run the driver from source with the
+/// channel on `fd`: isolated mode (no user site, no `PYTHON*` variables), unbuffered
+/// output, no bytecode writes.
 pub fn driver_args(fd: i32) -> Vec<String> {
-    vec!["-I".into(), "-u".into(), "-B".into(), "-c".into(), DRIVER_SOURCE.into(), fd.to_string()]
+    vec![
+        "-I".into(),
+        "-u".into(),
+        "-B".into(),
+        "-c".into(),
+        SOURCE_BOOTSTRAP.into(),
+        DRIVER_SOURCE.into(),
+        fd.to_string(),
+    ]
+}
+
+/// Like [`driver_args`], but the driver's code object arrives over the channel (see
+/// [`launch::DriverBoot`]); the channel must be fd 3.
+pub fn driver_args_bytecode() -> Vec<String> {
+    vec!["-I".into(), "-u".into(), "-B".into(), "-c".into(), BYTECODE_BOOTSTRAP.into(), "3".into()]
 }

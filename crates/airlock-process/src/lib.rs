@@ -21,7 +21,9 @@ use airlock_core::paths::WorkspacePath;
 use airlock_core::units::format_size;
 use airlock_core::{Backend, BackendKind, Cell, Error, FileEntry, Isolation, Outcome, Probe, Sandbox, SandboxSpec};
 use airlock_guest::host::{Guest, GuestMeta, GuestPipes};
-use airlock_guest::launch::{CHANNEL_FD, ChildSupervisor, channel_pair, default_python, guest_env, shared_mpl_cache};
+use airlock_guest::launch::{
+    CHANNEL_FD, ChildSupervisor, DriverBoot, channel_pair, default_python, guest_env, shared_mpl_cache,
+};
 use airlock_guest::workspace::Workspace;
 use nix::sys::resource::{Resource, setrlimit};
 
@@ -118,8 +120,9 @@ impl Backend for ProcessBackend {
         let guest_raw = guest_end.as_raw_fd();
         let is_root = nix::unistd::geteuid().is_root();
 
+        let boot = DriverBoot::for_python(&self.python);
         let mut cmd = Command::new(&self.python);
-        cmd.args(airlock_guest::driver_args(CHANNEL_FD))
+        cmd.args(boot.args())
             .env_clear()
             .envs(env)
             .current_dir(dir.path())
@@ -162,9 +165,10 @@ impl Backend for ProcessBackend {
             fix: Some("install Python 3 or set AIRLOCK_PYTHON".into()),
         })?;
         drop(guest_end);
+        let sup = ChildSupervisor::new(child.id());
+        boot.send_preamble(&host_end)?;
         let stdout: OwnedFd = child.stdout.take().expect("stdout is piped").into();
         let stderr: OwnedFd = child.stderr.take().expect("stderr is piped").into();
-        let sup = ChildSupervisor::new(child.id());
         let meta = GuestMeta {
             backend: BackendKind::Process,
             isolation: Isolation::None,

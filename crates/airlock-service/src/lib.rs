@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use airlock_core::{Backend, BackendKind, Error, Probe};
+use airlock_core::backend::{Canceller, EventSink, run_in};
+use airlock_core::{Backend, BackendKind, Error, ExecRequest, Limits, Outcome, Probe, SandboxSpec};
 
 /// Settings every backend draws from.
 #[derive(Debug, Clone)]
@@ -15,13 +16,19 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The Python interpreter native backends run.
     pub python: PathBuf,
+    /// The largest limits a request may ask for.
+    pub max_limits: Limits,
 }
 
 impl Config {
     /// Defaults: `$AIRLOCK_DATA_DIR`, else `$XDG_DATA_HOME/airlock`, else
     /// `~/.local/share/airlock`; the interpreter from [`airlock_guest::launch::default_python`].
     pub fn from_env() -> Self {
-        Config { data_dir: default_data_dir(), python: airlock_guest::launch::default_python() }
+        Config {
+            data_dir: default_data_dir(),
+            python: airlock_guest::launch::default_python(),
+            max_limits: Limits::generous_max(),
+        }
     }
 }
 
@@ -130,5 +137,36 @@ pub fn isolation_of(kind: BackendKind) -> airlock_core::Isolation {
         BackendKind::Jail => Isolation::Namespaces,
         BackendKind::Wasm => Isolation::Wasm,
         BackendKind::Microvm => Isolation::Vm,
+    }
+}
+
+impl Registry {
+    /// Runs one request in a fresh sandbox of the backend it asks for (or the default):
+    /// validate, create, copy files in, run, collect outputs, destroy.
+    ///
+    /// `on_start` receives the sandbox's canceller once it exists (for Ctrl-C or
+    /// server shutdown). Guest failures are `Ok(outcome)`; `Err` means the request was
+    /// invalid or the host could not run it.
+    pub fn execute(
+        &self,
+        req: &ExecRequest,
+        execution_id: Option<String>,
+        on_start: &mut dyn FnMut(Option<Canceller>),
+        events: &mut EventSink<'_>,
+    ) -> Result<Outcome, Error> {
+        req.validate(&self.config.max_limits)?;
+        let backend = self.resolve(req.backend)?;
+        let started = std::time::Instant::now();
+        let spec = SandboxSpec { env: req.env.clone(), network: req.network, ..SandboxSpec::new(req.limits) };
+        let mut sandbox = backend.create(&spec)?;
+        on_start(sandbox.canceller());
+        let result = run_in(sandbox.as_mut(), req, execution_id, started, events);
+        on_start(None);
+        let destroyed = sandbox.destroy();
+        let outcome = result?;
+        if let Err(e) = destroyed {
+            tracing::warn!(sandbox = %spec.id, "cleaning up the sandbox failed: {e}");
+        }
+        Ok(outcome)
     }
 }

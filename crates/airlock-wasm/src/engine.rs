@@ -40,6 +40,7 @@ fn config() -> Config {
     cfg.epoch_interruption(true)
         .consume_fuel(FUEL)
         .max_wasm_stack(WASM_STACK_BYTES)
+        .async_stack_size(WASM_STACK_BYTES + (1 << 20))
         .wasm_exceptions(true)
         .cranelift_opt_level(OptLevel::Speed)
         .parallel_compilation(true);

@@ -58,8 +58,11 @@ pub const GUEST_TMP: &str = "/workspace/.tmp";
 /// matplotlib's configuration and cache folder in the guest.
 pub const GUEST_MPLCONFIG: &str = "/workspace/.tmp/matplotlib";
 
-/// How long a guest asked to stop may run on before it is trapped.
-pub const GRACE: Duration = Duration::from_millis(100);
+/// How long a guest asked to stop may run on before it is trapped (the same grace
+/// the socket transport gives between SIGINT and SIGKILL).
+pub const GRACE: Duration = airlock_guest::host::INTERRUPT_GRACE;
+/// The signal number CPython's `PyErr_SetInterruptEx` is asked to raise.
+const SIGINT: i32 = 2;
 
 /// The guest's monotonic clock starts here (ns), above anything the snapshot's
 /// interpreter may have read while it was built, so the clock never goes backwards.
@@ -147,7 +150,7 @@ impl CellIo {
                 }
             }
             None => {
-                let room = (64 << 10usize).saturating_sub(self.stray.len());
+                let room = (64usize << 10).saturating_sub(self.stray.len());
                 self.stray.extend_from_slice(&bytes[..bytes.len().min(room)]);
             }
         }
@@ -293,20 +296,28 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Updates the stop state; `Err` when the guest must be trapped now.
-    fn check(&mut self, io: &Mutex<CellIo>) -> Result<(), HostStop> {
+    /// Updates the stop state. `Ok(true)` when a stop was just decided (the caller
+    /// interrupts the guest); `Err` when the guest must be trapped now.
+    fn check(&mut self, io: &Mutex<CellIo>) -> Result<bool, HostStop> {
         if self.cancelled.load(Ordering::SeqCst) {
             self.trapped = Some(Stop::Cancel);
             return Err(HostStop(Stop::Cancel));
         }
         let now = Instant::now();
+        let mut new = false;
         if self.stop.is_none() {
-            if self.deadline.is_some_and(|d| now >= d) {
-                self.stop = Some((Stop::Timeout, now));
+            let stop = if self.deadline.is_some_and(|d| now >= d) {
+                Some(Stop::Timeout)
             } else if self.cpu_budget_ns.is_some_and(|b| thread_cpu_ns() >= b) {
-                self.stop = Some((Stop::Cpu, now));
+                Some(Stop::Cpu)
             } else if lock(io).over {
-                self.stop = Some((Stop::Output, now));
+                Some(Stop::Output)
+            } else {
+                None
+            };
+            if let Some(s) = stop {
+                self.stop = Some((s, now));
+                new = true;
             }
         }
         if let Some((s, at)) = self.stop
@@ -315,14 +326,39 @@ impl Watch {
             self.trapped = Some(s);
             return Err(HostStop(s));
         }
-        Ok(())
+        Ok(new)
     }
+}
 
-    /// True once the guest has been asked to stop (or the turn was cancelled).
-    fn stopping(&mut self, io: &Mutex<CellIo>) -> bool {
-        let trap_now = self.check(io).is_err();
-        trap_now || self.stop.is_some()
+/// Checks the turn's limits from a host function; interrupts the interpreter when a
+/// stop was just decided. True while the guest is being stopped (or is cancelled).
+fn stopping(caller: &mut Caller<'_, GuestState>) -> wasmtime::Result<bool> {
+    let st = caller.data_mut();
+    let io = st.io.clone();
+    match st.watch.check(&io) {
+        Err(_) => Ok(true),
+        Ok(new) => {
+            if new {
+                interrupt(&mut *caller)?;
+            }
+            Ok(caller.data().watch.stop.is_some())
+        }
     }
+}
+
+/// Asks CPython to raise KeyboardInterrupt at its next check (what SIGINT does to a
+/// native interpreter): the driver turns it into `SandboxInterrupt`, and the cell ends
+/// with the session intact.
+fn interrupt(mut ctx: impl wasmtime::AsContextMut<Data = GuestState>) -> wasmtime::Result<()> {
+    let mut ctx = ctx.as_context_mut();
+    if let Some(f) = ctx.data().interrupt.clone() {
+        // A deadline far enough away that the call cannot meet the epoch check
+        // (whose callback is not re-entrant) on its way.
+        ctx.set_epoch_deadline(1000);
+        f.call(&mut ctx, SIGINT)?;
+        ctx.set_epoch_deadline(1);
+    }
+    Ok(())
 }
 
 /// The files the guest holds open and the bytes it may still write.
@@ -354,7 +390,7 @@ impl FileGuard {
 }
 
 /// The WASI functions the wrappers call through to.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Originals {
     path_open: TypedFunc<(i32, i32, i32, i32, i32, i64, i64, i32, i32), i32>,
     fd_close: TypedFunc<i32, i32>,
@@ -364,7 +400,7 @@ struct Originals {
 }
 
 /// The exports the host calls.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Exports {
     /// The linear memory.
     pub memory: Memory,
@@ -389,6 +425,7 @@ pub struct GuestState {
     clock: GuestClock,
     originals: Option<Originals>,
     exports: Option<Exports>,
+    interrupt: Option<TypedFunc<i32, i32>>,
 }
 
 /// How to make a guest.
@@ -414,10 +451,37 @@ pub struct GuestConfig {
 pub struct Linkers {
     base: Linker<GuestState>,
     main: Linker<GuestState>,
+    trampoline: Module,
 }
 
+/// The WASI functions airlock wraps, in the trampoline's import order.
+const WRAPPED: [&str; 5] = ["path_open", "fd_close", "fd_write", "fd_pwrite", "fd_filestat_set_size"];
+
+/// A tiny module through which the wrappers call wasmtime's own WASI functions.
+/// Those functions read the calling instance's `memory` export, and a host function
+/// calling them directly has no calling instance: the trampoline imports the guest's
+/// memory, exports it as `memory`, and forwards each call.
+const TRAMPOLINE_WAT: &str = r#"(module
+  (import "env" "memory" (memory 0))
+  (import "wasi" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi" "fd_close" (func $fd_close (param i32) (result i32)))
+  (import "wasi" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi" "fd_pwrite" (func $fd_pwrite (param i32 i32 i32 i64 i32) (result i32)))
+  (import "wasi" "fd_filestat_set_size" (func $fd_filestat_set_size (param i32 i64) (result i32)))
+  (export "memory" (memory 0))
+  (func (export "path_open") (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)
+    (call $path_open (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4)
+                     (local.get 5) (local.get 6) (local.get 7) (local.get 8)))
+  (func (export "fd_close") (param i32) (result i32) (call $fd_close (local.get 0)))
+  (func (export "fd_write") (param i32 i32 i32 i32) (result i32)
+    (call $fd_write (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
+  (func (export "fd_pwrite") (param i32 i32 i32 i64 i32) (result i32)
+    (call $fd_pwrite (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4)))
+  (func (export "fd_filestat_set_size") (param i32 i64) (result i32)
+    (call $fd_filestat_set_size (local.get 0) (local.get 1))))"#;
+
 fn memory_of(caller: &mut Caller<'_, GuestState>) -> Option<Memory> {
-    match caller.data().exports {
+    match &caller.data().exports {
         Some(e) => Some(e.memory),
         None => caller.get_export("memory").and_then(Extern::into_memory),
     }
@@ -470,10 +534,9 @@ fn door(mut caller: Caller<'_, GuestState>, ptr: i32, len: i32, out_ptr: i32, ou
             Ok(frame) => lock(&st.io).send(Msg::Frame(frame)),
             Err(e) => lock(&st.io).send(Msg::Malformed(e.to_string())),
         }
-        let io = st.io.clone();
-        if st.watch.stopping(&io) { b"stop".to_vec() } else { b"ok".to_vec() }
+        if stopping(&mut caller)? { b"stop".to_vec() } else { b"ok".to_vec() }
     };
-    let Some(exports) = caller.data().exports else { return Ok(DOOR_FAULT) };
+    let Some(exports) = caller.data().exports.clone() else { return Ok(DOOR_FAULT) };
     let rlen = i32::try_from(response.len()).map_err(|_| wasmtime::Error::msg("door response too large"))?;
     let p = exports.host_alloc.call(&mut caller, rlen)? as u32 as usize;
     if p == 0 || p.checked_add(response.len()).is_none_or(|e| e > memory.data_size(&caller)) {
@@ -539,9 +602,7 @@ fn poll_oneoff(mut caller: Caller<'_, GuestState>, in_ptr: i32, out_ptr: i32, n:
         let wait_ns = clocks.iter().map(|c| c.0).min().unwrap_or(0);
         let until = Instant::now() + Duration::from_nanos(wait_ns);
         loop {
-            let st = caller.data_mut();
-            let io = st.io.clone();
-            if st.watch.stopping(&io) {
+            if stopping(&mut caller)? {
                 break;
             }
             let now = Instant::now();
@@ -565,7 +626,7 @@ fn poll_oneoff(mut caller: Caller<'_, GuestState>, in_ptr: i32, out_ptr: i32, n:
 }
 
 fn originals(caller: &Caller<'_, GuestState>) -> wasmtime::Result<Originals> {
-    caller.data().originals.ok_or_else(|| wasmtime::Error::msg("airlock: WASI wrappers used before set-up"))
+    caller.data().originals.clone().ok_or_else(|| wasmtime::Error::msg("airlock: WASI wrappers used before set-up"))
 }
 
 impl Linkers {
@@ -689,7 +750,26 @@ impl Linkers {
             },
         )
         .map_err(err)?;
-        Ok(Linkers { base, main })
+        let trampoline = Module::new(engine, TRAMPOLINE_WAT).map_err(err)?;
+        Ok(Linkers { base, main, trampoline })
+    }
+
+    /// Instantiates the trampoline over the guest's `memory` and returns its exports.
+    fn originals(&self, store: &mut Store<GuestState>, memory: Memory) -> Result<Originals, Error> {
+        let err = |e: wasmtime::Error| Error::host(format!("setting up the guest's WASI wrappers: {e:#}"));
+        let mut imports = vec![Extern::Memory(memory)];
+        for name in WRAPPED {
+            let f = self.base.get(&mut *store, WASI, name).map_err(err)?;
+            imports.push(f);
+        }
+        let t = wasmtime::Instance::new(&mut *store, &self.trampoline, &imports).map_err(err)?;
+        Ok(Originals {
+            path_open: t.get_typed_func(&mut *store, "path_open").map_err(err)?,
+            fd_close: t.get_typed_func(&mut *store, "fd_close").map_err(err)?,
+            fd_write: t.get_typed_func(&mut *store, "fd_write").map_err(err)?,
+            fd_pwrite: t.get_typed_func(&mut *store, "fd_pwrite").map_err(err)?,
+            fd_filestat_set_size: t.get_typed_func(&mut *store, "fd_filestat_set_size").map_err(err)?,
+        })
     }
 
     /// Pre-instantiates `module` with these host functions.
@@ -793,7 +873,7 @@ impl Guest {
         preopen(&mut b, &cfg.workspace, GUEST_WORKSPACE, FsPerms::ReadWrite)?;
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(cfg.memory_bytes).unwrap_or(usize::MAX))
-            .instances(2)
+            .instances(3)
             .memories(2)
             .tables(16)
             .trap_on_grow_failure(false)
@@ -815,6 +895,7 @@ impl Guest {
             clock,
             originals: None,
             exports: None,
+            interrupt: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -822,7 +903,12 @@ impl Guest {
             let st = ctx.data_mut();
             let io = st.io.clone();
             match st.watch.check(&io) {
-                Ok(()) => Ok(UpdateDeadline::Continue(1)),
+                Ok(new) => {
+                    if new {
+                        interrupt(&mut ctx)?;
+                    }
+                    Ok(UpdateDeadline::Continue(1))
+                }
                 Err(stop) => Err(wasmtime::Error::new(stop)),
             }
         });
@@ -830,22 +916,6 @@ impl Guest {
         if fuel {
             store.set_fuel(u64::MAX).map_err(|e| Error::host(format!("setting fuel: {e:#}")))?;
         }
-        let host = |e: wasmtime::Error| Error::host(format!("setting up the guest's WASI functions: {e:#}"));
-        let func = |store: &mut Store<GuestState>, name: &str| {
-            linkers
-                .base
-                .get(&mut *store, WASI, name)
-                .and_then(Extern::into_func)
-                .ok_or_else(|| Error::host(format!("WASI has no {name}")))
-        };
-        let originals = Originals {
-            path_open: func(&mut store, "path_open")?.typed(&store).map_err(host)?,
-            fd_close: func(&mut store, "fd_close")?.typed(&store).map_err(host)?,
-            fd_write: func(&mut store, "fd_write")?.typed(&store).map_err(host)?,
-            fd_pwrite: func(&mut store, "fd_pwrite")?.typed(&store).map_err(host)?,
-            fd_filestat_set_size: func(&mut store, "fd_filestat_set_size")?.typed(&store).map_err(host)?,
-        };
-        store.data_mut().originals = Some(originals);
         let instance = pre.instantiate(&mut store).map_err(|e| {
             if store.data().limiter.denied_bytes.is_some() {
                 Error::invalid(format!(
@@ -863,7 +933,11 @@ impl Guest {
         let host_alloc = instance.get_typed_func(&mut store, "host_alloc").map_err(|e| bad("host_alloc", e))?;
         let turn = instance.get_typed_func(&mut store, "turn").map_err(|e| bad("turn", e))?;
         let exports = Exports { memory, host_alloc, turn };
-        store.data_mut().exports = Some(exports);
+        store.data_mut().exports = Some(exports.clone());
+        store.data_mut().interrupt =
+            instance.get_typed_func::<i32, i32>(&mut store, crate::snapshot::INTERRUPT_EXPORT).ok();
+        let originals = linkers.originals(&mut store, memory)?;
+        store.data_mut().originals = Some(originals);
         Ok(Guest { store, exports, instance, fuel })
     }
 
@@ -927,7 +1001,7 @@ impl Guest {
         }
         self.store.set_epoch_deadline(1);
         let _ticking = Ticking::start();
-        let exports = self.exports;
+        let exports = self.exports.clone();
         let store = &mut self.store;
         let code = code.as_bytes();
         let (end, cpu_ns) = std::thread::scope(|s| -> Result<(TurnEnd, u64), Error> {

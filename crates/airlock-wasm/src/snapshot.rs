@@ -71,14 +71,74 @@ del _open, _fd
 /// `airlock_driver`. One expression whose value is None, so the turn shows nothing.
 pub const LOAD_DRIVER: &str = "__import__('sys').modules.__setitem__('airlock_driver', \
     (lambda m: m.__dict__.update(__builtins__=__import__('builtins')) \
-    or exec(compile(__import__('_door').call(b'').decode('utf-8'), '<airlock-driver>', 'exec'), m.__dict__) \
+    or exec(compile(__import__('_host').call(b'').decode('utf-8'), '<airlock-driver>', 'exec'), m.__dict__) \
     or m)(type(__import__('sys'))('airlock_driver')))";
+
+/// The export airlock adds for CPython's `PyErr_SetInterruptEx`: the host calls it
+/// (from the epoch callback, like a signal handler) to interrupt a running cell.
+pub const INTERRUPT_EXPORT: &str = "airlock_interrupt";
+/// The C function behind [`INTERRUPT_EXPORT`], found by name in the module's name
+/// section. It is async-signal-safe: it only sets flags the interpreter checks.
+const INTERRUPT_FUNCTION: &str = "PyErr_SetInterruptEx";
+
+/// Returns `wasm` with one more export, [`INTERRUPT_EXPORT`], for the function named
+/// [`INTERRUPT_FUNCTION`] in its name section. Every other section is copied as is.
+pub fn add_interrupt_export(wasm: &[u8]) -> Result<Vec<u8>, Error> {
+    use wasm_encoder::{ExportKind, ExportSection, RawSection};
+    use wasmparser::{KnownCustom, Name, Parser, Payload};
+    let bad = |e: wasmparser::BinaryReaderError| Error::host(format!("reading the guest module: {e}"));
+    let mut index = None;
+    for payload in Parser::new(0).parse_all(wasm) {
+        if let Payload::CustomSection(c) = payload.map_err(bad)?
+            && let KnownCustom::Name(names) = c.as_known()
+        {
+            for name in names {
+                if let Name::Function(map) = name.map_err(bad)? {
+                    for n in map {
+                        let n = n.map_err(bad)?;
+                        if n.name == INTERRUPT_FUNCTION {
+                            index = Some(n.index);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let index = index.ok_or_else(|| {
+        Error::host(format!("the guest module has no function named {INTERRUPT_FUNCTION} in its name section"))
+    })?;
+    let mut module = wasm_encoder::Module::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        let payload = payload.map_err(bad)?;
+        if let Payload::ExportSection(reader) = &payload {
+            let mut exports = ExportSection::new();
+            for e in reader.clone() {
+                let e = e.map_err(bad)?;
+                let kind = match e.kind {
+                    wasmparser::ExternalKind::Func | wasmparser::ExternalKind::FuncExact => ExportKind::Func,
+                    wasmparser::ExternalKind::Table => ExportKind::Table,
+                    wasmparser::ExternalKind::Memory => ExportKind::Memory,
+                    wasmparser::ExternalKind::Global => ExportKind::Global,
+                    wasmparser::ExternalKind::Tag => ExportKind::Tag,
+                };
+                exports.export(e.name, kind, e.index);
+            }
+            exports.export(INTERRUPT_EXPORT, ExportKind::Func, index);
+            module.section(&exports);
+            continue;
+        }
+        if let Some((id, range)) = payload.as_section() {
+            module.section(&RawSection { id, data: &wasm[range] });
+        }
+    }
+    Ok(module.finish())
+}
 
 /// The key of the snapshot this build of airlock wants: it changes with the wheel,
 /// the pre-imports and the driver.
 pub fn snapshot_key() -> String {
     let mut h = Sha256::new();
-    for part in [WHEEL_SHA256, PRELUDE, LOAD_DRIVER, DRIVER_SOURCE, crate::guest::GUEST_MPL_DATA] {
+    for part in [WHEEL_SHA256, PRELUDE, LOAD_DRIVER, DRIVER_SOURCE, crate::guest::GUEST_MPL_DATA, INTERRUPT_EXPORT] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -113,6 +173,7 @@ fn build_engine() -> Result<Engine, Error> {
     let mut cfg = Config::new();
     cfg.wasm_exceptions(true)
         .max_wasm_stack(crate::engine::WASM_STACK_BYTES)
+        .async_stack_size(crate::engine::WASM_STACK_BYTES + (1 << 20))
         .cranelift_opt_level(OptLevel::Speed)
         .parallel_compilation(true);
     Engine::new(&cfg).map_err(|e| Error::host(format!("cannot create the build engine: {e:#}")))
@@ -178,13 +239,38 @@ pub fn build(layout: &Layout, key: &str) -> Result<(), Error> {
     let started = Instant::now();
     let wasm = std::fs::read(layout.python_wasm())
         .map_err(|e| Error::io(format!("reading {}", layout.python_wasm().display()), e))?;
+    let wasm = add_interrupt_export(&wasm)?;
     let mut wizer = Wizer::new();
     wizer.init_func("wizer.initialize");
     let (cx, instrumented) =
         wizer.instrument(&wasm).map_err(|e| Error::host(format!("preparing the guest for a snapshot: {e:#}")))?;
     let engine = build_engine()?;
-    let module = Module::new(&engine, &instrumented)
-        .map_err(|e| Error::host(format!("compiling the guest for its snapshot: {e:#}")))?;
+    // The compiled instrumented module is kept until the snapshot is written, so a
+    // build that fails later (a pre-import, a full disk) does not compile it again.
+    let compiled = layout.dir.join(format!(
+        "build-{}-{}.cwasm",
+        &hex(&Sha256::digest(&instrumented))[..16],
+        crate::engine::engine_key(&engine)
+    ));
+    let module = match compiled.is_file() {
+        // SAFETY: the file is this function's own output of `precompile_module`,
+        // written atomically into airlock's data directory (see `engine::load`).
+        true => unsafe { Module::deserialize_file(&engine, &compiled) }.ok(),
+        false => None,
+    };
+    let module = match module {
+        Some(m) => m,
+        None => {
+            let bytes = engine
+                .precompile_module(&instrumented)
+                .map_err(|e| Error::host(format!("compiling the guest for its snapshot: {e:#}")))?;
+            write_atomic(&compiled, &bytes)?;
+            drop(bytes);
+            // SAFETY: as above; written just now.
+            unsafe { Module::deserialize_file(&engine, &compiled) }
+                .map_err(|e| Error::host(format!("loading the compiled guest: {e:#}")))?
+        }
+    };
     drop(instrumented);
     let linkers = Linkers::new(&engine)?;
     let pre = linkers.pre(&module)?;
@@ -225,7 +311,9 @@ pub fn build(layout: &Layout, key: &str) -> Result<(), Error> {
         memory_bytes,
         build_seconds: started.elapsed().as_secs_f64(),
     };
-    write_atomic(&layout.snapshot_record(key), serde_json::to_string_pretty(&rec).expect("serialisable").as_bytes())
+    write_atomic(&layout.snapshot_record(key), serde_json::to_string_pretty(&rec).expect("serialisable").as_bytes())?;
+    let _ = std::fs::remove_file(&compiled);
+    Ok(())
 }
 
 /// Reads a snapshot's record.

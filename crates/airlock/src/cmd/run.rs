@@ -5,11 +5,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use airlock_core::backend::{Canceller, run_in};
+use airlock_core::backend::Canceller;
 use airlock_core::units::format_size;
-use airlock_core::{
-    BackendKind, Event, ExecRequest, FileInput, Language, Limits, NetworkPolicy, Outcome, SandboxSpec, Status,
-};
+use airlock_core::{BackendKind, Event, ExecRequest, FileInput, Language, Limits, NetworkPolicy, Outcome, Status};
 use airlock_service::{Config, Registry};
 use anyhow::{Context, bail};
 
@@ -163,15 +161,8 @@ pub fn main(a: RunArgs) -> anyhow::Result<i32> {
         config.python = p.clone();
     }
     let registry = Registry::new(config);
-    let backend = registry.resolve(req.backend)?;
     install_ctrlc();
-
     let started = Instant::now();
-    let spec = SandboxSpec { env: req.env.clone(), network: req.network, ..SandboxSpec::new(req.limits) };
-    let mut sandbox = backend.create(&spec)?;
-    if let Ok(mut g) = CANCEL.lock() {
-        *g = sandbox.canceller();
-    }
 
     let json = a.json;
     let saved = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -226,15 +217,12 @@ pub fn main(a: RunArgs) -> anyhow::Result<i32> {
             Event::Error { .. } => {}
         }
     };
-    let result = run_in(sandbox.as_mut(), &req, None, started, &mut on_event);
-    if let Ok(mut g) = CANCEL.lock() {
-        *g = None;
-    }
-    let destroyed = sandbox.destroy();
-    let outcome = result?;
-    if let Err(e) = destroyed {
-        tracing::warn!("cleaning up the sandbox failed: {e}");
-    }
+    let mut on_start = |c: Option<Canceller>| {
+        if let Ok(mut g) = CANCEL.lock() {
+            *g = c;
+        }
+    };
+    let outcome = registry.execute(&req, None, &mut on_start, &mut on_event)?;
     write_outputs(&a, &outcome)?;
 
     if json {

@@ -1,0 +1,321 @@
+//! The escape corpus: small hostile programs (in `tests/escape/`, each with its
+//! expected fate in its header) run against every backend that claims to contain
+//! them. Every check looks at the host side — files, listeners, processes — not only
+//! at the sandbox's exit status.
+//!
+//! A backend joins with one `escape_suite!` line at the bottom. The checks are shown
+//! to detect real escapes by running some of them on `process` (no isolation), where
+//! they must report the escape.
+
+// Until a backend that claims containment joins (see the bottom), only the checks'
+// self-tests use the cases.
+#![allow(dead_code, unused_macros)]
+
+use std::io::ErrorKind;
+use std::net::{TcpListener, UdpSocket};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use airlock_core::{Backend, ExecRequest, Limits, Status};
+use airlock_tests::run_req;
+
+/// A name no other test or process uses.
+fn unique(tag: &str) -> String {
+    let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("airlock-escape-{tag}-{}-{n}", std::process::id())
+}
+
+/// A number-like marker `sleep` accepts, unique to this run, to find stray processes by cmdline.
+fn marker_seconds() -> String {
+    let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("1000.{}{:09}", std::process::id(), n)
+}
+
+fn request(program: &str, vars: serde_json::Value, limits: Limits) -> ExecRequest {
+    let mut r = ExecRequest::python(program);
+    r.limits = limits;
+    if let serde_json::Value::Object(m) = vars {
+        r.global_variables = m;
+    }
+    r
+}
+
+/// Host processes whose command line contains `marker`; kills them.
+fn survivors(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for _ in 0..20 {
+        found.clear();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                found.push(format!("{pid}: {cmd}"));
+            }
+        }
+        if found.is_empty() {
+            return found;
+        }
+        // Give the kernel a moment to finish killing a cgroup or VM.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for f in &found {
+        if let Some(pid) = f.split(':').next() {
+            let _ = std::process::Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    found
+}
+
+mod cases {
+    use super::*;
+
+    pub type Verdict = Result<(), String>;
+
+    pub fn read_host_secret(b: &dyn Backend) -> Verdict {
+        let program = include_str!("escape/read_host_secret.py");
+        let o = run_req(b, &request(program, serde_json::json!({"host_pid": std::process::id()}), Limits::default()));
+        let mut secrets: Vec<String> = Vec::new();
+        if let Ok(shadow) = std::fs::read_to_string("/etc/shadow") {
+            secrets.extend(shadow.lines().filter(|l| l.len() > 8).take(3).map(|l| l.to_string()));
+        }
+        if let Ok(dir) = std::env::var("CARGO_MANIFEST_DIR") {
+            secrets.push(format!("CARGO_MANIFEST_DIR={dir}"));
+        }
+        for s in &secrets {
+            if o.stdout.contains(s.as_str()) {
+                return Err(format!("host secret {s:?} was read:\n{}", o.stdout));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write_outside_workspace(b: &dyn Backend) -> Verdict {
+        let marker = unique("write");
+        let host_tmp = std::env::temp_dir();
+        let python = std::fs::canonicalize(airlock_tests::registry().config().python.clone()).ok();
+        let before = python.as_ref().and_then(|p| std::fs::read(p).ok());
+        let program = include_str!("escape/write_outside_workspace.py");
+        let vars = serde_json::json!({"marker": marker, "host_tmp": host_tmp});
+        let o = run_req(b, &request(program, vars, Limits::default()));
+        let mut escaped = Vec::new();
+        for dir in ["/tmp", "/etc", "/root", "/var/tmp", host_tmp.to_str().unwrap()] {
+            let p = std::path::Path::new(dir).join(&marker);
+            if p.exists() {
+                let _ = std::fs::remove_file(&p);
+                escaped.push(p.display().to_string());
+            }
+        }
+        if let (Some(p), Some(before)) = (python, before)
+            && std::fs::read(&p).ok().as_ref() != Some(&before)
+        {
+            escaped.push(format!("{} was modified", p.display()));
+        }
+        if escaped.is_empty() { Ok(()) } else { Err(format!("wrote on the host: {escaped:?}\n{}", o.stdout)) }
+    }
+
+    pub fn host_network(b: &dyn Backend) -> Verdict {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let abstract_name = unique("sock");
+        let unix = UnixListener::bind_addr(&SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap()).unwrap();
+        let vars = serde_json::json!({
+            "tcp_port": tcp.local_addr().unwrap().port(),
+            "udp_port": udp.local_addr().unwrap().port(),
+            "abstract_name": abstract_name,
+        });
+        let o = run_req(b, &request(include_str!("escape/host_network.py"), vars, Limits::default()));
+        tcp.set_nonblocking(true).unwrap();
+        udp.set_nonblocking(true).unwrap();
+        unix.set_nonblocking(true).unwrap();
+        let mut reached = Vec::new();
+        if !matches!(tcp.accept(), Err(ref e) if e.kind() == ErrorKind::WouldBlock) {
+            reached.push("tcp");
+        }
+        let mut buf = [0u8; 64];
+        if !matches!(udp.recv_from(&mut buf), Err(ref e) if e.kind() == ErrorKind::WouldBlock) {
+            reached.push("udp");
+        }
+        if !matches!(unix.accept(), Err(ref e) if e.kind() == ErrorKind::WouldBlock) {
+            reached.push("abstract unix socket");
+        }
+        if reached.is_empty() { Ok(()) } else { Err(format!("reached host listeners: {reached:?}\n{}", o.stdout)) }
+    }
+
+    pub fn signal_host_process(b: &dyn Backend) -> Verdict {
+        let mut victim = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let vars = serde_json::json!({"host_pid": victim.id()});
+        let o = run_req(b, &request(include_str!("escape/signal_host_process.py"), vars, Limits::default()));
+        std::thread::sleep(Duration::from_millis(100));
+        let alive = victim.try_wait().unwrap().is_none();
+        let _ = victim.kill();
+        let _ = victim.wait();
+        if alive { Ok(()) } else { Err(format!("a host process was killed from the sandbox:\n{}", o.stdout)) }
+    }
+
+    pub fn fork_bomb(b: &dyn Backend) -> Verdict {
+        let marker = marker_seconds();
+        let limits = Limits { processes: 32, timeout_ms: 20_000, ..Limits::default() };
+        let o = run_req(
+            b,
+            &request(include_str!("escape/fork_bomb.py"), serde_json::json!({"marker_seconds": marker}), limits),
+        );
+        let left = survivors(&marker);
+        if !left.is_empty() {
+            return Err(format!("{} processes outlived the sandbox: {:?}", left.len(), &left[..left.len().min(3)]));
+        }
+        if o.stdout.contains("fork stopped after") || o.status != Status::Ok {
+            Ok(())
+        } else {
+            Err(format!("the fork bomb was not limited: {}", o.stdout))
+        }
+    }
+
+    pub fn memory_bomb(b: &dyn Backend) -> Verdict {
+        let limits = Limits { memory_bytes: 256 << 20, timeout_ms: 30_000, ..Limits::default() };
+        let o = run_req(b, &request(include_str!("escape/memory_bomb.py"), serde_json::json!({}), limits));
+        if o.status == Status::MemoryLimit {
+            Ok(())
+        } else {
+            Err(format!("expected memory_limit, got {} ({:?})", o.status, o.reason))
+        }
+    }
+
+    pub fn cpu_bomb(b: &dyn Backend) -> Verdict {
+        let marker = marker_seconds();
+        let limits = Limits { timeout_ms: 1000, ..Limits::default() };
+        let o = run_req(
+            b,
+            &request(include_str!("escape/cpu_bomb.py"), serde_json::json!({"marker_seconds": marker}), limits),
+        );
+        let left = survivors(&marker);
+        if !left.is_empty() {
+            return Err(format!("busy processes outlived the sandbox: {left:?}"));
+        }
+        if o.status != Status::Timeout {
+            return Err(format!("expected timeout, got {} ({:?})", o.status, o.reason));
+        }
+        if o.usage.wall_ms > 6000 {
+            return Err(format!("the timeout took {} ms to act", o.usage.wall_ms));
+        }
+        Ok(())
+    }
+
+    pub fn disk_fill(b: &dyn Backend) -> Verdict {
+        let limits = Limits { file_bytes: 16 << 20, timeout_ms: 30_000, ..Limits::default() };
+        let o = run_req(b, &request(include_str!("escape/disk_fill.py"), serde_json::json!({}), limits));
+        if o.status == Status::Ok {
+            return Err(format!("the disk fill was not stopped: {}", o.stdout));
+        }
+        Ok(())
+    }
+
+    pub fn symlink_copy_out(b: &dyn Backend) -> Verdict {
+        let mut req = request(include_str!("escape/symlink_copy_out.py"), serde_json::json!({}), Limits::default());
+        req.outputs = vec!["out.txt".into(), "d/etc/passwd".into()];
+        let o = run_req(b, &req);
+        if o.stdout.trim() != "planted" {
+            return Ok(()); // the guest could not even plant the links
+        }
+        for f in &o.files {
+            if f.content_base64.is_some() {
+                return Err(format!("copy-out followed a planted symlink: {}", f.path));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Expands to one `#[test]` per case for the backend `$kind`.
+macro_rules! escape_cases {
+    ($kind:expr; $($case:ident),* $(,)?) => {$(
+        #[test]
+        fn $case() {
+            if let Some(b) = airlock_tests::backend($kind) {
+                if let Err(e) = super::cases::$case(b.as_ref()) {
+                    panic!("{} escaped on {}: {e}", stringify!($case), $kind);
+                }
+            }
+        }
+    )*};
+}
+
+/// Generates one `#[test]` per case for a backend.
+macro_rules! escape_suite {
+    ($name:ident, $kind:expr) => {
+        mod $name {
+            escape_cases!($kind;
+                read_host_secret,
+                write_outside_workspace,
+                host_network,
+                signal_host_process,
+                fork_bomb,
+                memory_bomb,
+                cpu_bomb,
+                disk_fill,
+                symlink_copy_out,
+            );
+        }
+    };
+}
+
+/// The checks must be able to fail: on `process` (no isolation) these escapes succeed
+/// and each check has to say so.
+mod checks_detect_escapes {
+    use super::*;
+
+    fn process() -> Option<std::sync::Arc<dyn Backend>> {
+        airlock_tests::backend(airlock_core::BackendKind::Process)
+    }
+
+    #[test]
+    fn process_backend_leaks_host_files() {
+        let Some(b) = process() else { return };
+        assert!(cases::write_outside_workspace(b.as_ref()).is_err(), "the check missed a write to /tmp");
+        if std::fs::read_to_string("/etc/shadow").is_ok() {
+            assert!(cases::read_host_secret(b.as_ref()).is_err(), "the check missed a read of /etc/shadow");
+        } else {
+            eprintln!("skipped: /etc/shadow is not readable by this test, cannot show the read check firing");
+        }
+    }
+
+    #[test]
+    fn process_backend_reaches_host_network() {
+        let Some(b) = process() else { return };
+        assert!(cases::host_network(b.as_ref()).is_err(), "the check missed a loopback connection");
+    }
+
+    #[test]
+    fn process_backend_can_signal_host_processes() {
+        let Some(b) = process() else { return };
+        assert!(cases::signal_host_process(b.as_ref()).is_err(), "the check missed a killed host process");
+    }
+
+    #[test]
+    fn symlink_copy_out_is_refused_even_without_isolation() {
+        // Copy-out confinement is airlock's own code and holds on every backend.
+        let Some(b) = process() else { return };
+        cases::symlink_copy_out(b.as_ref()).unwrap();
+    }
+
+    #[test]
+    fn corpus_files_state_their_fate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("escape");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert!(
+                text.starts_with("# Escape: ") && text.contains("\n# Expect: "),
+                "{} lacks its header",
+                p.display()
+            );
+            n += 1;
+        }
+        assert!(n >= 9, "corpus has {n} programs");
+    }
+}
+
+// One line per backend that claims containment (`process` claims none).
