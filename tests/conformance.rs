@@ -278,3 +278,5 @@ macro_rules! conformance_suite {
 
 // One line per backend.
 conformance_suite!(process, airlock_core::BackendKind::Process);
+conformance_suite!(microvm, airlock_core::BackendKind::Microvm);
+conformance_suite!(jail, airlock_core::BackendKind::Jail);

@@ -7,10 +7,6 @@
 //! to detect real escapes by running some of them on `process` (no isolation), where
 //! they must report the escape.
 
-// Until a backend that claims containment joins (see the bottom), only the checks'
-// self-tests use the cases.
-#![allow(dead_code, unused_macros)]
-
 use std::io::ErrorKind;
 use std::net::{TcpListener, UdpSocket};
 use std::os::linux::net::SocketAddrExt;
@@ -226,6 +222,82 @@ mod cases {
         }
         Ok(())
     }
+
+    pub fn output_flood(b: &dyn Backend) -> Verdict {
+        let marker = marker_seconds();
+        let limits = Limits { output_bytes: 256 * 1024, timeout_ms: 20_000, ..Limits::default() };
+        let started = std::time::Instant::now();
+        let o = run_req(
+            b,
+            &request(include_str!("escape/output_flood.py"), serde_json::json!({"marker_seconds": marker}), limits),
+        );
+        let left = survivors(&marker);
+        if !left.is_empty() {
+            return Err(format!("flooding processes outlived the sandbox: {left:?}"));
+        }
+        let kept = (o.stdout.len() + o.stderr.len()) as u64;
+        if kept > limits.output_bytes {
+            return Err(format!("airlock kept {kept} bytes of output, more than the {} allowed", limits.output_bytes));
+        }
+        if o.status != Status::OutputLimit {
+            return Err(format!("expected output_limit, got {} ({:?})", o.status, o.reason));
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            return Err(format!("stopping the flood took {:?}", started.elapsed()));
+        }
+        Ok(())
+    }
+
+    pub fn leaked_fds(b: &dyn Backend) -> Verdict {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(unique("fds"));
+        std::fs::create_dir(&dir).unwrap();
+        let secret = unique("secret-content");
+        let marker_file = unique("listed");
+        std::fs::write(dir.join("secret.txt"), &secret).unwrap();
+        std::fs::write(dir.join(&marker_file), b"").unwrap();
+        let c = |p: &std::path::Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        // Deliberately inheritable (no O_CLOEXEC): what a careless host leaks to children.
+        // SAFETY: opens two paths this test created; the descriptors are closed below.
+        let (file_fd, dir_fd) = unsafe {
+            (
+                libc::open(c(&dir.join("secret.txt")).as_ptr(), libc::O_RDONLY),
+                libc::open(c(&dir).as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY),
+            )
+        };
+        assert!(file_fd >= 0 && dir_fd >= 0, "opening the bait failed");
+        let o = run_req(b, &request(include_str!("escape/leaked_fds.py"), serde_json::json!({}), Limits::default()));
+        // SAFETY: closes the two descriptors opened above.
+        unsafe {
+            libc::close(file_fd);
+            libc::close(dir_fd);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        if o.stdout.contains(&secret) || o.stdout.contains(&marker_file) {
+            return Err(format!("a leaked host descriptor was used:\n{}", o.stdout));
+        }
+        Ok(())
+    }
+
+    pub fn copy_out_tricks(b: &dyn Backend) -> Verdict {
+        let mut req = request(include_str!("escape/copy_out_tricks.py"), serde_json::json!({}), Limits::default());
+        req.outputs =
+            vec!["fifo.txt".into(), "procroot/passwd".into(), "rootlink/etc/shadow".into(), "d/passwd".into()];
+        let started = std::time::Instant::now();
+        let o = run_req(b, &req);
+        if started.elapsed() > Duration::from_secs(20) {
+            return Err(format!("the copy-out took {:?} (blocked on the FIFO?)", started.elapsed()));
+        }
+        if o.stdout.trim() != "planted" {
+            return Ok(()); // the guest could not even plant them
+        }
+        for f in &o.files {
+            if f.content_base64.is_some() {
+                return Err(format!("copy-out followed a planted link or FIFO: {}", f.path));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Expands to one `#[test]` per case for the backend `$kind`.
@@ -256,6 +328,9 @@ macro_rules! escape_suite {
                 cpu_bomb,
                 disk_fill,
                 symlink_copy_out,
+                output_flood,
+                leaked_fds,
+                copy_out_tricks,
             );
         }
     };
@@ -294,10 +369,17 @@ mod checks_detect_escapes {
     }
 
     #[test]
+    fn process_backend_leaks_inheritable_fds() {
+        let Some(b) = process() else { return };
+        assert!(cases::leaked_fds(b.as_ref()).is_err(), "the check missed a leaked descriptor");
+    }
+
+    #[test]
     fn symlink_copy_out_is_refused_even_without_isolation() {
         // Copy-out confinement is airlock's own code and holds on every backend.
         let Some(b) = process() else { return };
         cases::symlink_copy_out(b.as_ref()).unwrap();
+        cases::copy_out_tricks(b.as_ref()).unwrap();
     }
 
     #[test]
@@ -314,8 +396,78 @@ mod checks_detect_escapes {
             );
             n += 1;
         }
-        assert!(n >= 9, "corpus has {n} programs");
+        assert!(n >= 14, "corpus has {n} programs");
     }
 }
 
 // One line per backend that claims containment (`process` claims none).
+escape_suite!(microvm, airlock_core::BackendKind::Microvm);
+escape_suite!(jail, airlock_core::BackendKind::Jail);
+
+/// Cases only a backend sharing the host kernel must answer (its seccomp filter and
+/// PID namespace are what stop them); a VM may legitimately let its guest mount or
+/// trace inside its own kernel.
+mod jail_specific {
+    use super::*;
+
+    fn jail() -> Option<std::sync::Arc<dyn Backend>> {
+        airlock_tests::backend(airlock_core::BackendKind::Jail)
+    }
+
+    fn lines(stdout: &str) -> std::collections::BTreeMap<String, String> {
+        stdout.lines().filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
+    }
+
+    #[test]
+    fn dangerous_syscalls_are_denied() {
+        let Some(b) = jail() else { return };
+        let mut victim = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let vars = serde_json::json!({"host_pid": victim.id()});
+        let o = run_req(b.as_ref(), &request(include_str!("escape/syscall_denials.py"), vars, Limits::default()));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", victim.id())).unwrap_or_default();
+        let _ = victim.kill();
+        let _ = victim.wait();
+        assert_eq!(o.status, Status::Ok, "{}\n{}", o.stdout, o.stderr);
+        assert!(status.contains("TracerPid:\t0"), "the host process was traced: {status}");
+        assert_eq!(std::fs::read_to_string("/proc/self/mountinfo").unwrap(), mounts_before, "host mounts changed");
+        let got = lines(&o.stdout);
+        assert!(got.len() >= 20, "{}", o.stdout);
+        for (call, result) in &got {
+            let want = if call == "clone3" { "ENOSYS" } else { "EPERM" };
+            assert_eq!(result, want, "{call} was not denied as expected:\n{}", o.stdout);
+        }
+    }
+
+    #[test]
+    fn terminal_injection_is_impossible() {
+        let Some(b) = jail() else { return };
+        let o = run_req(
+            b.as_ref(),
+            &request(include_str!("escape/terminal_injection.py"), serde_json::json!({}), Limits::default()),
+        );
+        assert_eq!(o.status, Status::Ok, "{}\n{}", o.stdout, o.stderr);
+        assert!(!o.stdout.contains("/dev/tty opened") && !o.stdout.contains(" OK"), "{}", o.stdout);
+        assert!(o.stdout.contains("session leader True"), "{}", o.stdout);
+        assert_eq!(o.stdout.lines().filter(|l| l.ends_with(" EPERM")).count(), 9, "{}", o.stdout);
+    }
+
+    #[test]
+    fn host_processes_are_invisible() {
+        let Some(b) = jail() else { return };
+        let mut victim = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let vars = serde_json::json!({"host_pid": victim.id()});
+        let o = run_req(b.as_ref(), &request(include_str!("escape/signal_host_process.py"), vars, Limits::default()));
+        let alive = victim.try_wait().unwrap().is_none();
+        let _ = victim.kill();
+        let _ = victim.wait();
+        assert!(alive, "the host process was killed:\n{}", o.stdout);
+        let visible: usize = o
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("visible pids: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no count in {}", o.stdout));
+        assert!(visible <= 2, "the sandbox saw {visible} processes (only its own should be visible)");
+    }
+}

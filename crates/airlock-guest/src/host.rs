@@ -66,6 +66,11 @@ pub trait Supervisor: Send {
     fn explain_death(&mut self, _exit: &ExitInfo) -> Option<(Status, String)> {
         None
     }
+    /// How long an interrupted cell may take to stop before the sandbox is killed
+    /// (longer for guests that run slowly, e.g. an emulated VM).
+    fn interrupt_grace(&self) -> Duration {
+        INTERRUPT_GRACE
+    }
     /// Waits up to `timeout` for the guest to exit.
     fn wait(&mut self, timeout: Duration) -> Option<ExitInfo> {
         let end = Instant::now() + timeout;
@@ -138,6 +143,9 @@ enum End {
         memory_error: bool,
     },
     Died(ExitInfo),
+    /// An agent inside the sandbox reported the interpreter's end (`exited` frame);
+    /// the flag says whether the guest kernel's OOM killer ran.
+    Exited(ExitInfo, bool),
     Cancelled,
     Protocol(String),
 }
@@ -429,7 +437,7 @@ impl<S: Supervisor> Guest<S> {
             }
             if stop.is_some() && kill_at.is_none() {
                 self.sup.interrupt();
-                kill_at = Some(now + INTERRUPT_GRACE);
+                kill_at = Some(now + self.sup.interrupt_grace());
             }
             if let Some(k) = kill_at
                 && now >= k
@@ -535,6 +543,11 @@ impl<S: Supervisor> Guest<S> {
                         }
                         break;
                     }
+                    Ok(Some(GuestFrame::Exited { code, signal, oom_kill })) => {
+                        let e = ExitInfo { code, signal, ..ExitInfo::default() };
+                        finished = Some(End::Exited(e, oom_kill));
+                        break;
+                    }
                     Ok(Some(GuestFrame::Hello { .. })) => {
                         finished = Some(End::Protocol("unexpected hello".into()));
                         break;
@@ -584,14 +597,14 @@ impl<S: Supervisor> Guest<S> {
         }
 
         let exit = match &end {
-            End::Died(e) => *e,
+            End::Died(e) | End::Exited(e, _) => *e,
             End::Cancelled | End::Protocol(_) => {
                 self.alive = false;
                 self.sup.wait(Duration::from_secs(2)).unwrap_or_default()
             }
             End::Done { .. } => ExitInfo::default(),
         };
-        if matches!(end, End::Died(_)) {
+        if matches!(end, End::Died(_) | End::Exited(..)) {
             self.alive = false;
         }
         outcome.stdout = String::from_utf8_lossy(&out.bytes).into_owned();
@@ -664,7 +677,18 @@ impl<S: Supervisor> Guest<S> {
                 self.alive = false;
                 (Status::Killed, Some(format!("the guest broke the airlock protocol ({p}); the sandbox was killed")))
             }
-            End::Died(e) => {
+            End::Exited(e, true) => {
+                o.exit_code = e.code;
+                o.signal = e.signal;
+                (
+                    Status::MemoryLimit,
+                    Some(format!(
+                        "the sandbox ran out of memory: the guest kernel's OOM killer ended the interpreter under the {} limit (limits.memory_bytes)",
+                        format_size(self.meta.memory_bytes)
+                    )),
+                )
+            }
+            End::Died(e) | End::Exited(e, false) => {
                 o.exit_code = e.code;
                 o.signal = e.signal;
                 if let Some((s, r)) = self.sup.explain_death(&e) {

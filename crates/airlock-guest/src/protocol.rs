@@ -37,6 +37,18 @@ pub enum HostFrame {
     },
     /// Exit cleanly.
     Shutdown,
+    /// Add environment variables for the code that follows (sent by hosts that start
+    /// the driver before they know the sandbox's environment, e.g. a microvm restored
+    /// from a snapshot). The guest answers with a `done` frame.
+    Configure {
+        /// Variables to set.
+        #[serde(default)]
+        env: std::collections::BTreeMap<String, String>,
+        /// Modules to import now (not into the user's namespace), e.g. before a
+        /// snapshot is taken so that every clone starts with them loaded.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        preload: Vec<String>,
+    },
 }
 
 /// Frames the guest sends.
@@ -81,6 +93,19 @@ pub enum GuestFrame {
         name: String,
         /// The text.
         text: String,
+    },
+    /// The interpreter has ended (sent by an agent that supervises the driver inside
+    /// the sandbox, where the host cannot wait for the process itself).
+    Exited {
+        /// Exit status, if it exited.
+        #[serde(default)]
+        code: Option<i32>,
+        /// Terminating signal, if it was killed.
+        #[serde(default)]
+        signal: Option<i32>,
+        /// True when the guest kernel's OOM killer ran while it died.
+        #[serde(default)]
+        oom_kill: bool,
     },
     /// The cell has ended.
     Done {

@@ -18,15 +18,19 @@ pub struct Config {
     pub python: PathBuf,
     /// The largest limits a request may ask for.
     pub max_limits: Limits,
+    /// Settings of the `jail` backend (its `python` is replaced by [`Config::python`]).
+    pub jail: airlock_jail::JailConfig,
 }
 
 impl Config {
     /// Defaults: `$AIRLOCK_DATA_DIR`, else `$XDG_DATA_HOME/airlock`, else
     /// `~/.local/share/airlock`; the interpreter from [`airlock_guest::launch::default_python`].
     pub fn from_env() -> Self {
+        let python = airlock_guest::launch::default_python();
         Config {
             data_dir: default_data_dir(),
-            python: airlock_guest::launch::default_python(),
+            jail: airlock_jail::JailConfig::from_env(python.clone()),
+            python,
             max_limits: Limits::generous_max(),
         }
     }
@@ -58,6 +62,14 @@ impl Registry {
     pub fn new(config: Config) -> Self {
         let mut backends: BTreeMap<BackendKind, Arc<dyn Backend>> = BTreeMap::new();
         backends.insert(BackendKind::Process, Arc::new(airlock_process::ProcessBackend::new(config.python.clone())));
+        backends.insert(
+            BackendKind::Microvm,
+            Arc::new(airlock_microvm::MicrovmBackend::new(airlock_microvm::MicrovmConfig::from_env(
+                config.data_dir.clone(),
+            ))),
+        );
+        let jail = airlock_jail::JailConfig { python: config.python.clone(), ..config.jail.clone() };
+        backends.insert(BackendKind::Jail, Arc::new(airlock_jail::JailBackend::new(jail)));
         backends.insert(BackendKind::Wasm, Arc::new(airlock_wasm::WasmBackend::new(config.data_dir.clone())));
         Registry { config, backends, probes: Mutex::new(BTreeMap::new()) }
     }

@@ -20,12 +20,12 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run code in a fresh sandbox and print what it printed.
-    Run(cmd::run::RunArgs),
+    Run(Box<cmd::run::RunArgs>),
     /// Say which backends work on this host, and how to fix those that do not.
     Doctor(cmd::doctor::DoctorArgs),
     /// Measure start-up and run latency of each backend against bare python3.
     Bench(cmd::bench::BenchArgs),
-    /// Make what a backend needs exist on this host (downloads, compiles), once.
+    /// Prepare what a backend needs on this host (the microvm guest image, the wasm snapshot), once.
     Setup(cmd::setup::SetupArgs),
 }
 
@@ -41,7 +41,7 @@ fn main() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
     let code = match cli.command {
-        Command::Run(a) => cmd::run::main(a),
+        Command::Run(a) => cmd::run::main(*a),
         Command::Doctor(a) => cmd::doctor::main(a),
         Command::Bench(a) => cmd::bench::main(a),
         Command::Setup(a) => cmd::setup::main(a),

@@ -25,7 +25,9 @@ pub struct BenchArgs {
     /// Iterations per row (after one warm-up run).
     #[arg(short = 'n', long, default_value_t = 20)]
     iterations: usize,
-    /// Modes: cold (fresh sandbox per run) and cell (runs in one live session).
+    /// Modes: cold (fresh sandbox per run; a snapshot restore on microvm), cell (runs in
+    /// one live session), and boot (microvm only: a cold boot of the guest kernel per
+    /// run, no snapshot; slow under TCG, so not run unless asked).
     #[arg(long = "mode", default_values_t = ["cold".to_string(), "cell".to_string()])]
     modes: Vec<String>,
     /// Print the results as JSON.
@@ -136,7 +138,7 @@ impl Stats {
 #[derive(Debug, Serialize)]
 struct Row {
     workload: String,
-    /// `baseline` for bare python3, else the backend.
+    /// `baseline` for bare python3, `bwrap` for bubblewrap, else the backend.
     target: String,
     /// `cold` (fresh sandbox per run), `cell` (in a live session), or `process` (baseline).
     mode: String,
@@ -169,6 +171,30 @@ fn baseline(python: &std::path::Path, code: &str) -> anyhow::Result<()> {
         .with_context(|| format!("running {}", python.display()))?;
     if !st.success() {
         bail!("baseline `{} -c` failed ({st})", python.display());
+    }
+    Ok(())
+}
+
+/// `bwrap` on `PATH`, if bubblewrap is installed.
+fn find_bwrap() -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join("bwrap")).find(|p| p.is_file())
+}
+
+/// The same code under bubblewrap with every namespace unshared and the host's root
+/// read-only: the cost of the namespaces alone, for comparison with `jail`.
+fn bwrap_baseline(bwrap: &std::path::Path, python: &std::path::Path, code: &str) -> anyhow::Result<()> {
+    let st = Command::new(bwrap)
+        .args(["--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"])
+        .args(["--tmpfs", "/tmp", "--"])
+        .arg(python)
+        .args(["-c", code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", bwrap.display()))?;
+    if !st.success() {
+        bail!("`bwrap --unshare-all {} -c` failed ({st})", python.display());
     }
     Ok(())
 }
@@ -207,8 +233,8 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
         a.backends.clone()
     };
     for m in &a.modes {
-        if m != "cold" && m != "cell" {
-            bail!("unknown mode '{m}': use cold or cell");
+        if m != "cold" && m != "cell" && m != "boot" {
+            bail!("unknown mode '{m}': use cold, cell or boot");
         }
     }
     let selected: Vec<&Workload> = if a.workloads.is_empty() {
@@ -248,6 +274,21 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             stats: base,
             ratio_to_baseline: Some(1.0),
         });
+        if let Some(bwrap) = find_bwrap() {
+            match measure(a.iterations, || bwrap_baseline(&bwrap, &python, w.code)) {
+                Ok(s) => {
+                    let ratio = s.median_ms / base_median;
+                    rows.push(Row {
+                        workload: w.name.into(),
+                        target: "bwrap".into(),
+                        mode: "--unshare-all".into(),
+                        stats: s,
+                        ratio_to_baseline: Some(ratio),
+                    });
+                }
+                Err(e) => skipped.push(format!("{}/bwrap: skipped: {e:#}", w.name)),
+            }
+        }
         for &kind in &backends {
             let backend = match registry.resolve(Some(kind)) {
                 Ok(b) => b,
@@ -259,7 +300,16 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             let mut req = ExecRequest::python(w.code);
             req.limits = Limits { timeout_ms: 120_000, cpu_ms: 120_000, ..Limits::default() };
             for mode in &a.modes {
-                let stats = if mode == "cold" {
+                let stats = if mode == "boot" {
+                    if kind != BackendKind::Microvm {
+                        skipped.push(format!("{}/{kind}/boot: skipped: only microvm boots a kernel", w.name));
+                        continue;
+                    }
+                    let mut cfg = airlock_microvm::MicrovmConfig::from_env(registry.config().data_dir.clone());
+                    cfg.snapshots = false;
+                    let booting = airlock_microvm::MicrovmBackend::new(cfg);
+                    measure(a.iterations, || check(&run_once(&booting, &req, None, &mut |_| {})?))
+                } else if mode == "cold" {
                     measure(a.iterations, || check(&run_once(backend.as_ref(), &req, None, &mut |_| {})?))
                 } else {
                     let mut sb = backend.create(&SandboxSpec::new(req.limits))?;

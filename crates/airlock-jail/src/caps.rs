@@ -1,0 +1,45 @@
+//! Capabilities: the guest ends with none.
+//!
+//! The child is root of its user namespace until this step (it needs that to mount).
+//! Then, in this order: securebits that stop uid 0 from regaining capabilities on
+//! `execve` (`SECBIT_NOROOT`) and forbid ambient raises, both locked; every capability
+//! dropped from the bounding set; the ambient set cleared; and the effective,
+//! permitted and inheritable sets emptied with `capset`. Together with
+//! `no_new_privs`, no later `execve` (even of a set-uid or file-capability binary) can
+//! give any back.
+
+use crate::sys::{Sys, SysResult};
+
+const SECBIT_NOROOT: u64 = 1 << 0;
+const SECBIT_NOROOT_LOCKED: u64 = 1 << 1;
+const SECBIT_KEEP_CAPS_LOCKED: u64 = 1 << 5;
+const SECBIT_NO_CAP_AMBIENT_RAISE: u64 = 1 << 6;
+const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: u64 = 1 << 7;
+
+/// The securebits the guest runs with.
+pub const SECUREBITS: u64 = SECBIT_NOROOT
+    | SECBIT_NOROOT_LOCKED
+    | SECBIT_KEEP_CAPS_LOCKED
+    | SECBIT_NO_CAP_AMBIENT_RAISE
+    | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+
+/// The highest capability number this kernel knows (`/proc/sys/kernel/cap_last_cap`).
+pub fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(63)
+}
+
+/// Drops every capability for good.
+pub fn drop_all<S: Sys>(sys: &mut S, last_cap: u32) -> SysResult<()> {
+    sys.prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0)?;
+    for cap in 0..=last_cap.min(63) {
+        match sys.prctl(libc::PR_CAPBSET_DROP, cap.into(), 0) {
+            Ok(_) | Err(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match sys.prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as u64, 0) {
+        Ok(_) | Err(libc::EINVAL) => {}
+        Err(e) => return Err(e),
+    }
+    sys.clear_capabilities()
+}

@@ -1,0 +1,661 @@
+//! The `jail` backend: the guest driver in Linux namespaces (user, mount, PID, network,
+//! IPC, UTS, cgroup) on a read-only root, with seccomp, Landlock, rlimits and a cgroup
+//! per sandbox (v1 or v2). It shares the host's kernel.
+//!
+//! One module per mechanism; `contain.rs` holds the order in which they are applied:
+//!
+//! | module | mechanism |
+//! |---|---|
+//! | [`user`] | user namespace and id maps |
+//! | [`mount`] | the new root, `/proc`, `/dev`, `/tmp`, `/workspace`, `pivot_root` |
+//! | [`net`] | network namespace, loopback |
+//! | [`rlimit`] | resource limits |
+//! | [`caps`] | capabilities |
+//! | [`landlock`] | Landlock rules |
+//! | [`seccomp`] | the system-call deny list |
+//! | [`cgroup`] | cgroups v1 and v2 behind one trait |
+//! | [`process`] | descriptors, session, `execve` |
+//! | [`contain`] | the order |
+//! | [`spawn`] | `clone` and the setup handshake |
+//! | [`sys`] | the system-call seam (real or recorded) |
+//!
+//! See `docs/jail.md` for what each mechanism covers and what it does not.
+
+pub mod caps;
+pub mod cgroup;
+pub mod contain;
+pub mod landlock;
+pub mod mount;
+pub mod net;
+pub mod process;
+pub mod python;
+pub mod rlimit;
+pub mod sandbox;
+pub mod seccomp;
+pub mod spawn;
+pub mod supervisor;
+pub mod sys;
+pub mod user;
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use airlock_core::units::format_size;
+use airlock_core::{Backend, BackendKind, Error, Isolation, NetworkPolicy, Probe, Sandbox, SandboxSpec};
+use airlock_guest::host::{Guest, GuestMeta, GuestPipes};
+use airlock_guest::launch::{DriverBoot, channel_pair, guest_env};
+use airlock_guest::workspace::Workspace;
+
+use crate::cgroup::{CgroupLimits, CgroupOps, Driver};
+use crate::mount::{RootSource, RootSpec};
+use crate::sandbox::{CgroupGuard, JailSandbox};
+use crate::user::{IdMap, JailIds};
+
+/// How long the interpreter may take to start and greet the host.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Settings of the `jail` backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JailConfig {
+    /// The interpreter: a host path in host mode, a path inside the root file system
+    /// with [`JailConfig::rootfs`].
+    pub python: PathBuf,
+    /// A root file system directory to use instead of the host's `/usr` and `/etc`.
+    pub rootfs: Option<PathBuf>,
+    /// Host directories (site-packages, a virtualenv's `lib/pythonX.Y/site-packages`)
+    /// bound read-only at the same path and added to `sys.path`.
+    pub site_packages: Vec<PathBuf>,
+    /// Further read-only binds `(host path, path inside)`.
+    pub ro_binds: Vec<(PathBuf, PathBuf)>,
+    /// CPU quota per sandbox, in cores (default 1; 0 for none).
+    pub cpu_cores: f64,
+    /// Host id range for sandboxes when airlock runs as root.
+    pub ids: JailIds,
+    /// Apply Landlock rules when the kernel has Landlock (default true).
+    pub landlock: bool,
+    /// Use `mount_setattr` (Linux 5.12+) for recursive read-only binds when the kernel
+    /// has it (default true); false takes the path of older kernels (tests).
+    pub mount_setattr: bool,
+}
+
+impl JailConfig {
+    /// Defaults for `python`.
+    pub fn new(python: PathBuf) -> Self {
+        JailConfig {
+            python,
+            rootfs: None,
+            site_packages: Vec::new(),
+            ro_binds: Vec::new(),
+            cpu_cores: 1.0,
+            ids: JailIds::default(),
+            landlock: true,
+            mount_setattr: true,
+        }
+    }
+
+    /// Defaults for `python`, then `AIRLOCK_JAIL_ROOTFS`, `AIRLOCK_JAIL_SITE_PACKAGES`
+    /// (colon-separated) and `AIRLOCK_JAIL_CPU_CORES`.
+    pub fn from_env(python: PathBuf) -> Self {
+        let mut c = JailConfig::new(python);
+        if let Some(r) = std::env::var_os("AIRLOCK_JAIL_ROOTFS").filter(|r| !r.is_empty()) {
+            c.rootfs = Some(PathBuf::from(r));
+        }
+        if let Some(s) = std::env::var_os("AIRLOCK_JAIL_SITE_PACKAGES") {
+            c.site_packages = std::env::split_paths(&s).filter(|p| !p.as_os_str().is_empty()).collect();
+        }
+        if let Some(n) = std::env::var("AIRLOCK_JAIL_CPU_CORES").ok().and_then(|v| v.parse().ok()) {
+            c.cpu_cores = n;
+        }
+        c
+    }
+}
+
+/// What is computed once per backend: the interpreter's layout, the kernel's features,
+/// the cgroup driver, the seccomp program.
+struct Prepared {
+    python_inside: String,
+    boot: DriverBoot,
+    args: Vec<String>,
+    source: RootSource,
+    extra_ro: Vec<(PathBuf, PathBuf)>,
+    staging: PathBuf,
+    setattr: bool,
+    landlock: Option<landlock::Policy>,
+    last_cap: u32,
+    cgroups: Option<Driver>,
+    cgroup_why: Option<String>,
+    seccomp: &'static seccomp::Filters,
+    mpl: Option<python::MplCache>,
+    /// The mount plan's fixed part, per `resolv.conf` choice, with when it was built.
+    system: Mutex<Vec<(bool, std::time::Instant, Arc<mount::SystemPart>)>>,
+}
+
+/// How long the fixed part of the mount plan (which holds copies of `/etc` files) is
+/// reused before it is read from the host again.
+const SYSTEM_PART_TTL: Duration = Duration::from_secs(10);
+
+impl Prepared {
+    fn system_part(&self, spec: &RootSpec) -> Result<Arc<mount::SystemPart>, Error> {
+        let mut cache = self.system.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, part)) =
+            cache.iter().find(|(r, at, _)| *r == spec.resolv_conf && at.elapsed() < SYSTEM_PART_TTL)
+        {
+            return Ok(part.clone());
+        }
+        let part = Arc::new(mount::system_part(spec)?);
+        cache.retain(|(r, _, _)| *r != spec.resolv_conf);
+        cache.push((spec.resolv_conf, std::time::Instant::now(), part.clone()));
+        Ok(part)
+    }
+}
+
+/// The `jail` backend.
+pub struct JailBackend {
+    config: JailConfig,
+    prepared: Mutex<Option<Arc<Prepared>>>,
+}
+
+impl JailBackend {
+    /// A backend with these settings (nothing is checked until the first sandbox).
+    pub fn new(config: JailConfig) -> Self {
+        JailBackend { config, prepared: Mutex::new(None) }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &JailConfig {
+        &self.config
+    }
+
+    fn prepared(&self) -> Result<Arc<Prepared>, Error> {
+        let mut slot = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = slot.as_ref() {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(self.prepare()?);
+        *slot = Some(p.clone());
+        Ok(p)
+    }
+
+    fn prepare(&self) -> Result<Prepared, Error> {
+        let seccomp = seccomp::filters().map_err(|e| Error::Unavailable {
+            backend: BackendKind::Jail,
+            reason: e,
+            fix: Some("run airlock on x86_64 or aarch64".into()),
+        })?;
+        let (cgroups, cgroup_why) = match Driver::detect() {
+            Ok(d) => (Some(d), None),
+            Err(e) => (None, Some(e)),
+        };
+        let python = self.config.python.clone();
+        let python_str =
+            python.to_str().ok_or_else(|| Error::invalid("the interpreter path is not UTF-8"))?.to_string();
+        if !python.is_absolute() {
+            return Err(Error::invalid(format!(
+                "the jail interpreter must be an absolute path, not '{python_str}' (set AIRLOCK_PYTHON)"
+            )));
+        }
+        let mut extra_ro: Vec<(PathBuf, PathBuf)> = self.config.ro_binds.clone();
+        for sp in &self.config.site_packages {
+            let canon = std::fs::canonicalize(sp)
+                .map_err(|e| Error::invalid(format!("site-packages directory {}: {e}", sp.display())))?;
+            extra_ro.push((canon.clone(), canon));
+        }
+        let site: Vec<String> = extra_ro_paths(&self.config.site_packages);
+        let (source, boot, args, mpl) = match &self.config.rootfs {
+            Some(root) => {
+                let root = std::fs::canonicalize(root)
+                    .map_err(|e| Error::invalid(format!("rootfs {}: {e}", root.display())))?;
+                let inside = root.join(python.strip_prefix("/").unwrap_or(&python));
+                if !inside.exists() {
+                    return Err(Error::invalid(format!(
+                        "the rootfs has no interpreter at {python_str} ({} does not exist); set --python",
+                        inside.display()
+                    )));
+                }
+                let boot = DriverBoot::Source;
+                let args = python::interpreter_args(&boot, None);
+                (RootSource::Dir(root), boot, args, None)
+            }
+            None => {
+                if !python.exists() {
+                    return Err(Error::Unavailable {
+                        backend: BackendKind::Jail,
+                        reason: format!("{python_str} does not exist"),
+                        fix: Some("install Python 3 (apt-get install python3) or set AIRLOCK_PYTHON".into()),
+                    });
+                }
+                let info = python::HostPython::query(&python)?;
+                // Whatever the interpreter needs outside the bound system directories
+                // (its prefix, a virtualenv, path entries) is bound read-only too.
+                let mut needed: Vec<PathBuf> = info.prefixes.iter().map(PathBuf::from).collect();
+                if let Some(prefix) = python.parent().and_then(Path::parent) {
+                    needed.push(prefix.to_path_buf());
+                }
+                needed.extend(info.sys_path.iter().map(PathBuf::from));
+                for p in needed {
+                    if p.as_os_str().is_empty() || !p.exists() || is_system_path(&p) {
+                        continue;
+                    }
+                    if !extra_ro.iter().any(|(_, inside)| p.starts_with(inside)) {
+                        extra_ro.push((p.clone(), p));
+                    }
+                }
+                let mut sys_path = info.sys_path.clone();
+                sys_path.extend(site);
+                let state =
+                    python::SiteState { sys_path, prefix: info.prefix.clone(), exec_prefix: info.exec_prefix.clone() };
+                let boot = DriverBoot::for_python(&python);
+                let args = python::interpreter_args(&boot, Some(&state));
+                (RootSource::Host, boot, args, Some(python::MplCache::new(&python)))
+            }
+        };
+        // Shorter paths first, so a parent is bound before anything below it is considered.
+        extra_ro.sort_by_key(|(_, inside)| inside.components().count());
+        let landlock = match (self.config.landlock, landlock::abi()) {
+            (true, Ok(abi)) => Some(landlock::Policy::for_abi(abi)),
+            _ => None,
+        };
+        Ok(Prepared {
+            python_inside: python_str,
+            boot,
+            args,
+            source,
+            extra_ro,
+            staging: mount::staging_dir(),
+            setattr: self.config.mount_setattr && mount::have_mount_setattr(),
+            landlock,
+            last_cap: caps::last_cap(),
+            cgroups,
+            cgroup_why,
+            seccomp,
+            mpl,
+            system: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Warnings for every outcome of a sandbox with this spec: limits enforced only
+    /// approximately, and the host network.
+    fn warnings(p: &Prepared, spec: &SandboxSpec) -> Vec<String> {
+        let mut w = Vec::new();
+        let enforced = p.cgroups.as_ref().map(|d| d.enforced()).unwrap_or_default();
+        let why = p.cgroup_why.clone().unwrap_or_else(|| "controller not available".into());
+        if !enforced.memory {
+            w.push(format!(
+                "limits.memory_bytes ({}) was enforced only by RLIMIT_DATA, which counts reserved memory ({why})",
+                format_size(spec.limits.memory_bytes)
+            ));
+        }
+        if !enforced.pids {
+            w.push(format!(
+                "limits.processes was enforced by RLIMIT_NPROC in the sandbox's user namespace, not a pids cgroup ({why})"
+            ));
+        }
+        if !enforced.cpu_time {
+            w.push(format!(
+                "limits.cpu_ms could not be measured (no CPU accounting: {why}); only the wall-clock limit applied"
+            ));
+        }
+        if spec.network == NetworkPolicy::Host {
+            w.push(net::HOST_NETWORK_WARNING.into());
+        }
+        w
+    }
+
+    fn spawn_sandbox(&self, p: &Prepared, spec: &SandboxSpec) -> Result<JailSandbox, Error> {
+        static CLEANUP: Once = Once::new();
+        if let Some(d) = &p.cgroups {
+            CLEANUP.call_once(|| {
+                let r = cgroup::cleanup_stale(d);
+                if !r.removed.is_empty() || !r.failed.is_empty() {
+                    tracing::info!("stale sandbox cgroups: removed {:?}, failed {:?}", r.removed, r.failed);
+                }
+            });
+        }
+        let t0 = std::time::Instant::now();
+        let limits = spec.limits;
+        airlock_core::request::validate_env(&spec.env)?;
+        let ids = IdMap::for_new_sandbox(&self.config.ids)?;
+
+        // The guest's descriptors: the channel, the two output pipes and the setup
+        // socket; the child's ends get numbers above 10 (see process::Stdio).
+        let (host_chan, guest_chan) = channel_pair()?;
+        let guest_chan = spawn::high_fd(guest_chan)?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let sync = spawn::setup_pair()?;
+
+        let root = RootSpec {
+            staging: p.staging.clone(),
+            source: p.source.clone(),
+            extra_ro: p.extra_ro.clone(),
+            tmp_bytes: limits.file_bytes,
+            workspace_bytes: limits.file_bytes,
+            mpl_cache: p.mpl.as_ref().and_then(|m| m.get()),
+            resolv_conf: spec.network == NetworkPolicy::Host && p.source == RootSource::Host,
+            setattr: p.setattr,
+        };
+        let mounts = mount::plan_with(&root, p.system_part(&root)?.as_ref())?;
+        let t_plan = t0.elapsed();
+
+        let cgroup = match &p.cgroups {
+            Some(driver) => {
+                let name = cgroup::group_name(&spec.id);
+                let quota = (self.config.cpu_cores > 0.0)
+                    .then(|| ((self.config.cpu_cores * cgroup::CPU_PERIOD_US as f64) as u64).max(1000));
+                let g = driver.create(&name, quota.is_some()).map_err(|e| cgroup_error(driver, e))?;
+                let guard = CgroupGuard(Some(Arc::new(g)));
+                let cl = CgroupLimits {
+                    memory_bytes: limits.memory_bytes,
+                    pids: limits.processes.into(),
+                    cpu_quota_us: quota,
+                };
+                if let Some(g) = &guard.0 {
+                    g.apply(&cl).map_err(|e| cgroup_error(driver, e))?;
+                }
+                guard
+            }
+            None => CgroupGuard(None),
+        };
+        let memory_cgroup = p.cgroups.as_ref().is_some_and(|d| d.enforced().memory);
+        let t_cgroup = t0.elapsed();
+
+        let env = guest_env(airlock_core::paths::WORKSPACE_MOUNT, "/tmp", Some(mount::MPL_CONFIG_DIR), &spec.env);
+        let mut argv = vec![p.python_inside.clone()];
+        argv.extend(p.args.iter().cloned());
+        let exec = process::ExecImage::new(&p.python_inside, &argv, &env)?;
+
+        let plan = contain::plan(contain::Setup {
+            mounts,
+            own_network: spec.network == NetworkPolicy::None,
+            rlimits: rlimit::for_limits(&limits, memory_cgroup),
+            stdio: process::Stdio {
+                stdin_path: c"/dev/null".into(),
+                stdout: raw(&out_w),
+                stderr: raw(&err_w),
+                channel: raw(&guest_chan),
+            },
+            last_cap: p.last_cap,
+            landlock: p.landlock.clone(),
+            seccomp: p.seccomp,
+            exec,
+        });
+        let flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | net::clone_flag(spec.network);
+        let cg = cgroup.0.clone();
+        let placement = cg.as_ref().and_then(|g| g.placement_fd());
+        let spawned = spawn::spawn(plan, sync, flags, placement.as_ref(), |pid, placed| {
+            ids.write(pid)?;
+            if let Some(g) = cg.as_ref().filter(|_| !placed) {
+                g.add(pid).map_err(|e| {
+                    let hint = if e.kind() == std::io::ErrorKind::InvalidInput && self.config.cpu_cores > 0.0 {
+                        " (a real-time airlock cannot put sandboxes in a v1 cpu group without cpu.rt_runtime_us; \
+                         set AIRLOCK_JAIL_CPU_CORES=0)"
+                    } else {
+                        ""
+                    };
+                    Error::host(format!("placing the sandbox in its cgroup: {e}{hint}"))
+                })?;
+            }
+            Ok(())
+        })?;
+        drop((guest_chan, out_w, err_w));
+        let t_exec = t0.elapsed();
+
+        let sup = supervisor::JailSupervisor::new(spawned.pid, spawned.pidfd, cgroup.0.clone(), limits.memory_bytes);
+        p.boot.send_preamble(&host_chan)?;
+        let meta = GuestMeta {
+            backend: BackendKind::Jail,
+            isolation: Isolation::Namespaces,
+            sandbox_id: spec.id.clone(),
+            memory_bytes: limits.memory_bytes,
+            warnings: Self::warnings(p, spec),
+        };
+        let guest = Guest::connect(
+            GuestPipes { channel: host_chan, stdout: out_r, stderr: err_r },
+            sup,
+            meta,
+            STARTUP_TIMEOUT,
+        )?;
+        tracing::debug!(
+            sandbox = %spec.id,
+            "jail start: plan {:?}, cgroup {:?}, clone to exec {:?}, interpreter to hello {:?}",
+            t_plan,
+            t_cgroup - t_plan,
+            t_exec - t_cgroup,
+            t0.elapsed() - t_exec
+        );
+        let workspace = Workspace::from_fd(spawned.workspace).with_owner(ids.host_uid, ids.host_gid);
+        Ok(JailSandbox {
+            id: spec.id.clone(),
+            guest,
+            workspace,
+            file_bytes: limits.file_bytes,
+            fs_ids: (!ids.rootless).then_some((ids.host_uid, ids.host_gid)),
+            cgroup,
+        })
+    }
+}
+
+fn raw(fd: &OwnedFd) -> i32 {
+    std::os::fd::AsRawFd::as_raw_fd(fd)
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::host(format!("pipe: {}", e.desc())))?;
+    Ok((r, spawn::high_fd(w)?))
+}
+
+fn cgroup_error(driver: &Driver, e: std::io::Error) -> Error {
+    Error::host(format!(
+        "cannot set up the sandbox's cgroup ({} under {}): {e}",
+        driver.version(),
+        driver.parents().first().map(|p| p.display().to_string()).unwrap_or_default()
+    ))
+}
+
+/// True for paths inside the directories every host-mode sandbox binds (`/usr`, ...).
+fn is_system_path(p: &Path) -> bool {
+    let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    ["/usr", "/etc"].iter().any(|d| canon.starts_with(d))
+        || mount::HOST_SYSTEM_DIRS.iter().any(|d| {
+            let top = Path::new("/").join(d);
+            canon.starts_with(&top) && !std::fs::symlink_metadata(&top).is_ok_and(|m| m.file_type().is_symlink())
+        })
+}
+
+fn extra_ro_paths(dirs: &[PathBuf]) -> Vec<String> {
+    dirs.iter().filter_map(|d| std::fs::canonicalize(d).ok()).filter_map(|d| d.to_str().map(str::to_string)).collect()
+}
+
+/// Kills and removes sandbox cgroups left by airlock processes that died without
+/// cleaning up (also run automatically before a process's first sandbox).
+pub fn cleanup_stale() -> Result<cgroup::CleanupReport, Error> {
+    let driver = Driver::detect().map_err(|e| Error::host(format!("no usable cgroups: {e}")))?;
+    Ok(cgroup::cleanup_stale(&driver))
+}
+
+impl Backend for JailBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Jail
+    }
+
+    fn isolation(&self) -> Isolation {
+        Isolation::Namespaces
+    }
+
+    /// Cheap: a namespace clone that exits at once, and reads of kernel interfaces; no
+    /// sandbox is started (`airlock doctor` does a real run on top).
+    fn probe(&self) -> Probe {
+        probe(&self.config)
+    }
+
+    fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, Error> {
+        let p = self.prepared()?;
+        Ok(Box::new(self.spawn_sandbox(&p, spec)?))
+    }
+}
+
+fn probe(config: &JailConfig) -> Probe {
+    let mut checks = BTreeMap::new();
+    let mut blockers: Vec<(String, Option<String>)> = Vec::new();
+    let root = nix::unistd::geteuid().is_root();
+
+    let ns_flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWCGROUP;
+    match spawn::namespaces_work(ns_flags) {
+        Ok(()) => {
+            checks.insert("namespaces".into(), "ok: user, mount, PID, network, IPC, UTS and cgroup namespaces".into());
+        }
+        Err(Error::Unavailable { reason, fix, .. }) => {
+            checks.insert("namespaces".into(), format!("MISSING: {reason}"));
+            blockers.push((reason, fix));
+        }
+        Err(e) => {
+            checks.insert("namespaces".into(), format!("MISSING: {e}"));
+            blockers.push((e.to_string(), None));
+        }
+    }
+    checks.insert(
+        "identity".into(),
+        if root {
+            let ids = config.ids;
+            format!(
+                "running as root: each sandbox's root maps to its own host uid in {}..{}",
+                ids.uid_base,
+                ids.uid_base.saturating_add(ids.uid_count)
+            )
+        } else {
+            format!(
+                "rootless: sandboxes run as your uid {} (unprivileged user namespaces)",
+                nix::unistd::geteuid().as_raw()
+            )
+        },
+    );
+    match seccomp::supported().and_then(|_| seccomp::filters().map(|f| f.instructions())) {
+        Ok(n) => {
+            checks.insert("seccomp".into(), format!("ok: deny list of {n} BPF instructions"));
+        }
+        Err(e) => {
+            checks.insert("seccomp".into(), format!("MISSING: {e}"));
+            blockers.push((e, Some("use a kernel with CONFIG_SECCOMP_FILTER on x86_64 or aarch64".into())));
+        }
+    }
+    checks.insert(
+        "landlock".into(),
+        match (config.landlock, landlock::abi()) {
+            (false, _) => "off (disabled in the configuration)".into(),
+            (true, Ok(abi)) => format!(
+                "ok: ABI {abi}: read-only except /workspace, /tmp and /dev{}",
+                if abi >= 6 { "; abstract sockets and signals scoped to the sandbox" } else { "" }
+            ),
+            (true, Err(e)) => format!("not used: {e}; the mount namespace alone confines file access"),
+        },
+    );
+    checks.insert(
+        "cgroups".into(),
+        match Driver::detect() {
+            Ok(d) => {
+                let e = d.enforced();
+                let missing = e.missing();
+                format!(
+                    "{}{}",
+                    d.describe(),
+                    if missing.is_empty() {
+                        ": memory (swap off), pids, CPU quota and accounting enforced".into()
+                    } else {
+                        format!(
+                            ": missing {} (those limits fall back to rlimits or wall time; enable the controllers: \
+                             v1 mounts them under /sys/fs/cgroup, v2 lists them in the parent's cgroup.subtree_control)",
+                            missing.join(", ")
+                        )
+                    }
+                )
+            }
+            Err(e) => format!(
+                "not used: {e}; memory is then limited by RLIMIT_DATA (approximate), processes by RLIMIT_NPROC in the sandbox's user namespace, CPU by wall time only"
+            ),
+        },
+    );
+    checks.insert(
+        "mounts".into(),
+        if mount::have_mount_setattr() {
+            "ok: recursive read-only binds (mount_setattr)".into()
+        } else {
+            "old kernel (< 5.12): binds are made read-only one mount at a time, submounts are not bound".into()
+        },
+    );
+    let python_ok = match &config.rootfs {
+        Some(r) => {
+            let inside = r.join(config.python.strip_prefix("/").unwrap_or(&config.python));
+            let ok = r.is_dir() && inside.exists();
+            checks.insert(
+                "interpreter".into(),
+                if ok {
+                    format!("{} inside rootfs {}", config.python.display(), r.display())
+                } else {
+                    format!("MISSING: {} not found in rootfs {}", config.python.display(), r.display())
+                },
+            );
+            if !ok {
+                blockers.push((
+                    format!("the rootfs {} has no interpreter {}", r.display(), config.python.display()),
+                    Some("point --rootfs at a root file system with Python 3, or set --python".into()),
+                ));
+            }
+            ok
+        }
+        None => {
+            use std::os::unix::fs::PermissionsExt;
+            let ok =
+                std::fs::metadata(&config.python).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            checks.insert(
+                "interpreter".into(),
+                if ok {
+                    format!("{} (the host's, read-only)", config.python.display())
+                } else {
+                    format!("MISSING: {} is not an executable file", config.python.display())
+                },
+            );
+            if !ok {
+                blockers.push((
+                    format!("{} is not an executable interpreter", config.python.display()),
+                    Some("install Python 3 (apt-get install python3) or set AIRLOCK_PYTHON".into()),
+                ));
+            }
+            ok
+        }
+    };
+    let available = blockers.is_empty() && python_ok;
+    let (detail, fix) = if available {
+        (
+            format!(
+                "namespaces, a read-only root, seccomp{}{}; runs {}",
+                if landlock::abi().is_ok() && config.landlock { ", Landlock" } else { "" },
+                match Driver::detect() {
+                    Ok(d) => format!(" and cgroup {} limits", d.version()),
+                    Err(_) => " (no cgroup limits)".into(),
+                },
+                config.python.display()
+            ),
+            None,
+        )
+    } else {
+        let reason = blockers.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>().join("; ");
+        let fix = blockers.iter().filter_map(|(_, f)| f.clone()).collect::<Vec<_>>().join("; ");
+        (reason, (!fix.is_empty()).then_some(fix))
+    };
+    Probe { backend: BackendKind::Jail, isolation: Isolation::Namespaces, available, detail, fix, checks }
+}

@@ -1,0 +1,744 @@
+//! The mount namespace: a fresh root the guest cannot write outside of.
+//!
+//! The new root is a small tmpfs built under a staging directory of the private mount
+//! namespace, then `pivot_root`ed into; the old root is detached. Into it go:
+//!
+//! * read-only, recursive binds of what the interpreter needs: by default the host's
+//!   `/usr` and the `/bin`, `/sbin`, `/lib*` links or directories; or every top-level
+//!   entry of a `--rootfs` directory;
+//! * an `/etc` made of an allow-list: small files are copied, a few directories
+//!   (`ssl`, `fonts`, `alternatives`, `python3*`, ...) bound read-only, and `passwd`,
+//!   `group`, `hosts` and `hostname` written fresh — never `/etc/shadow` or any other
+//!   host file not on the list;
+//! * read-only binds of the interpreter's own prefix, its `sys.path` entries and any
+//!   configured site-packages or virtualenv, when they live outside those directories;
+//! * a new `/proc` for the sandbox's PID namespace, with `/proc/sys` read-only;
+//! * a minimal `/dev`: `null`, `zero`, `full`, `random`, `urandom` (bound from the
+//!   host), the `fd`/`stdin`/`stdout`/`stderr` links, `shm` pointing at `/tmp`; no
+//!   `pts`, no `tty`;
+//! * size-capped tmpfs mounts at `/tmp` and `/workspace`.
+//!
+//! Finally the root itself is made read-only: the only writable places are `/tmp`,
+//! `/workspace` and the character devices.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use airlock_core::Error;
+
+use crate::process::cstring;
+use crate::sys::{Sys, SysResult};
+
+/// `MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV`.
+const ATTR_READ_ONLY: u64 = 0x1 | 0x2 | 0x4;
+
+/// One mount-namespace operation, run in the child.
+#[derive(Debug, Clone)]
+pub enum MountOp {
+    /// Stops mount events from propagating back to the host (`MS_REC | MS_PRIVATE` on `/`).
+    MakePrivate,
+    /// Mounts a tmpfs.
+    Tmpfs {
+        /// Mount point.
+        target: CString,
+        /// `MS_*` flags.
+        flags: libc::c_ulong,
+        /// Options (`size=...,nr_inodes=...,mode=...`).
+        options: CString,
+    },
+    /// Creates a directory.
+    Mkdir {
+        /// Path.
+        path: CString,
+        /// Mode.
+        mode: u32,
+    },
+    /// Creates a symbolic link at `link` pointing to `target`.
+    Symlink {
+        /// Where it points.
+        target: CString,
+        /// The link.
+        link: CString,
+    },
+    /// Creates a file with the given contents (empty for a bind-mount target).
+    File {
+        /// Path.
+        path: CString,
+        /// Contents.
+        contents: Arc<[u8]>,
+        /// Mode.
+        mode: u32,
+        /// A failure (e.g. the tmpfs is too small) is ignored.
+        optional: bool,
+    },
+    /// Bind-mounts `src` at `dst`.
+    Bind {
+        /// Source (a host path, before `pivot_root`).
+        src: CString,
+        /// Target.
+        dst: CString,
+        /// Include the mounts below `src`.
+        recursive: bool,
+    },
+    /// Makes a mount read-only, `nosuid` and `nodev`.
+    ReadOnly {
+        /// The mount point.
+        path: CString,
+        /// Also every mount below it (needs `mount_setattr`, Linux 5.12).
+        recursive: bool,
+        /// Use `mount_setattr`; else a bind remount that keeps these locked `MS_*` flags.
+        setattr: bool,
+        /// Flags of the source mount that a remount must repeat (a user namespace may not clear them).
+        keep_flags: libc::c_ulong,
+    },
+    /// Mounts a new procfs (for the new PID namespace).
+    Proc {
+        /// Mount point.
+        target: CString,
+    },
+    /// Makes `new_root` the root (`pivot_root(".", ".")`) and detaches the old one.
+    PivotRoot {
+        /// The staging directory holding the new root.
+        new_root: CString,
+    },
+    /// Makes `/` (the new root's tmpfs) read-only.
+    RemountRootReadOnly {
+        /// Use `mount_setattr`.
+        setattr: bool,
+    },
+}
+
+impl MountOp {
+    /// A one-line description for errors and plans.
+    pub fn describe(&self) -> String {
+        let s = |c: &CString| c.to_string_lossy().into_owned();
+        match self {
+            MountOp::MakePrivate => "make every mount private".into(),
+            MountOp::Tmpfs { target, options, .. } => format!("mount a tmpfs at {} ({})", s(target), s(options)),
+            MountOp::Mkdir { path, .. } => format!("create directory {}", s(path)),
+            MountOp::Symlink { target, link } => format!("create link {} -> {}", s(link), s(target)),
+            MountOp::File { path, contents, .. } => format!("write {} ({} bytes)", s(path), contents.len()),
+            MountOp::Bind { src, dst, .. } => format!("bind {} at {}", s(src), s(dst)),
+            MountOp::ReadOnly { path, recursive, .. } => {
+                format!("make {} read-only{}", s(path), if *recursive { " (recursively)" } else { "" })
+            }
+            MountOp::Proc { target } => format!("mount a new /proc at {}", s(target)),
+            MountOp::PivotRoot { new_root } => format!("pivot_root into {}", s(new_root)),
+            MountOp::RemountRootReadOnly { .. } => "make the new root read-only".into(),
+        }
+    }
+
+    /// Runs the operation.
+    pub fn apply<S: Sys>(&self, sys: &mut S) -> SysResult<()> {
+        match self {
+            MountOp::MakePrivate => sys.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None),
+            MountOp::Tmpfs { target, flags, options } => {
+                sys.mount(Some(c"tmpfs"), target, Some(c"tmpfs"), *flags, Some(options))
+            }
+            MountOp::Mkdir { path, mode } => match sys.mkdir(path, *mode) {
+                Err(libc::EEXIST) => Ok(()),
+                other => other,
+            },
+            MountOp::Symlink { target, link } => sys.symlink(target, link),
+            MountOp::File { path, contents, mode, optional } => {
+                let r = (|| {
+                    let fd = sys.open(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, *mode)?;
+                    let w = sys.write_all(fd, contents);
+                    sys.close(fd);
+                    w
+                })();
+                if *optional { Ok(()) } else { r }
+            }
+            MountOp::Bind { src, dst, recursive } => {
+                let flags = libc::MS_BIND | if *recursive { libc::MS_REC } else { 0 };
+                sys.mount(Some(src), dst, None, flags, None)
+            }
+            MountOp::ReadOnly { path, recursive, setattr, keep_flags } => {
+                if *setattr {
+                    sys.mount_setattr(path, *recursive, ATTR_READ_ONLY)
+                } else {
+                    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+                    sys.mount(None, path, None, flags | keep_flags, None)
+                }
+            }
+            MountOp::Proc { target } => sys.mount(
+                Some(c"proc"),
+                target,
+                Some(c"proc"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                None,
+            ),
+            MountOp::PivotRoot { new_root } => {
+                sys.chdir(new_root)?;
+                sys.pivot_root(c".", c".")?;
+                sys.umount_detach(c".")?;
+                sys.chdir(c"/")
+            }
+            MountOp::RemountRootReadOnly { setattr } => {
+                if *setattr {
+                    sys.mount_setattr(c"/", false, ATTR_READ_ONLY)
+                } else {
+                    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+                    sys.mount(None, c"/", None, flags, None)
+                }
+            }
+        }
+    }
+}
+
+/// Where the new root's contents come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSource {
+    /// The host's system directories and an `/etc` allow-list.
+    Host,
+    /// Every top-level entry of this directory (a Debian/Alpine/... root file system).
+    Dir(PathBuf),
+}
+
+/// Top-level host entries bound (directories) or recreated (links) in host mode.
+pub const HOST_SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// `/etc` files copied into the sandbox when present (links are recreated instead).
+/// Nothing secret: no `shadow`, `gshadow`, `sudoers`, `ssh/`, `machine-id`, no credentials.
+pub const ETC_FILES: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "localtime",
+    "timezone",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "protocols",
+    "services",
+    "mime.types",
+    "matplotlibrc",
+    "ssl/openssl.cnf",
+    "os-release",
+    "debian_version",
+];
+
+/// `/etc` directories bound read-only when present. Certificates only: never
+/// `ssl/private` or `pki/tls/private` (a rootless sandbox keeps its user's
+/// supplementary groups, which may open them).
+pub const ETC_DIRS: &[&str] = &[
+    "ld.so.conf.d",
+    "alternatives",
+    "fonts",
+    "ssl/certs",
+    "ca-certificates",
+    "pki/tls/certs",
+    "pki/ca-trust",
+    "crypto-policies",
+    "python3",
+];
+
+/// Top-level names of the sandbox's own (not bound): a `--rootfs` entry with one of
+/// these names is skipped, and extra binds may not point into them.
+const OWN_DIRS: &[&str] = &["proc", "dev", "sys", "tmp", "workspace", "run"];
+
+/// What the new root contains.
+#[derive(Debug, Clone)]
+pub struct RootSpec {
+    /// An existing host directory the new root is mounted on before `pivot_root`
+    /// (only visible inside the private mount namespace).
+    pub staging: PathBuf,
+    /// Host system directories or a root file system.
+    pub source: RootSource,
+    /// Extra read-only binds `(host path, path inside)`: the interpreter's prefix,
+    /// site-packages, a virtualenv.
+    pub extra_ro: Vec<(PathBuf, PathBuf)>,
+    /// Size of the `/tmp` tmpfs, in bytes.
+    pub tmp_bytes: u64,
+    /// Size of the `/workspace` tmpfs, in bytes.
+    pub workspace_bytes: u64,
+    /// A prebuilt matplotlib font cache `(file name, contents)` put in `/tmp/matplotlib`.
+    pub mpl_cache: Option<(String, Arc<[u8]>)>,
+    /// Copy the host's `/etc/resolv.conf` (host network only).
+    pub resolv_conf: bool,
+    /// The kernel has `mount_setattr` (recursive read-only binds).
+    pub setattr: bool,
+}
+
+/// Where the guest's matplotlib configuration and font cache live.
+pub const MPL_CONFIG_DIR: &str = "/tmp/matplotlib";
+
+/// Options of a size-capped tmpfs (a size of 0 would mean "unlimited" to tmpfs).
+pub fn tmpfs_options(bytes: u64, mode: u32) -> String {
+    let size = bytes.max(4096);
+    let inodes = (size / 1024).clamp(4096, 1 << 20);
+    format!("size={size},nr_inodes={inodes},mode={mode:o}")
+}
+
+/// The `MS_*` flags of the mount holding `path` that a bind remount must keep.
+fn locked_flags(path: &Path) -> libc::c_ulong {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let Ok(st) = statvfs(path) else { return 0 };
+    let f = st.flags();
+    let mut out: libc::c_ulong = 0;
+    for (fs, ms) in [
+        (FsFlags::ST_NOEXEC, libc::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, libc::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if f.contains(fs) {
+            out |= ms;
+        }
+    }
+    out
+}
+
+/// Builds the list of mount operations for a [`RootSpec`].
+struct Builder<'a> {
+    spec: &'a RootSpec,
+    ops: Vec<MountOp>,
+    /// Directories that exist (writable while building) in the new root.
+    made: BTreeSet<PathBuf>,
+    /// Read-only subtrees (binds and links) in the new root.
+    covered: Vec<PathBuf>,
+}
+
+impl<'a> Builder<'a> {
+    fn staged(&self, inside: &Path) -> Result<CString, Error> {
+        let rel = inside.strip_prefix("/").unwrap_or(inside);
+        let p = if rel.as_os_str().is_empty() { self.spec.staging.clone() } else { self.spec.staging.join(rel) };
+        cstring(p.as_os_str().as_encoded_bytes(), "a mount path")
+    }
+
+    fn host(p: &Path) -> Result<CString, Error> {
+        cstring(p.as_os_str().as_encoded_bytes(), "a host path")
+    }
+
+    fn is_covered(&self, inside: &Path) -> bool {
+        self.covered.iter().any(|c| inside.starts_with(c))
+    }
+
+    fn mkdir(&mut self, inside: &Path, mode: u32) -> Result<(), Error> {
+        if self.made.contains(inside) {
+            return Ok(());
+        }
+        let path = self.staged(inside)?;
+        self.ops.push(MountOp::Mkdir { path, mode });
+        self.made.insert(inside.to_path_buf());
+        Ok(())
+    }
+
+    /// Creates every missing ancestor of `inside` (not `inside` itself).
+    fn parents(&mut self, inside: &Path) -> Result<(), Error> {
+        let mut cur = PathBuf::from("/");
+        let comps: Vec<Component> = inside.components().collect();
+        for c in comps.iter().take(comps.len().saturating_sub(1)) {
+            if let Component::Normal(n) = c {
+                cur.push(n);
+                self.mkdir(&cur, 0o755)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn symlink(&mut self, target: &Path, inside: &Path) -> Result<(), Error> {
+        self.parents(inside)?;
+        self.ops.push(MountOp::Symlink { target: Self::host(target)?, link: self.staged(inside)? });
+        self.covered.push(inside.to_path_buf());
+        Ok(())
+    }
+
+    fn file(&mut self, inside: &Path, contents: Arc<[u8]>, mode: u32, optional: bool) -> Result<(), Error> {
+        self.parents(inside)?;
+        self.ops.push(MountOp::File { path: self.staged(inside)?, contents, mode, optional });
+        Ok(())
+    }
+
+    /// A read-only bind of a host directory or file.
+    fn bind_ro(&mut self, host: &Path, inside: &Path) -> Result<(), Error> {
+        let meta = std::fs::metadata(host).map_err(|e| Error::io(format!("cannot bind {}", host.display()), e))?;
+        self.parents(inside)?;
+        let dst = self.staged(inside)?;
+        if meta.is_dir() {
+            self.mkdir(inside, 0o755)?;
+        } else {
+            self.ops.push(MountOp::File {
+                path: dst.clone(),
+                contents: Arc::from(&[][..]),
+                mode: 0o644,
+                optional: false,
+            });
+        }
+        // Without mount_setattr only the top mount can be made read-only, so the mounts
+        // below it are not bound at all.
+        let recursive = meta.is_dir() && self.spec.setattr;
+        self.ops.push(MountOp::Bind { src: Self::host(host)?, dst: dst.clone(), recursive });
+        self.ops.push(MountOp::ReadOnly {
+            path: dst,
+            recursive: meta.is_dir() && self.spec.setattr,
+            setattr: self.spec.setattr,
+            keep_flags: locked_flags(host),
+        });
+        self.covered.push(inside.to_path_buf());
+        Ok(())
+    }
+
+    /// A host entry: recreated if it is a link, bound read-only otherwise; skipped if absent.
+    fn mirror(&mut self, host: &Path, inside: &Path) -> Result<(), Error> {
+        match std::fs::symlink_metadata(host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target =
+                    std::fs::read_link(host).map_err(|e| Error::io(format!("reading {}", host.display()), e))?;
+                self.symlink(&target, inside)
+            }
+            Ok(_) => self.bind_ro(host, inside),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn system(&mut self) -> Result<(), Error> {
+        match &self.spec.source {
+            RootSource::Host => {
+                for name in HOST_SYSTEM_DIRS {
+                    self.mirror(&Path::new("/").join(name), &Path::new("/").join(name))?;
+                }
+                self.etc()?;
+            }
+            RootSource::Dir(root) => {
+                let mut names: Vec<_> = std::fs::read_dir(root)
+                    .map_err(|e| Error::invalid(format!("rootfs {} cannot be read: {e}", root.display())))?
+                    .filter_map(|e| e.ok().map(|e| e.file_name()))
+                    .collect();
+                names.sort();
+                for name in names {
+                    if OWN_DIRS.iter().any(|o| name == *o) {
+                        continue;
+                    }
+                    self.mirror(&root.join(&name), &Path::new("/").join(&name))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn etc(&mut self) -> Result<(), Error> {
+        let etc = Path::new("/etc");
+        self.mkdir(etc, 0o755)?;
+        for name in ETC_FILES {
+            let host = etc.join(name);
+            match std::fs::symlink_metadata(&host) {
+                Ok(m) if m.file_type().is_symlink() => self.mirror(&host, &host)?,
+                Ok(m) if m.is_file() => {
+                    // A file that cannot be read is left out, never made up.
+                    if let Ok(bytes) = std::fs::read(&host) {
+                        self.file(&host, bytes.into(), 0o644, false)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut dirs: Vec<String> = ETC_DIRS.iter().map(|s| s.to_string()).collect();
+        // Per-version Python configuration (/etc/python3.11, holding sitecustomize.py on Debian).
+        if let Ok(rd) = std::fs::read_dir(etc) {
+            let mut versions: Vec<String> = rd
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("python3.") && n[8..].chars().all(|c| c.is_ascii_digit()))
+                .collect();
+            versions.sort();
+            dirs.extend(versions);
+        }
+        for name in dirs {
+            let host = etc.join(&name);
+            if std::fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir() || m.file_type().is_symlink()) {
+                self.mirror(&host, &host)?;
+            }
+        }
+        let hostname = crate::contain::HOSTNAME;
+        let synthetic: [(&str, String); 4] = [
+            (
+                "passwd",
+                "root:x:0:0:root:/workspace:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+                    .into(),
+            ),
+            ("group", "root:x:0:\nnogroup:x:65534:\n".into()),
+            ("hosts", format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")),
+            ("hostname", format!("{hostname}\n")),
+        ];
+        for (name, text) in synthetic {
+            self.file(&etc.join(name), text.into_bytes().into(), 0o644, false)?;
+        }
+        if self.spec.resolv_conf {
+            let bytes = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+            self.file(&etc.join("resolv.conf"), bytes.into(), 0o644, false)?;
+        }
+        Ok(())
+    }
+
+    fn extra(&mut self) -> Result<(), Error> {
+        for (host, inside) in &self.spec.extra_ro {
+            if !inside.is_absolute() || inside.components().any(|c| matches!(c, Component::ParentDir)) {
+                return Err(Error::invalid(format!(
+                    "bind target {} must be an absolute path without '..'",
+                    inside.display()
+                )));
+            }
+            let top = inside.components().nth(1).map(|c| c.as_os_str().to_string_lossy().into_owned());
+            if let Some(top) = top.filter(|t| OWN_DIRS.contains(&t.as_str())) {
+                return Err(Error::invalid(format!(
+                    "cannot bind {} at {}: /{top} belongs to the sandbox; choose another path",
+                    host.display(),
+                    inside.display()
+                )));
+            }
+            if self.is_covered(inside) {
+                continue; // already visible, read-only, through a system directory
+            }
+            self.bind_ro(host, inside)?;
+        }
+        Ok(())
+    }
+
+    fn proc_dev_tmp(&mut self) -> Result<(), Error> {
+        let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
+        // /proc, with /proc/sys read-only.
+        self.mkdir(Path::new("/proc"), 0o555)?;
+        let proc_ = self.staged(Path::new("/proc"))?;
+        self.ops.push(MountOp::Proc { target: proc_ });
+        let sys = self.staged(Path::new("/proc/sys"))?;
+        self.ops.push(MountOp::Bind { src: sys.clone(), dst: sys.clone(), recursive: true });
+        self.ops.push(MountOp::ReadOnly {
+            path: sys,
+            recursive: self.spec.setattr,
+            setattr: self.spec.setattr,
+            keep_flags: libc::MS_NOEXEC,
+        });
+
+        // A minimal /dev.
+        self.mkdir(Path::new("/dev"), 0o755)?;
+        let dev_flags = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
+        self.ops.push(MountOp::Tmpfs {
+            target: self.staged(Path::new("/dev"))?,
+            flags: dev_flags,
+            options: cstring("size=65536,nr_inodes=64,mode=755", "tmpfs options")?,
+        });
+        for name in ["null", "zero", "full", "random", "urandom"] {
+            let inside = Path::new("/dev").join(name);
+            let dst = self.staged(&inside)?;
+            self.ops.push(MountOp::File {
+                path: dst.clone(),
+                contents: Arc::from(&[][..]),
+                mode: 0o666,
+                optional: false,
+            });
+            self.ops.push(MountOp::Bind { src: Self::host(&inside)?, dst, recursive: false });
+        }
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("shm", "/tmp"),
+        ] {
+            let link = self.staged(&Path::new("/dev").join(name))?;
+            self.ops.push(MountOp::Symlink { target: Self::host(Path::new(target))?, link });
+        }
+        self.ops.push(MountOp::ReadOnly {
+            path: self.staged(Path::new("/dev"))?,
+            recursive: false,
+            setattr: self.spec.setattr,
+            keep_flags: libc::MS_NOEXEC,
+        });
+
+        // /tmp and /workspace: the only writable file systems, size-capped.
+        self.mkdir(Path::new("/tmp"), 0o1777)?;
+        self.ops.push(MountOp::Tmpfs {
+            target: self.staged(Path::new("/tmp"))?,
+            flags: nosuid_nodev,
+            options: cstring(tmpfs_options(self.spec.tmp_bytes, 0o1777), "tmpfs options")?,
+        });
+        if let Some((name, bytes)) = self.spec.mpl_cache.clone() {
+            let dir = Path::new(MPL_CONFIG_DIR);
+            self.ops.push(MountOp::Mkdir { path: self.staged(dir)?, mode: 0o700 });
+            self.ops.push(MountOp::File {
+                path: self.staged(&dir.join(name))?,
+                contents: bytes,
+                mode: 0o644,
+                optional: true,
+            });
+        }
+        self.mkdir(Path::new(airlock_core::paths::WORKSPACE_MOUNT), 0o755)?;
+        self.ops.push(MountOp::Tmpfs {
+            target: self.staged(Path::new(airlock_core::paths::WORKSPACE_MOUNT))?,
+            flags: nosuid_nodev,
+            options: cstring(tmpfs_options(self.spec.workspace_bytes, 0o755), "tmpfs options")?,
+        });
+        Ok(())
+    }
+}
+
+/// The part of the plan that is the same for every sandbox of a backend (the new
+/// root's tmpfs, the system directories, `/etc`, the extra binds): built from host
+/// files once and reused for a while (see `lib.rs`).
+#[derive(Debug, Clone)]
+pub struct SystemPart {
+    ops: Vec<MountOp>,
+    made: BTreeSet<PathBuf>,
+    covered: Vec<PathBuf>,
+}
+
+/// Builds the [`SystemPart`] of a spec (reads the host's `/etc` files).
+pub fn system_part(spec: &RootSpec) -> Result<SystemPart, Error> {
+    let mut b = Builder { spec, ops: Vec::new(), made: BTreeSet::new(), covered: Vec::new() };
+    b.ops.push(MountOp::MakePrivate);
+    b.ops.push(MountOp::Tmpfs {
+        target: b.staged(Path::new("/"))?,
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        options: cstring(tmpfs_options(4 << 20, 0o755), "tmpfs options")?,
+    });
+    b.made.insert(PathBuf::from("/"));
+    b.system()?;
+    b.extra()?;
+    Ok(SystemPart { ops: b.ops, made: b.made, covered: b.covered })
+}
+
+/// The whole plan from a prebuilt [`SystemPart`]: adds `/proc`, `/dev`, `/tmp` and
+/// `/workspace` (sized for this sandbox), `pivot_root` and the read-only remount of `/`.
+pub fn plan_with(spec: &RootSpec, part: &SystemPart) -> Result<Vec<MountOp>, Error> {
+    let SystemPart { ops, made, covered } = part.clone();
+    let mut b = Builder { spec, ops, made, covered };
+    b.proc_dev_tmp()?;
+    b.ops.push(MountOp::PivotRoot { new_root: b.staged(Path::new("/"))? });
+    b.ops.push(MountOp::RemountRootReadOnly { setattr: spec.setattr });
+    Ok(b.ops)
+}
+
+/// The mount operations that build the new root, in order, ending with `pivot_root`
+/// and the read-only remount of `/`.
+pub fn plan(spec: &RootSpec) -> Result<Vec<MountOp>, Error> {
+    plan_with(spec, &system_part(spec)?)
+}
+
+/// True when the kernel has `mount_setattr(2)` (Linux 5.12+).
+pub fn have_mount_setattr() -> bool {
+    // SAFETY: an invalid call (bad fd, null attr) that only reports whether the
+    // system call exists; nothing is changed.
+    let r = unsafe { libc::syscall(libc::SYS_mount_setattr, -1, c"".as_ptr(), 0, std::ptr::null::<u8>(), 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}
+
+/// An existing directory to stage the new root on (only the private mount namespace
+/// ever sees the tmpfs mounted there).
+pub fn staging_dir() -> PathBuf {
+    for d in ["/tmp", "/mnt", "/var/tmp", "/media"] {
+        let p = Path::new(d);
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+            return p.to_path_buf();
+        }
+    }
+    PathBuf::from("/tmp")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RootSpec {
+        RootSpec {
+            staging: PathBuf::from("/tmp"),
+            source: RootSource::Host,
+            extra_ro: Vec::new(),
+            tmp_bytes: 1 << 20,
+            workspace_bytes: 2 << 20,
+            mpl_cache: None,
+            resolv_conf: false,
+            setattr: true,
+        }
+    }
+
+    fn lines(ops: &[MountOp]) -> Vec<String> {
+        ops.iter().map(|o| o.describe()).collect()
+    }
+
+    #[test]
+    fn tmpfs_size_zero_is_never_unlimited() {
+        assert!(tmpfs_options(0, 0o755).starts_with("size=4096,"));
+        assert_eq!(tmpfs_options(64 << 20, 0o1777), "size=67108864,nr_inodes=65536,mode=1777");
+    }
+
+    #[test]
+    fn no_secret_is_ever_mounted_or_copied() {
+        let ops = plan(&spec()).unwrap();
+        for l in lines(&ops) {
+            for secret in ["shadow", "gshadow", "sudoers", "/etc/ssh", "machine-id", "/root", "/home", "/private"] {
+                assert!(!l.contains(secret), "{secret} appears in: {l}");
+            }
+        }
+        // passwd is made up, not the host's.
+        let passwd = ops.iter().find_map(|o| match o {
+            MountOp::File { path, contents, .. } if path.to_bytes().ends_with(b"/etc/passwd") => Some(contents.clone()),
+            _ => None,
+        });
+        assert!(passwd.unwrap().starts_with(b"root:x:0:0:root:/workspace:"));
+    }
+
+    #[test]
+    fn every_host_bind_is_made_read_only() {
+        let ops = plan(&spec()).unwrap();
+        for (i, op) in ops.iter().enumerate() {
+            if let MountOp::Bind { src, dst, .. } = op {
+                let dev = dst.to_bytes().starts_with(b"/tmp/dev/");
+                let ro = ops[i + 1..].iter().any(|o| matches!(o, MountOp::ReadOnly { path, .. } if path == dst));
+                assert!(dev || ro, "bind of {src:?} at {dst:?} is never made read-only");
+            }
+        }
+    }
+
+    #[test]
+    fn pivot_root_comes_last_and_root_ends_read_only() {
+        let ops = plan(&spec()).unwrap();
+        let n = ops.len();
+        assert!(matches!(ops[0], MountOp::MakePrivate));
+        assert!(matches!(ops[n - 2], MountOp::PivotRoot { .. }));
+        assert!(matches!(ops[n - 1], MountOp::RemountRootReadOnly { .. }));
+        let ls = lines(&ops);
+        let ws = ls.iter().position(|l| l.starts_with("mount a tmpfs at /tmp/workspace")).unwrap();
+        assert!(ls[ws].contains("size=2097152"), "{}", ls[ws]);
+        assert!(ls.iter().any(|l| l.starts_with("mount a tmpfs at /tmp/tmp (size=1048576")));
+        assert!(ls.iter().any(|l| l == "bind /usr at /tmp/usr"));
+        assert!(ls.iter().any(|l| l == "mount a new /proc at /tmp/proc"));
+    }
+
+    #[test]
+    fn extra_binds_are_checked() {
+        let mut s = spec();
+        s.extra_ro = vec![(PathBuf::from("/usr/lib"), PathBuf::from("/tmp/x"))];
+        assert!(plan(&s).unwrap_err().to_string().contains("belongs to the sandbox"));
+        s.extra_ro = vec![(PathBuf::from("/usr/lib"), PathBuf::from("relative"))];
+        assert!(plan(&s).is_err());
+        // Under /usr: already visible, no second bind.
+        s.extra_ro = vec![(PathBuf::from("/usr/lib"), PathBuf::from("/usr/lib"))];
+        let n = plan(&s).unwrap().iter().filter(|o| matches!(o, MountOp::Bind { .. })).count();
+        assert_eq!(n, plan(&spec()).unwrap().iter().filter(|o| matches!(o, MountOp::Bind { .. })).count());
+        // Elsewhere: parents are created, the bind is read-only.
+        let dir = tempfile::tempdir().unwrap();
+        s.extra_ro = vec![(dir.path().to_path_buf(), PathBuf::from("/opt/venv"))];
+        let ls = lines(&plan(&s).unwrap());
+        assert!(ls.contains(&"create directory /tmp/opt".to_string()), "{ls:?}");
+        assert!(ls.contains(&format!("bind {} at /tmp/opt/venv", dir.path().display())));
+        assert!(ls.contains(&"make /tmp/opt/venv read-only (recursively)".to_string()));
+    }
+
+    #[test]
+    fn rootfs_mode_binds_the_directory_entries() {
+        let root = tempfile::tempdir().unwrap();
+        for d in ["usr", "etc", "proc", "tmp"] {
+            std::fs::create_dir(root.path().join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink("usr/bin", root.path().join("bin")).unwrap();
+        let mut s = spec();
+        s.source = RootSource::Dir(root.path().to_path_buf());
+        let ls = lines(&plan(&s).unwrap());
+        assert!(ls.contains(&format!("bind {}/usr at /tmp/usr", root.path().display())));
+        assert!(ls.contains(&format!("bind {}/etc at /tmp/etc", root.path().display())));
+        assert!(ls.contains(&"create link /tmp/bin -> usr/bin".to_string()));
+        assert!(!ls.iter().any(|l| l.contains(&format!("{}/proc", root.path().display()))), "{ls:?}");
+        assert!(!ls.iter().any(|l| l.contains("/etc/passwd")), "a rootfs keeps its own /etc");
+    }
+}

@@ -1,0 +1,157 @@
+//! A live `jail` sandbox: the driver keeps running between cells, and the workspace is
+//! reached through the directory descriptor the sandbox handed over at start-up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::backend::{Canceller, EventSink};
+use airlock_core::paths::WorkspacePath;
+use airlock_core::{BackendKind, Cell, Error, FileEntry, Outcome, Sandbox};
+use airlock_guest::host::{Guest, Supervisor};
+use airlock_guest::workspace::Workspace;
+
+use crate::cgroup::{Cgroup, CgroupOps};
+use crate::supervisor::JailSupervisor;
+
+/// Removes a sandbox's cgroup when dropped (after killing anything left in it).
+#[derive(Debug)]
+pub struct CgroupGuard(pub Option<Arc<Cgroup>>);
+
+impl CgroupGuard {
+    /// Kills what is left and removes the group; idempotent.
+    pub fn release(&mut self) -> Result<(), Error> {
+        let Some(g) = self.0.take() else { return Ok(()) };
+        let mut result = Ok(());
+        if !g.pids().is_empty()
+            && let Err(e) = g.kill_all()
+        {
+            result = Err(Error::host(format!("killing the sandbox's remaining processes: {e}")));
+        }
+        if let Err(e) = g.remove() {
+            tracing::warn!("{e}; `cleanup_stale` will remove it once this process is gone");
+            result = result.and(Err(Error::host(format!("removing the sandbox's cgroup: {e}"))));
+        }
+        result
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        let _ = self.release();
+    }
+}
+
+/// Makes the calling thread act as the sandbox's owner for file access (root mode):
+/// a file system mounted in the sandbox's user namespace refuses files owned by ids it
+/// cannot map, and the host then has exactly the guest's permissions, no more.
+struct ActAs {
+    uid: libc::c_long,
+    gid: libc::c_long,
+}
+
+impl ActAs {
+    fn new(ids: Option<(u32, u32)>) -> Option<ActAs> {
+        let (uid, gid) = ids?;
+        // SAFETY: setfsgid/setfsuid change only this thread's file-system ids and
+        // return the previous ones; they are restored in Drop.
+        unsafe {
+            let gid = libc::syscall(libc::SYS_setfsgid, gid);
+            let uid = libc::syscall(libc::SYS_setfsuid, uid);
+            Some(ActAs { uid, gid })
+        }
+    }
+}
+
+impl Drop for ActAs {
+    fn drop(&mut self) {
+        // SAFETY: restores this thread's previous file-system ids.
+        unsafe {
+            libc::syscall(libc::SYS_setfsuid, self.uid);
+            libc::syscall(libc::SYS_setfsgid, self.gid);
+        }
+    }
+}
+
+/// A live `jail` sandbox.
+pub struct JailSandbox {
+    pub(crate) id: String,
+    pub(crate) guest: Guest<JailSupervisor>,
+    pub(crate) workspace: Workspace,
+    pub(crate) file_bytes: u64,
+    /// Host ids to act as when touching the workspace (root mode only).
+    pub(crate) fs_ids: Option<(u32, u32)>,
+    pub(crate) cgroup: CgroupGuard,
+}
+
+impl JailSandbox {
+    fn teardown(&mut self) -> Result<(), Error> {
+        let t0 = std::time::Instant::now();
+        // Nothing inside needs a graceful exit (the whole file system goes with it), so
+        // the driver — the PID namespace's init, taking every process with it — is killed.
+        let sup = self.guest.supervisor();
+        sup.kill();
+        let _ = sup.wait(Duration::from_secs(5));
+        self.guest.terminate();
+        let t_exit = t0.elapsed();
+        let r = self.cgroup.release();
+        tracing::debug!(sandbox = %self.id, "jail teardown: exit {:?}, cgroup removal {:?}", t_exit, t0.elapsed() - t_exit);
+        r
+    }
+
+    /// The driver's pid on the host (tests).
+    pub fn host_pid(&mut self) -> i32 {
+        self.guest.supervisor().pid()
+    }
+}
+
+impl Sandbox for JailSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Jail
+    }
+
+    fn execute(&mut self, cell: &Cell, events: &mut EventSink<'_>) -> Result<Outcome, Error> {
+        self.guest.execute(cell, events)
+    }
+
+    fn write_file(&mut self, path: &WorkspacePath, data: &[u8]) -> Result<(), Error> {
+        let _as = ActAs::new(self.fs_ids);
+        self.workspace.write(path, data, self.file_bytes)
+    }
+
+    fn read_file(&mut self, path: &WorkspacePath, max_bytes: u64) -> Result<Vec<u8>, Error> {
+        let _as = ActAs::new(self.fs_ids);
+        self.workspace.read(path, max_bytes)
+    }
+
+    fn list_files(&mut self, dir: &WorkspacePath) -> Result<Vec<FileEntry>, Error> {
+        let _as = ActAs::new(self.fs_ids);
+        self.workspace.list(dir)
+    }
+
+    fn remove_file(&mut self, path: &WorkspacePath) -> Result<(), Error> {
+        let _as = ActAs::new(self.fs_ids);
+        self.workspace.remove(path)
+    }
+
+    fn is_alive(&self) -> bool {
+        self.guest.is_alive()
+    }
+
+    fn canceller(&self) -> Option<Canceller> {
+        Some(self.guest.canceller())
+    }
+
+    fn destroy(mut self: Box<Self>) -> Result<(), Error> {
+        self.teardown()
+    }
+}
+
+impl Drop for JailSandbox {
+    fn drop(&mut self) {
+        let _ = self.teardown();
+    }
+}

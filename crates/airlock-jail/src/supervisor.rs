@@ -1,0 +1,150 @@
+//! The host's handle on a running sandbox: signals through a pidfd (never a pid that
+//! could have been reused), exit status through `wait4`, and accounting from the cgroup.
+//!
+//! The driver is the init of the sandbox's PID namespace, so one `SIGKILL` to it makes
+//! the kernel kill every process of the namespace; the cgroup kill is the second line.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use airlock_core::Status;
+use airlock_core::units::format_size;
+use airlock_guest::host::{ExitInfo, Supervisor};
+
+use crate::cgroup::{Cgroup, CgroupOps};
+use crate::spawn::pidfd_signal;
+
+/// Supervises one sandbox's driver process.
+#[derive(Debug)]
+pub struct JailSupervisor {
+    pid: i32,
+    pidfd: Arc<OwnedFd>,
+    exit: Option<ExitInfo>,
+    cgroup: Option<Arc<Cgroup>>,
+    oom_seen: u64,
+    memory_bytes: u64,
+}
+
+impl JailSupervisor {
+    /// Supervises `pid` (our child).
+    pub fn new(pid: i32, pidfd: OwnedFd, cgroup: Option<Arc<Cgroup>>, memory_bytes: u64) -> Self {
+        let oom_seen = cgroup.as_ref().and_then(|c| c.oom_kills()).unwrap_or(0);
+        JailSupervisor { pid, pidfd: Arc::new(pidfd), exit: None, cgroup, oom_seen, memory_bytes }
+    }
+
+    /// The driver's pid on the host.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn reap(&mut self, flags: libc::c_int) -> Option<ExitInfo> {
+        if let Some(e) = self.exit {
+            return Some(e);
+        }
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero rusage is a valid value for this plain C struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 writes only into the two live locals; the pid is our own child.
+        let r = unsafe { libc::wait4(self.pid, &mut status, flags, &mut ru) };
+        if r == self.pid {
+            let cpu_ms = (ru.ru_utime.tv_sec as u64 + ru.ru_stime.tv_sec as u64) * 1000
+                + (ru.ru_utime.tv_usec as u64 + ru.ru_stime.tv_usec as u64) / 1000;
+            let info = ExitInfo {
+                code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+                signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+                cpu_ms: Some(cpu_ms),
+                peak_memory_bytes: Some(ru.ru_maxrss as u64 * 1024),
+            };
+            self.exit = Some(info);
+            return Some(info);
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            self.exit = Some(ExitInfo::default());
+            return self.exit;
+        }
+        None
+    }
+}
+
+impl Supervisor for JailSupervisor {
+    fn interrupt(&mut self) {
+        if self.exit.is_none() {
+            pidfd_signal(&self.pidfd, libc::SIGINT);
+        }
+    }
+
+    /// SIGKILL to the driver — the PID namespace's init, so the kernel kills every
+    /// other process of the sandbox — and to the whole cgroup.
+    fn kill(&mut self) {
+        pidfd_signal(&self.pidfd, libc::SIGKILL);
+        if let Some(g) = &self.cgroup {
+            g.kill_now();
+        }
+    }
+
+    fn try_wait(&mut self) -> Option<ExitInfo> {
+        self.reap(libc::WNOHANG)
+    }
+
+    /// Waits on the pidfd (readable once the process has exited) rather than polling.
+    fn wait(&mut self, timeout: std::time::Duration) -> Option<ExitInfo> {
+        use std::os::fd::AsFd;
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.try_wait() {
+                return Some(e);
+            }
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut fds = [nix::poll::PollFd::new(self.pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let ms =
+                nix::poll::PollTimeout::try_from(left.as_millis().max(1) as u64).unwrap_or(nix::poll::PollTimeout::MAX);
+            let _ = nix::poll::poll(&mut fds, ms);
+        }
+    }
+
+    fn kill_handle(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let fd = self.pidfd.clone();
+        let cgroup = self.cgroup.clone();
+        Arc::new(move || {
+            pidfd_signal(&fd, libc::SIGKILL);
+            if let Some(g) = &cgroup {
+                g.kill_now();
+            }
+        })
+    }
+
+    fn cpu_ms(&mut self) -> Option<u64> {
+        self.cgroup.as_ref()?.cpu_usage_ns().map(|ns| ns / 1_000_000)
+    }
+
+    fn peak_memory_bytes(&mut self) -> Option<u64> {
+        self.cgroup.as_ref()?.memory_peak_bytes()
+    }
+
+    fn explain_death(&mut self, exit: &ExitInfo) -> Option<(Status, String)> {
+        let oom = self.cgroup.as_ref()?.oom_kills()?;
+        let new_kills = oom > self.oom_seen;
+        self.oom_seen = oom;
+        (new_kills && exit.signal == Some(libc::SIGKILL)).then(|| {
+            (
+                Status::MemoryLimit,
+                format!(
+                    "the sandbox reached its memory limit of {} (limits.memory_bytes) and the kernel's OOM killer stopped it",
+                    format_size(self.memory_bytes)
+                ),
+            )
+        })
+    }
+}
+
+impl Drop for JailSupervisor {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.kill();
+            let _ = self.reap(0);
+        }
+    }
+}
