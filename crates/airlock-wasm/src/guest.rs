@@ -389,10 +389,14 @@ impl FileGuard {
     }
 }
 
+/// WASI `path_open(dirfd, dirflags, path, path_len, oflags, rights_base,
+/// rights_inheriting, fdflags, opened_fd_out) -> errno`.
+type PathOpen = TypedFunc<(i32, i32, i32, i32, i32, i64, i64, i32, i32), i32>;
+
 /// The WASI functions the wrappers call through to.
 #[derive(Clone)]
 struct Originals {
-    path_open: TypedFunc<(i32, i32, i32, i32, i32, i64, i64, i32, i32), i32>,
+    path_open: PathOpen,
     fd_close: TypedFunc<i32, i32>,
     fd_write: TypedFunc<(i32, i32, i32, i32), i32>,
     fd_pwrite: TypedFunc<(i32, i32, i32, i64, i32), i32>,
@@ -550,11 +554,18 @@ fn door(mut caller: Caller<'_, GuestState>, ptr: i32, len: i32, out_ptr: i32, ou
 
 /// airlock's `poll_oneoff`: descriptors are always ready; clocks are waited for in
 /// slices, and the wait ends early when the turn is being stopped.
-fn poll_oneoff(mut caller: Caller<'_, GuestState>, in_ptr: i32, out_ptr: i32, n: i32, nevents_ptr: i32) -> wasmtime::Result<i32> {
+fn poll_oneoff(
+    mut caller: Caller<'_, GuestState>,
+    in_ptr: i32,
+    out_ptr: i32,
+    n: i32,
+    nevents_ptr: i32,
+) -> wasmtime::Result<i32> {
     const SUB: usize = 48;
     const EVENT: usize = 32;
     let Some(memory) = memory_of(&mut caller) else { return Ok(ERRNO_FAULT) };
-    let (in_ptr, out_ptr, n, nev) = (in_ptr as u32 as usize, out_ptr as u32 as usize, n as u32 as usize, nevents_ptr as u32 as usize);
+    let (in_ptr, out_ptr, n, nev) =
+        (in_ptr as u32 as usize, out_ptr as u32 as usize, n as u32 as usize, nevents_ptr as u32 as usize);
     if n == 0 {
         return Ok(ERRNO_INVAL);
     }
@@ -658,9 +669,10 @@ impl Linkers {
                 if st.files.open.len() >= st.files.max_open {
                     return Ok(ERRNO_MFILE);
                 }
-                let r = f
-                    .path_open
-                    .call(&mut caller, (fd, dirflags, path, path_len, oflags, base_rights, inheriting, fdflags, opened))?;
+                let r = f.path_open.call(
+                    &mut caller,
+                    (fd, dirflags, path, path_len, oflags, base_rights, inheriting, fdflags, opened),
+                )?;
                 if r == ERRNO_SUCCESS
                     && let Some(mem) = memory_of(&mut caller)
                     && let Some(new_fd) = read_u32(mem.data(&caller), opened as u32 as usize)
@@ -927,9 +939,12 @@ impl Guest {
                 Error::host(format!("instantiating the guest: {e:#}"))
             }
         })?;
-        let bad = |what: &str, e: wasmtime::Error| Error::host(format!("the guest module's {what} export is unusable: {e:#}"));
-        let memory =
-            instance.get_memory(&mut store, "memory").ok_or_else(|| Error::host("the guest module exports no memory"))?;
+        let bad = |what: &str, e: wasmtime::Error| {
+            Error::host(format!("the guest module's {what} export is unusable: {e:#}"))
+        };
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| Error::host("the guest module exports no memory"))?;
         let host_alloc = instance.get_typed_func(&mut store, "host_alloc").map_err(|e| bad("host_alloc", e))?;
         let turn = instance.get_typed_func(&mut store, "turn").map_err(|e| bad("turn", e))?;
         let exports = Exports { memory, host_alloc, turn };
@@ -1058,10 +1073,5 @@ fn call_turn(store: &mut Store<GuestState>, ex: &Exports, code: &[u8]) -> wasmti
 
 /// The initial linear memory of a module, in bytes.
 pub fn min_memory_bytes(module: &Module) -> u64 {
-    module
-        .exports()
-        .filter_map(|e| e.ty().memory().map(|m| m.minimum()))
-        .next()
-        .map(|pages| pages * 65536)
-        .unwrap_or(0)
+    module.exports().filter_map(|e| e.ty().memory().map(|m| m.minimum())).next().map(|pages| pages * 65536).unwrap_or(0)
 }

@@ -243,7 +243,8 @@ impl Sandbox for WasmSandbox {
             self.alive = false;
             self.guest = None;
             outcome.warnings.push(
-                "the wasm interpreter was halted, so this sandbox's state is gone; later cells need a new sandbox".into(),
+                "the wasm interpreter was halted, so this sandbox's state is gone; later cells need a new sandbox"
+                    .into(),
             );
         }
         if let Some(e) = &outcome.error {
@@ -385,7 +386,9 @@ fn classify(
             let Some(d) = done else {
                 return (
                     Status::Killed,
-                    Some(format!("the guest driver ended the cell without reporting it (turn status {code}); the sandbox was stopped")),
+                    Some(format!(
+                        "the guest driver ended the cell without reporting it (turn status {code}); the sandbox was stopped"
+                    )),
                     false,
                 );
             };
@@ -400,14 +403,20 @@ fn classify(
                 return (Status::Ok, None, true);
             }
             match o.error.as_ref() {
-                Some(_) if d.memory_error || r.memory_denied_bytes.is_some() && o.error.as_ref().is_some_and(|e| e.name == "MemoryError") => (
-                    Status::MemoryLimit,
-                    Some(format!(
-                        "the program ran out of memory (MemoryError) under the {} limit (limits.memory_bytes)",
-                        format_size(memory_bytes)
-                    )),
-                    true,
-                ),
+                Some(_)
+                    if d.memory_error
+                        || r.memory_denied_bytes.is_some()
+                            && o.error.as_ref().is_some_and(|e| e.name == "MemoryError") =>
+                {
+                    (
+                        Status::MemoryLimit,
+                        Some(format!(
+                            "the program ran out of memory (MemoryError) under the {} limit (limits.memory_bytes)",
+                            format_size(memory_bytes)
+                        )),
+                        true,
+                    )
+                }
                 Some(e) => {
                     let first = e.value.lines().next().unwrap_or("");
                     let first = &first[..first.floor_char_boundary(200)];

@@ -230,7 +230,9 @@ fn run_setup_turn(guest: &mut Guest, what: &str, code: &str, inbox: Vec<Vec<u8>>
         TurnEnd::Returned(s) => {
             Err(Error::host(format!("{what} failed in the guest (status {s}): {}", text.trim_end())))
         }
-        TurnEnd::Trapped(e) => Err(Error::host(format!("{what} trapped in the guest: {e:#}; it printed: {}", text.trim_end()))),
+        TurnEnd::Trapped(e) => {
+            Err(Error::host(format!("{what} trapped in the guest: {e:#}; it printed: {}", text.trim_end())))
+        }
     }
 }
 

@@ -340,7 +340,11 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
         if !a.json {
             eprintln!("measuring memory of {} live wasm sessions ...", a.sessions);
         }
-        match registry.resolve(Some(BackendKind::Wasm)).map_err(anyhow::Error::from).and_then(|b| session_memory(b.as_ref(), a.sessions)) {
+        match registry
+            .resolve(Some(BackendKind::Wasm))
+            .map_err(anyhow::Error::from)
+            .and_then(|b| session_memory(b.as_ref(), a.sessions))
+        {
             Ok(m) => memory.push(m),
             Err(e) => skipped.push(format!("session memory/wasm: failed: {e:#}")),
         }
