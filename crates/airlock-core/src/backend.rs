@@ -225,6 +225,14 @@ pub trait Backend: Send + Sync {
     /// Creates a sandbox. `Err` means the host could not create it; guest failures
     /// come later, as outcomes.
     fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, Error>;
+    /// Removes what sandboxes of this backend left on the host after the airlock
+    /// process that owned them died without cleaning up (`kill -9`, a crash, a power
+    /// cut): processes, cgroups, directories. It must leave alone every sandbox whose
+    /// owner is still alive. Called when a long-running host (`airlock serve`) starts.
+    /// Returns one line per thing removed. The default removes nothing.
+    fn cleanup_stale(&self) -> Result<Vec<String>, Error> {
+        Ok(Vec::new())
+    }
 }
 
 /// A live sandbox: one interpreter whose state is kept between cells.

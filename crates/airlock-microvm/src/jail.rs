@@ -185,8 +185,11 @@ fn child(p: &Prepared) -> isize {
         // Become the namespace's root, i.e. the mapped host identity: until now we
         // still carry the parent's host credentials. Supplementary groups are dropped
         // where the parent was allowed to leave setgroups enabled (it was root).
-        libc::setgroups(0, std::ptr::null());
-        if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+        // Raw system calls: glibc's wrappers broadcast credential changes to every
+        // thread it knows of, and in a child cloned from a multi-threaded process
+        // those threads do not exist (the wrapper can block forever on its lock).
+        libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
+        if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0 || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0 {
             return fail(15);
         }
         let s = &p.s;

@@ -27,6 +27,8 @@ use airlock_guest::launch::{
 use airlock_guest::workspace::Workspace;
 use nix::sys::resource::{Resource, setrlimit};
 
+pub mod stale;
+
 /// How long the interpreter may take to start and greet the host.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -103,11 +105,20 @@ impl Backend for ProcessBackend {
         }
     }
 
+    /// Kills the guests and removes the directories of sandboxes whose airlock died
+    /// (their directory lock is free); see [`stale`].
+    fn cleanup_stale(&self) -> Result<Vec<String>, Error> {
+        stale::cleanup(&std::env::temp_dir())
+    }
+
     fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, Error> {
         let dir = tempfile::Builder::new()
-            .prefix("airlock-process-")
+            .prefix(&stale::dir_prefix(&spec.id))
             .tempdir()
             .map_err(|e| Error::io("creating the sandbox's working directory", e))?;
+        // Held for the sandbox's life: a later `cleanup_stale` knows the directory is
+        // in use for as long as this process lives (see `stale`).
+        let owner_lock = stale::lock_dir(dir.path())?;
         let tmp = dir.path().join(".tmp");
         std::fs::create_dir(&tmp).map_err(|e| Error::io("creating the sandbox's temporary directory", e))?;
         let workspace = Workspace::open(dir.path())?;
@@ -182,6 +193,7 @@ impl Backend for ProcessBackend {
             guest,
             workspace,
             dir: Some(dir),
+            _owner_lock: owner_lock,
             file_bytes: limits.file_bytes,
         }))
     }
@@ -193,6 +205,7 @@ pub struct ProcessSandbox {
     guest: Guest<ChildSupervisor>,
     workspace: Workspace,
     dir: Option<tempfile::TempDir>,
+    _owner_lock: nix::fcntl::Flock<std::fs::File>,
     file_bytes: u64,
 }
 

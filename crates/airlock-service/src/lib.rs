@@ -7,7 +7,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use airlock_core::backend::{Canceller, EventSink, run_in};
-use airlock_core::{Backend, BackendKind, Error, ExecRequest, Limits, Outcome, Probe, SandboxSpec};
+use airlock_core::{Backend, BackendKind, Error, ExecRequest, Limits, Outcome, Probe, Sandbox, SandboxSpec};
+
+pub mod admission;
+pub mod keys;
+pub mod metrics;
+pub mod service;
+pub mod session;
+pub mod settings;
+pub mod store;
+
+pub use service::{Pending, Service, ServiceError, ServiceErrorKind};
+pub use settings::ServerSettings;
 
 /// Settings every backend draws from.
 #[derive(Debug, Clone)]
@@ -141,6 +152,20 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Creates a sandbox: the one place where airlock makes sandboxes (one-shot runs and
+    /// sessions alike), so that a pool of pre-initialised sandboxes can take over here.
+    pub fn create_sandbox(&self, backend: &dyn Backend, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, Error> {
+        backend.create(spec)
+    }
+
+    /// Runs every compiled-in backend's [`Backend::cleanup_stale`]: removes what
+    /// sandboxes of dead airlock processes left behind. One entry per backend.
+    pub fn cleanup_stale(&self) -> Vec<(BackendKind, Result<Vec<String>, Error>)> {
+        self.backends.iter().map(|(k, b)| (*k, b.cleanup_stale())).collect()
+    }
+}
+
 /// The boundary each backend kind provides (for backends not compiled in).
 pub fn isolation_of(kind: BackendKind) -> airlock_core::Isolation {
     use airlock_core::Isolation;
@@ -170,7 +195,7 @@ impl Registry {
         let backend = self.resolve(req.backend)?;
         let started = std::time::Instant::now();
         let spec = SandboxSpec { env: req.env.clone(), network: req.network, ..SandboxSpec::new(req.limits) };
-        let mut sandbox = backend.create(&spec)?;
+        let mut sandbox = self.create_sandbox(backend.as_ref(), &spec)?;
         on_start(sandbox.canceller());
         let result = run_in(sandbox.as_mut(), req, execution_id, started, events);
         on_start(None);

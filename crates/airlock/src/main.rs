@@ -27,6 +27,12 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Prepare what a backend needs on this host (the microvm guest image, the wasm snapshot), once.
     Setup(cmd::setup::SetupArgs),
+    /// Serve the HTTP API (sessions, files, streaming, audit log) and MCP at /mcp.
+    Serve(cmd::serve::ServeArgs),
+    /// Serve MCP on stdin/stdout (a drop-in for mcp-run-python).
+    Mcp(cmd::mcp::McpArgs),
+    /// Create, list and revoke the server's API keys.
+    Keys(cmd::keys::KeysArgs),
 }
 
 fn main() {
@@ -45,6 +51,9 @@ fn main() {
         Command::Doctor(a) => cmd::doctor::main(a),
         Command::Bench(a) => cmd::bench::main(a),
         Command::Setup(a) => cmd::setup::main(a),
+        Command::Serve(a) => cmd::serve::main(a),
+        Command::Mcp(a) => cmd::mcp::main(a),
+        Command::Keys(a) => cmd::keys::main(a),
     };
     let code = match code {
         Ok(c) => c,

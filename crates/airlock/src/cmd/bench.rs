@@ -36,6 +36,11 @@ pub struct BenchArgs {
     /// The Python interpreter for native backends and the baseline.
     #[arg(long, env = "AIRLOCK_PYTHON")]
     python: Option<std::path::PathBuf>,
+    /// Also measure request-to-result latency through a local `airlock serve` (one-shot
+    /// `POST /v1/execute` and cells of a live session) and through the `airlock run`
+    /// command, for the same code in the same run.
+    #[arg(long)]
+    server: bool,
     /// Live idle sessions kept at once to measure the memory of one (in-process
     /// backends: wasm); 0 skips it.
     #[arg(long, default_value_t = 20)]
@@ -149,7 +154,7 @@ struct Row {
 }
 
 /// Runs `f` once to warm up, then `n` times, and returns the statistics.
-fn measure(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Stats> {
+pub(crate) fn measure(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Stats> {
     f()?;
     let mut samples = Vec::with_capacity(n);
     let total = Instant::now();
@@ -255,6 +260,14 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
 
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
+    let server = if a.server {
+        if !a.json {
+            eprintln!("starting a local airlock serve ...");
+        }
+        Some(super::bench_server::LocalServer::start(&python)?)
+    } else {
+        None
+    };
     for w in selected {
         if let Some(m) = w.needs
             && !importable(&python, m)
@@ -332,8 +345,26 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
                     Err(e) => skipped.push(format!("{}/{kind}/{mode}: failed: {e:#}", w.name)),
                 }
             }
+            if let Some(srv) = &server {
+                for (mode, stats) in srv.measure(kind, w.code, a.iterations, &python) {
+                    match stats {
+                        Ok(s) => {
+                            let ratio = s.median_ms / base_median;
+                            rows.push(Row {
+                                workload: w.name.into(),
+                                target: kind.to_string(),
+                                mode: mode.into(),
+                                stats: s,
+                                ratio_to_baseline: Some(ratio),
+                            });
+                        }
+                        Err(e) => skipped.push(format!("{}/{kind}/{mode}: failed: {e:#}", w.name)),
+                    }
+                }
+            }
         }
     }
+    drop(server);
 
     let mut memory = Vec::new();
     if a.sessions > 0 && backends.contains(&BackendKind::Wasm) {
@@ -392,6 +423,11 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
         println!("{s}");
     }
     println!("ratio = median / median of the baseline (bare `python3 -c` of the same code) measured in this run");
+    if a.server {
+        println!(
+            "modes: cold/cell = in-process library calls; cli = `airlock run` as a new process; http-oneshot = POST /v1/execute; http-cell = POST /v1/sandboxes/{{id}}/execute in a live session (request to result, over loopback TCP)"
+        );
+    }
     Ok(0)
 }
 

@@ -1,9 +1,13 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_server;
 pub mod doctor;
+pub mod keys;
+pub mod mcp;
 pub mod run;
 pub mod setup;
+pub mod serve;
 
 use airlock_core::units::{parse_duration_ms, parse_size};
 use airlock_core::{BackendKind, Language, NetworkPolicy};

@@ -1,0 +1,332 @@
+//! The `/v1` handlers. Each one parses HTTP into a service call and renders the
+//! answer; the service never sees HTTP.
+
+use airlock_core::{ExecRequest, FileEntry, Outcome};
+use airlock_service::ServiceError;
+use airlock_service::keys::Principal;
+use airlock_service::service::Health;
+use airlock_service::session::{CreateSandbox, SandboxInfo};
+use airlock_service::store::{ExecutionPage, ExecutionRecord, RecordStatus};
+use axum::Extension;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::stream::{Mode, respond};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Parses a JSON request body, insisting on `Content-Type: application/json` (which
+/// also makes browsers ask before sending it cross-origin).
+pub(crate) fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Value> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime != "application/json" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send the body as JSON with `Content-Type: application/json` (got {})",
+                if ct.is_empty() { "no Content-Type".to_string() } else { format!("'{ct}'") }
+            ),
+        ));
+    }
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the request body is larger than this server's max_body_bytes; send files through the files API",
+            )
+        } else {
+            ApiError::invalid(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))
+}
+
+fn mode(headers: &HeaderMap) -> Mode {
+    Mode::from_accept(headers.get(header::ACCEPT))
+}
+
+/// `GET /healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "Serving", body = Health), (status = 503, description = "Shutting down", body = Health)))]
+pub async fn health(State(st): State<AppState>) -> Response {
+    let h = st.service.health();
+    let code = if h.status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(h)).into_response()
+}
+
+/// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let mut r = st.service.metrics_text().into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
+}
+
+/// Runs code in a fresh sandbox that is destroyed afterwards.
+///
+/// The body is an `ExecRequest`; omitted limits take the server's defaults. With
+/// `Accept: application/x-ndjson` (or `text/event-stream`) the events stream as they
+/// happen and the last line carries the outcome.
+#[utoipa::path(post, path = "/v1/execute", tag = "executions", request_body = ExecRequest,
+    responses(
+        (status = 200, description = "The outcome (or a stream of StreamEvent lines)", body = Outcome),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 429, description = "At capacity; see Retry-After", body = ErrorBody),
+    ))]
+pub async fn execute(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let req = st.service.request_from_json(json_body(&headers, body)?)?;
+    let pending = st.service.prepare_execute(&p, req).await?;
+    Ok(respond(pending, mode(&headers)).await)
+}
+
+/// The list of sandboxes.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SandboxList {
+    /// The caller's sandboxes.
+    pub sandboxes: Vec<SandboxInfo>,
+}
+
+/// Creates a stateful sandbox (a session).
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body = CreateSandbox,
+    responses(
+        (status = 201, description = "Created", body = SandboxInfo),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 429, description = "At capacity, or the key's sandbox quota is used up", body = ErrorBody),
+    ))]
+pub async fn create_sandbox(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body = match body {
+        Ok(b) if b.is_empty() => Value::Object(Default::default()),
+        other => json_body(&headers, other)?,
+    };
+    let req = st.service.create_request_from_json(body)?;
+    let info = st.service.create_sandbox(&p, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(info)).into_response())
+}
+
+/// Lists the caller's sandboxes.
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes",
+    responses((status = 200, description = "The caller's sandboxes", body = SandboxList)))]
+pub async fn list_sandboxes(State(st): State<AppState>, Extension(p): Extension<Principal>) -> axum::Json<SandboxList> {
+    axum::Json(SandboxList { sandboxes: st.service.list_sandboxes(&p) })
+}
+
+/// One sandbox.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, description = "The sandbox", body = SandboxInfo), (status = 404, description = "No such sandbox", body = ErrorBody)))]
+pub async fn get_sandbox(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<SandboxInfo>> {
+    Ok(axum::Json(st.service.sandbox(&p, &id)?))
+}
+
+/// Destroys a sandbox (stopping a running cell).
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 204, description = "Destroyed"), (status = 404, description = "No such sandbox", body = ErrorBody)))]
+pub async fn delete_sandbox(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.service.delete_sandbox(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs a cell in a sandbox; variables persist between cells.
+///
+/// The body is an `ExecRequest` without `env`, `network` or `backend` (fixed at
+/// creation); omitted limits take the sandbox's, and only `timeout_ms`, `cpu_ms` and
+/// `output_bytes` may differ from them. One cell runs at a time: a second call while
+/// one runs gets `409 busy`.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/execute", tag = "sandboxes", request_body = ExecRequest,
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "The outcome (or a stream of StreamEvent lines)", body = Outcome),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "A cell is running", body = ErrorBody),
+        (status = 410, description = "The sandbox has stopped", body = ErrorBody),
+        (status = 429, description = "At capacity; see Retry-After", body = ErrorBody),
+    ))]
+pub async fn execute_cell(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body = json_body(&headers, body)?;
+    let pending = st.service.prepare_cell(&p, &id, body).await?;
+    Ok(respond(pending, mode(&headers)).await)
+}
+
+/// Query of `GET /v1/sandboxes/{id}/files`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FilesQuery {
+    /// Directory to list, relative to the workspace (default: the workspace).
+    pub path: Option<String>,
+}
+
+/// A directory listing.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FileList {
+    /// Entries, recursively (bounded).
+    pub files: Vec<FileEntry>,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(q)| q).map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())))
+}
+
+/// Lists a directory of the workspace.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files", tag = "files",
+    params(("id" = String, Path, description = "Sandbox id"), FilesQuery),
+    responses((status = 200, description = "Entries", body = FileList), (status = 404, description = "No such sandbox or directory", body = ErrorBody)))]
+pub async fn list_files(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<FilesQuery>, QueryRejection>,
+) -> ApiResult<axum::Json<FileList>> {
+    let q = query(q)?;
+    let files = st.service.list_files(&p, &id, q.path.as_deref().unwrap_or("")).await?;
+    Ok(axum::Json(FileList { files }))
+}
+
+/// Uploads a file (the raw body) into the workspace, creating parent directories.
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/files/{path}", tag = "files",
+    params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Path, description = "Path in the workspace")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "Written", body = FileEntry),
+        (status = 400, description = "The path leaves the workspace", body = ErrorBody),
+        (status = 409, description = "A cell is running", body = ErrorBody),
+        (status = 413, description = "Larger than the server's or the sandbox's file limit", body = ErrorBody),
+    ))]
+pub async fn put_file(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path((id, path)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult<axum::Json<FileEntry>> {
+    // The slot bounds how many file bodies are buffered at once.
+    let _slot = st.service.file_transfer_slot().await?;
+    let max = st.service.settings().max_file_bytes;
+    let bytes = {
+        use http_body_util::BodyExt;
+        http_body_util::Limited::new(body, max as usize).collect().await.map(|c| c.to_bytes()).map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("the file is larger than this server's max_file_bytes ({max} bytes)"),
+                )
+            } else {
+                ApiError::invalid(format!("cannot read the upload: {e}"))
+            }
+        })?
+    };
+    Ok(axum::Json(st.service.write_file(&p, &id, &path, bytes.to_vec()).await?))
+}
+
+/// Downloads a file from the workspace.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/{path}", tag = "files",
+    params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Path, description = "Path in the workspace")),
+    responses(
+        (status = 200, description = "The file's bytes", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 404, description = "No such sandbox or file", body = ErrorBody),
+        (status = 413, description = "Larger than the file limit", body = ErrorBody),
+    ))]
+pub async fn get_file(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path((id, path)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let slot = st.service.file_transfer_slot().await?;
+    let data = st.service.read_file(&p, &id, &path).await?;
+    let len = data.len();
+    // The slot is released when the body has been sent.
+    let body = Body::from_stream(futures_util::stream::once(async move {
+        let _slot = slot;
+        Ok::<_, std::convert::Infallible>(Bytes::from(data))
+    }));
+    let mut r = Response::new(body);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(r)
+}
+
+/// Removes a file or an empty directory from the workspace.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/files/{path}", tag = "files",
+    params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Path, description = "Path in the workspace")),
+    responses((status = 204, description = "Removed"), (status = 404, description = "No such sandbox or file", body = ErrorBody)))]
+pub async fn delete_file(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path((id, path)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    st.service.remove_file(&p, &id, &path).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query of `GET /v1/executions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionsQuery {
+    /// Only this sandbox's cells.
+    pub sandbox: Option<String>,
+    /// Only this status: running, ok, error, timeout, memory_limit, output_limit,
+    /// killed, denied, lost, failed.
+    pub status: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The audit log, newest first.
+#[utoipa::path(get, path = "/v1/executions", tag = "executions", params(ExecutionsQuery),
+    responses((status = 200, description = "A page of executions", body = ExecutionPage), (status = 400, description = "Bad query", body = ErrorBody)))]
+pub async fn list_executions(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    q: Result<Query<ExecutionsQuery>, QueryRejection>,
+) -> ApiResult<axum::Json<ExecutionPage>> {
+    let q = query(q)?;
+    let status = q.status.as_deref().map(str::parse::<RecordStatus>).transpose().map_err(ServiceError::from)?;
+    Ok(axum::Json(st.service.executions(&p, q.sandbox, status, q.limit, q.cursor).await?))
+}
+
+/// One execution from the audit log.
+#[utoipa::path(get, path = "/v1/executions/{id}", tag = "executions", params(("id" = String, Path, description = "Execution id")),
+    responses((status = 200, description = "The record", body = ExecutionRecord), (status = 404, description = "No such execution", body = ErrorBody)))]
+pub async fn get_execution(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<ExecutionRecord>> {
+    Ok(axum::Json(st.service.execution(&p, &id).await?))
+}

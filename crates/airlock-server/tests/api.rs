@@ -1,0 +1,568 @@
+//! The HTTP API driven through the router, without a socket, on the `process`
+//! backend (always available: it needs only Python 3).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_core::BackendKind;
+use airlock_server::{AppOptions, AppState, app};
+use airlock_service::keys::create_key;
+use airlock_service::store::sqlite::SqliteStore;
+use airlock_service::{Config, Registry, ServerSettings, Service};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Harness {
+    app: Router,
+    svc: Arc<Service>,
+    store: Arc<SqliteStore>,
+}
+
+fn settings() -> ServerSettings {
+    ServerSettings { default_backend: Some(BackendKind::Process), ..ServerSettings::default() }
+}
+
+fn harness(s: ServerSettings) -> Harness {
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let svc = Service::new(s, Registry::new(Config::from_env()), store.clone());
+    let app = app(AppState::new(svc.clone(), AppOptions::default()));
+    Harness { app, svc, store }
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+    }
+    fn message(&self) -> String {
+        self.json()["error"]["message"].as_str().unwrap_or("").to_string()
+    }
+}
+
+impl Harness {
+    async fn req(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: Body) -> Resp {
+        let mut b = Request::builder().method(method).uri(uri).header(header::HOST, "127.0.0.1:8080");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = self.app.clone().oneshot(b.body(body).unwrap()).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        Resp { status, headers, body }
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> Resp {
+        self.post_as(uri, body, None).await
+    }
+
+    async fn post_as(&self, uri: &str, body: Value, key: Option<&str>) -> Resp {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let mut h = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            h.push(("authorization", a.as_str()));
+        }
+        self.req(Method::POST, uri, &h, Body::from(body.to_string())).await
+    }
+
+    async fn get(&self, uri: &str) -> Resp {
+        self.req(Method::GET, uri, &[], Body::empty()).await
+    }
+
+    async fn get_as(&self, uri: &str, key: &str) -> Resp {
+        let a = format!("Bearer {key}");
+        self.req(Method::GET, uri, &[("authorization", &a)], Body::empty()).await
+    }
+
+    async fn sandbox(&self, body: Value) -> String {
+        let r = self.post("/v1/sandboxes", body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["id"].as_str().unwrap().to_string()
+    }
+
+    async fn cell(&self, id: &str, code: &str) -> Value {
+        let r = self.post(&format!("/v1/sandboxes/{id}/execute"), json!({ "code": code })).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
+    }
+}
+
+fn main_text(o: &Value) -> Option<String> {
+    o["results"].as_array()?.iter().find(|r| r["is_main_result"] == true)?["data"]["text/plain"]
+        .as_str()
+        .map(String::from)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_openapi_and_json_errors_for_unknown_routes() {
+    let h = harness(settings());
+    let r = h.get("/healthz").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["status"], "ok");
+    assert!(r.json()["backends"].as_array().unwrap().contains(&json!("process")));
+
+    let doc = h.get("/openapi.json").await.json();
+    for p in ["/v1/execute", "/v1/sandboxes/{id}/execute", "/v1/sandboxes/{id}/files/{path}", "/v1/executions"] {
+        assert!(doc["paths"].get(p).is_some(), "{p} missing from the OpenAPI document");
+    }
+    assert!(doc["components"]["schemas"].get("ExecRequest").is_some());
+    assert!(doc["components"]["schemas"].get("StreamEvent").is_some());
+
+    let r = h.get("/v2/nothing").await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    let r = h.req(Method::PATCH, "/v1/execute", &[], Body::empty()).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+
+    let m = h.get("/metrics").await;
+    assert_eq!(m.status, StatusCode::OK);
+    let text = String::from_utf8(m.body).unwrap();
+    assert!(text.contains("# TYPE airlock_executions_total counter"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_shot_execution_returns_the_outcome_and_is_audited() {
+    let h = harness(settings());
+    let r = h.post("/v1/execute", json!({"code": "print(6 * 7)\nn * 2", "global_variables": {"n": 21}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let o = r.json();
+    assert_eq!(o["status"], "ok");
+    assert_eq!(o["stdout"], "42\n");
+    assert_eq!(main_text(&o).as_deref(), Some("42"));
+    assert_eq!(o["backend"], "process");
+    let id = o["id"].as_str().unwrap();
+    assert_eq!(r.headers["x-airlock-execution-id"], id);
+
+    let rec = h.get(&format!("/v1/executions/{id}")).await;
+    assert_eq!(rec.status, StatusCode::OK);
+    let rec = rec.json();
+    assert_eq!(rec["status"], "ok");
+    assert_eq!(rec["kind"], "oneshot");
+    assert_eq!(rec["stdout"], "42\n");
+    assert!(rec["code"].as_str().unwrap().contains("print(6 * 7)"));
+    assert!(rec["finished_at"].is_string());
+
+    let r = h.post("/v1/execute", json!({"code": "1/0"})).await;
+    assert_eq!(r.json()["status"], "error");
+    assert_eq!(r.json()["error"]["name"], "ZeroDivisionError");
+    let page = h.get("/v1/executions?status=error").await.json();
+    assert_eq!(page["executions"].as_array().unwrap().len(), 1);
+    assert_eq!(page["executions"][0]["error"]["name"], "ZeroDivisionError");
+    let page = h.get("/v1/executions?limit=1").await.json();
+    assert_eq!(page["executions"].as_array().unwrap().len(), 1);
+    assert!(page["next_cursor"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
+    let h = harness(ServerSettings { max_body_bytes: 4096, ..settings() });
+    let cases: Vec<(Value, StatusCode, &str, &str)> = vec![
+        (
+            json!({"code": "1", "limits": {"timeout": 5}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "limits.timeout: unknown field `timeout`",
+        ),
+        (json!({"code": "1", "backend": "docker"}), StatusCode::BAD_REQUEST, "invalid_request", "docker"),
+        (
+            json!({"code": "1", "limits": {"timeout_ms": 999_999_999}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "maximum",
+        ),
+        (json!({"language": "python"}), StatusCode::BAD_REQUEST, "invalid_request", "code"),
+        (json!({"code": "1", "colour": "red"}), StatusCode::BAD_REQUEST, "invalid_request", "colour"),
+        (json!([1, 2]), StatusCode::BAD_REQUEST, "invalid_request", "object"),
+        (
+            json!({"code": "1", "files": [{"path": "../x", "content": "y"}]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "..",
+        ),
+        (json!({"code": "x".repeat(5000)}), StatusCode::PAYLOAD_TOO_LARGE, "too_large", "max_body_bytes"),
+    ];
+    for (body, status, code, says) in cases {
+        let r = h.post("/v1/execute", body.clone()).await;
+        assert_eq!((r.status, r.code().as_str()), (status, code), "{body}: {}", String::from_utf8_lossy(&r.body));
+        assert!(r.message().contains(says), "{body}: message '{}' does not mention '{says}'", r.message());
+    }
+    let r = h.req(Method::POST, "/v1/execute", &[("content-type", "application/json")], Body::from("{nope")).await;
+    assert_eq!(r.code(), "invalid_request");
+    assert!(r.message().contains("not valid JSON"), "{}", r.message());
+    let r = h.req(Method::POST, "/v1/execute", &[("content-type", "text/plain")], Body::from("{}")).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    let r = h.get("/v1/executions?status=fine").await;
+    assert!(r.message().contains("lost"), "{}", r.message());
+    let r = h.get("/v1/executions?colour=red").await;
+    assert_eq!(r.code(), "invalid_request");
+    let r = h.get("/v1/executions?limit=0").await;
+    assert_eq!(r.code(), "invalid_request");
+    // Nothing was run for any of these.
+    assert!(h.get("/v1/executions").await.json()["executions"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_keeps_variables_between_cells() {
+    let h = harness(settings());
+    let id = h.sandbox(json!({"metadata": {"user": "ada"}, "limits": {"timeout_ms": 5000}})).await;
+    let info = h.get(&format!("/v1/sandboxes/{id}")).await.json();
+    assert_eq!(info["status"], "idle");
+    assert_eq!(info["backend"], "process");
+    assert_eq!(info["limits"]["timeout_ms"], 5000);
+    assert_eq!(info["limits"]["memory_bytes"], 512 * 1024 * 1024, "omitted limits take the defaults");
+    assert_eq!(info["metadata"]["user"], "ada");
+
+    let o = h.cell(&id, "x = 41").await;
+    assert_eq!(o["status"], "ok");
+    let o = h.cell(&id, "x + 1").await;
+    assert_eq!(main_text(&o).as_deref(), Some("42"));
+    assert_eq!(o["sandbox_id"], id.as_str());
+
+    // A cell's own limits: only per-cell ones may change.
+    let r =
+        h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "1", "limits": {"memory_bytes": 1 << 30}})).await;
+    assert!(r.message().contains("memory_bytes is fixed"), "{}", r.message());
+    let r = h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "1", "env": {"A": "b"}})).await;
+    assert!(r.message().contains("env"), "{}", r.message());
+    let o = h
+        .post(
+            &format!("/v1/sandboxes/{id}/execute"),
+            json!({"code": "import time; time.sleep(5)", "limits": {"timeout_ms": 300}}),
+        )
+        .await
+        .json();
+    assert_eq!(o["status"], "timeout");
+    assert_eq!(main_text(&h.cell(&id, "x").await).as_deref(), Some("41"), "a timed-out cell keeps the session's state");
+
+    let info = h.get(&format!("/v1/sandboxes/{id}")).await.json();
+    assert_eq!(info["execution_count"], 4);
+    let cells = h.get(&format!("/v1/executions?sandbox={id}")).await.json();
+    assert_eq!(cells["executions"].as_array().unwrap().len(), 4);
+    assert_eq!(cells["executions"][0]["kind"], "cell");
+
+    let list = h.get("/v1/sandboxes").await.json();
+    assert_eq!(list["sandboxes"].as_array().unwrap().len(), 1);
+    let r = h.req(Method::DELETE, &format!("/v1/sandboxes/{id}"), &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = h.get(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "x"})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_go_in_and_out_of_the_workspace_and_stay_inside_it() {
+    let h = harness(settings());
+    let id = h.sandbox(json!({})).await;
+    let base = format!("/v1/sandboxes/{id}/files");
+    let r = h.req(Method::PUT, &format!("{base}/data/in.csv"), &[], Body::from("a,b\n1,2\n")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["size"], 8);
+    let o = h.cell(&id, "open('data/in.csv').read().splitlines()[1]").await;
+    assert_eq!(main_text(&o).as_deref(), Some("'1,2'"));
+    h.cell(&id, "open('out.bin', 'wb').write(bytes(range(256)))").await;
+    let r = h.get(&format!("{base}/out.bin")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, (0..=255u8).collect::<Vec<_>>());
+    assert_eq!(r.headers[header::CONTENT_TYPE], "application/octet-stream");
+
+    let list = h.get(&base).await.json();
+    let paths: Vec<&str> = list["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"data/in.csv") && paths.contains(&"out.bin"), "{paths:?}");
+    let sub = h.get(&format!("{base}?path=data")).await.json();
+    assert_eq!(sub["files"].as_array().unwrap().len(), 1);
+
+    let r = h.req(Method::DELETE, &format!("{base}/out.bin"), &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = h.get(&format!("{base}/out.bin")).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
+
+    // Escapes are refused, whatever the spelling.
+    for bad in ["../escape.txt", "a/../../escape.txt", "/etc/passwd"] {
+        let r = h.req(Method::PUT, &format!("{base}/{bad}"), &[], Body::from("x")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", String::from_utf8_lossy(&r.body));
+    }
+    h.cell(&id, "import os; os.symlink('/etc', 'etc')").await;
+    let r = h.get(&format!("{base}/etc/passwd")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.message().contains("symbolic link"), "{}", r.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn file_size_caps() {
+    let h = harness(ServerSettings { max_file_bytes: 1000, ..settings() });
+    let id = h.sandbox(json!({"limits": {"file_bytes": 100}})).await;
+    let base = format!("/v1/sandboxes/{id}/files");
+    let r = h.req(Method::PUT, &format!("{base}/big"), &[], Body::from(vec![b'x'; 2000])).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
+    let r = h.req(Method::PUT, &format!("{base}/mid"), &[], Body::from(vec![b'x'; 500])).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
+    assert!(r.message().contains("file_bytes"), "{}", r.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streaming_delivers_events_in_order_as_they_happen() {
+    let h = harness(settings());
+    let id = h.sandbox(json!({})).await;
+    let code = "import sys, time\nprint('first', flush=True)\ntime.sleep(1)\nprint('oops', file=sys.stderr)\nprint('second')\n40 + 2";
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/v1/sandboxes/{id}/execute"))
+        .header(header::HOST, "localhost:8080")
+        .header("content-type", "application/json")
+        .header("accept", "application/x-ndjson")
+        .body(Body::from(json!({ "code": code }).to_string()))
+        .unwrap();
+    let start = Instant::now();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/x-ndjson");
+    let mut stream = resp.into_body().into_data_stream();
+    let mut buf = Vec::new();
+    let mut first_at = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        if first_at.is_none() && !chunk.is_empty() {
+            first_at = Some(start.elapsed());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let total = start.elapsed();
+    let lines: Vec<Value> = String::from_utf8(buf).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["stdout", "stderr", "stdout", "result", "end"], "{lines:?}");
+    assert_eq!(lines[0]["text"], "first\n");
+    assert_eq!(lines[3]["data"]["text/plain"], "42");
+    assert_eq!(lines[3]["is_main_result"], true);
+    assert_eq!(lines[4]["outcome"]["status"], "ok");
+    let first_at = first_at.unwrap();
+    assert!(
+        first_at + Duration::from_millis(700) < total,
+        "the first event came at {first_at:?}, not before the 1 s sleep ended ({total:?})"
+    );
+
+    // SSE carries the same events.
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/execute")
+        .header(header::HOST, "localhost")
+        .header("content-type", "application/json")
+        .header("accept", "text/event-stream")
+        .body(Body::from(json!({"code": "print(1)\n1/0"}).to_string()))
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let events: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(events, ["stdout", "error", "end"], "{text}");
+    assert!(text.contains("\"name\":\"ZeroDivisionError\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_cell_at_a_time_per_sandbox() {
+    let h = Arc::new(harness(settings()));
+    let id = h.sandbox(json!({})).await;
+    let h2 = h.clone();
+    let id2 = id.clone();
+    let slow = tokio::spawn(async move { h2.cell(&id2, "import time; time.sleep(1.5); 'done'").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "1"})).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::CONFLICT, "busy"));
+    assert!(r.message().contains("one cell runs at a time"), "{}", r.message());
+    let r = h.get(&format!("/v1/sandboxes/{id}/files")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "file operations wait for the cell too");
+    let info = h.get(&format!("/v1/sandboxes/{id}")).await.json();
+    assert_eq!(info["status"], "running");
+    assert!(info["running_execution_id"].is_string());
+    assert_eq!(main_text(&slow.await.unwrap()).as_deref(), Some("'done'"));
+    assert_eq!(main_text(&h.cell(&id, "2").await).as_deref(), Some("2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overload_queues_then_answers_429_with_retry_after() {
+    let h = Arc::new(harness(ServerSettings { max_running: 1, queue_timeout_ms: 300, max_queue: 8, ..settings() }));
+    let h2 = h.clone();
+    let long = tokio::spawn(async move { h2.post("/v1/execute", json!({"code": "import time; time.sleep(2)"})).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    let r = h.post("/v1/execute", json!({"code": "1"})).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::TOO_MANY_REQUESTS, "overloaded"));
+    assert!(t.elapsed() >= Duration::from_millis(250), "it did not wait in the queue first");
+    let retry: u64 = r.headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    assert_eq!(long.await.unwrap().json()["status"], "ok");
+    // With the slot free again, the same request runs.
+    assert_eq!(h.post("/v1/execute", json!({"code": "1"})).await.json()["status"], "ok");
+    let metrics = String::from_utf8(h.get("/metrics").await.body).unwrap();
+    assert!(metrics.contains("airlock_rejected_total{reason=\"queue_timeout\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_are_required_when_asked_and_see_only_their_own() {
+    let h = harness(ServerSettings { per_key_max_sandboxes: 1, ..settings() });
+    h.svc.set_auth_required(true);
+    let (a, _) = create_key(h.store.as_ref(), "a", None).unwrap();
+    let (b, _) = create_key(h.store.as_ref(), "b", Some(2)).unwrap();
+
+    let r = h.post("/v1/execute", json!({"code": "1"})).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    assert!(r.message().contains("airlock keys create"), "{}", r.message());
+    assert_eq!(r.headers[header::WWW_AUTHENTICATE], "Bearer");
+    let r = h.post_as("/v1/execute", json!({"code": "1"}), Some(&format!("ak_{}", "0".repeat(64)))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.get("/healthz").await.status, StatusCode::OK, "health stays public");
+    assert_eq!(h.get("/metrics").await.status, StatusCode::UNAUTHORIZED);
+
+    let r = h.post_as("/v1/sandboxes", json!({}), Some(&a)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let sa = r.json()["id"].as_str().unwrap().to_string();
+    let r = h.post_as("/v1/sandboxes", json!({}), Some(&a)).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"));
+    let o = h.post_as(&format!("/v1/sandboxes/{sa}/execute"), json!({"code": "'mine'"}), Some(&a)).await.json();
+    let exe = o["id"].as_str().unwrap().to_string();
+
+    // Key b sees none of a's sandboxes or executions.
+    assert_eq!(h.get_as(&format!("/v1/sandboxes/{sa}"), &b).await.status, StatusCode::NOT_FOUND);
+    let r = h.post_as(&format!("/v1/sandboxes/{sa}/execute"), json!({"code": "1"}), Some(&b)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(h.get_as("/v1/sandboxes", &b).await.json()["sandboxes"].as_array().unwrap().is_empty());
+    assert_eq!(h.get_as(&format!("/v1/executions/{exe}"), &b).await.status, StatusCode::NOT_FOUND);
+    assert!(h.get_as("/v1/executions", &b).await.json()["executions"].as_array().unwrap().is_empty());
+    assert_eq!(h.get_as(&format!("/v1/sandboxes/{sa}/files"), &b).await.status, StatusCode::NOT_FOUND);
+    // Key a sees its own, with its key id on the record.
+    let rec = h.get_as(&format!("/v1/executions/{exe}"), &a).await.json();
+    assert!(rec["key_id"].as_str().unwrap().starts_with("key_"));
+    // b's own quota is 2.
+    assert_eq!(h.post_as("/v1/sandboxes", json!({}), Some(&b)).await.status, StatusCode::CREATED);
+    assert_eq!(h.post_as("/v1/sandboxes", json!({}), Some(&b)).await.status, StatusCode::CREATED);
+
+    // A revoked key stops working at once.
+    use airlock_service::store::KeyStore;
+    assert!(h.store.revoke_key("a").unwrap());
+    assert_eq!(h.get_as("/v1/sandboxes", &a).await.status, StatusCode::UNAUTHORIZED);
+    // X-API-Key works too; a malformed Authorization header says how to send it.
+    let r = h.req(Method::GET, "/v1/sandboxes", &[("x-api-key", &b)], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = h.req(Method::GET, "/v1/sandboxes", &[("authorization", "Basic Zm9v")], Body::empty()).await;
+    assert!(r.message().contains("Bearer"), "{}", r.message());
+    h.svc.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_keys_only_loopback_hosts_are_served() {
+    let h = harness(settings());
+    let req =
+        Request::builder().uri("/v1/sandboxes").header(header::HOST, "attacker.example").body(Body::empty()).unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["code"], "forbidden_host");
+    let req = Request::builder().uri("/v1/sandboxes").header(header::HOST, "[::1]:9").body(Body::empty()).unwrap();
+    assert_eq!(h.app.clone().oneshot(req).await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_and_lifetime_reaping() {
+    let h = harness(settings());
+    let idle = h.sandbox(json!({"idle_timeout_ms": 200})).await;
+    let short = h.sandbox(json!({"max_lifetime_ms": 600})).await;
+    let keep = h.sandbox(json!({})).await;
+    let cwd = main_text(&h.cell(&idle, "import os; os.getcwd()").await).unwrap();
+    let dir = cwd.trim_matches('\'').to_string();
+    assert!(std::path::Path::new(&dir).exists());
+    // The lifetime ends even while a cell runs: the cell is stopped.
+    let h = Arc::new(h);
+    let h2 = h.clone();
+    let s2 = short.clone();
+    let running = tokio::spawn(async move { h2.cell(&s2, "import time; time.sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    h.svc.reap().await;
+    let o = running.await.unwrap();
+    assert_eq!(o["status"], "killed", "{o}");
+    assert_eq!(h.get(&format!("/v1/sandboxes/{idle}")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(h.get(&format!("/v1/sandboxes/{short}")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(h.get(&format!("/v1/sandboxes/{keep}")).await.status, StatusCode::OK);
+    assert!(!std::path::Path::new(&dir).exists(), "the reaped sandbox's directory is still there");
+    let r = h.post("/v1/sandboxes", json!({"idle_timeout_ms": 0})).await;
+    assert_eq!(r.code(), "invalid_request");
+    h.svc.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sandbox_whose_interpreter_dies_is_reported_gone() {
+    let h = harness(settings());
+    let id = h.sandbox(json!({})).await;
+    let o = h.cell(&id, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)").await;
+    assert_eq!(o["status"], "killed");
+    let info = h.get(&format!("/v1/sandboxes/{id}")).await.json();
+    assert_eq!(info["status"], "stopped");
+    assert!(info["stopped_reason"].is_string());
+    let r = h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "1"})).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::GONE, "sandbox_gone"));
+    assert!(r.message().contains("create a new sandbox"), "{}", r.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_drains_running_cells_then_destroys_every_sandbox() {
+    let h = Arc::new(harness(settings()));
+    let a = h.sandbox(json!({})).await;
+    let b = h.sandbox(json!({})).await;
+    let dir = main_text(&h.cell(&b, "import os; os.getcwd()").await).unwrap().trim_matches('\'').to_string();
+    let h2 = h.clone();
+    let a2 = a.clone();
+    let cell = tokio::spawn(async move { h2.cell(&a2, "import time; time.sleep(1); 'finished'").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.svc.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(main_text(&cell.await.unwrap()).as_deref(), Some("'finished'"), "the running cell was not drained");
+    assert!(!std::path::Path::new(&dir).exists(), "a sandbox survived shutdown");
+    let r = h.post("/v1/execute", json!({"code": "1"})).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"));
+    assert_eq!(h.get("/healthz").await.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_stops_cells_that_outlive_the_drain_timeout() {
+    let h = Arc::new(harness(settings()));
+    let a = h.sandbox(json!({})).await;
+    let h2 = h.clone();
+    let cell = tokio::spawn(async move { h2.cell(&a, "import time; time.sleep(60)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    h.svc.shutdown(Duration::from_millis(200)).await;
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(cell.await.unwrap()["status"], "killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_gives_up_in_the_queue_leaves_the_sandbox_usable() {
+    let h = Arc::new(harness(ServerSettings { max_running: 1, queue_timeout_ms: 5000, ..settings() }));
+    let id = h.sandbox(json!({})).await;
+    let h2 = h.clone();
+    let long = tokio::spawn(async move { h2.post("/v1/execute", json!({"code": "import time; time.sleep(1)"})).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // This cell waits in the queue; its client goes away (the request future is dropped).
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "1"})),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the cell was not queued");
+    assert_eq!(long.await.unwrap().json()["status"], "ok");
+    let info = h.get(&format!("/v1/sandboxes/{id}")).await.json();
+    assert_eq!(info["status"], "idle", "{info}");
+    assert_eq!(main_text(&h.cell(&id, "6 * 7").await).as_deref(), Some("42"));
+    // Nothing ran for the abandoned request.
+    assert_eq!(info["execution_count"], 0);
+}

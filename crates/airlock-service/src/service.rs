@@ -1,0 +1,1186 @@
+//! The service: one-shot executions, sessions, files, the audit log, admission
+//! control, reaping and shutdown — everything the HTTP API and the MCP server do,
+//! without either transport. Transports parse their input into the calls below and
+//! render what they return; nothing here knows about HTTP.
+//!
+//! Backends are synchronous: every backend call runs on a blocking thread
+//! (`spawn_blocking`), and events a running cell produces are forwarded to an
+//! unbounded channel whose contents are bounded by the cell's output limit (the
+//! same data the outcome keeps anyway).
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use airlock_core::backend::{Canceller, run_in};
+use airlock_core::paths::WorkspacePath;
+use airlock_core::request::validate_env;
+use airlock_core::units::format_size;
+use airlock_core::{BackendKind, Error, Event, ExecRequest, FileEntry, Limits, Outcome, SandboxSpec};
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+use crate::Registry;
+use crate::admission::{Admission, Rejected, Slot};
+use crate::keys::{Principal, check_shape, hash_key};
+use crate::metrics::{Gauges, Metrics};
+use crate::session::{
+    AfterUse, Busy, CreateSandbox, Lease, Phase, Resources, SandboxInfo, SandboxStatus, Session, State,
+};
+use crate::settings::{AuthMode, ServerSettings};
+use crate::store::{
+    ExecutionEnd, ExecutionKind, ExecutionPage, ExecutionQuery, ExecutionRecord, ExecutionStart, RecordStatus, Store,
+    cut, now_ms,
+};
+
+/// The kinds of refusal and failure, each with a stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceErrorKind {
+    /// The request is malformed or out of range (`invalid_request`).
+    InvalidRequest,
+    /// No valid API key (`unauthorized`).
+    Unauthorized,
+    /// No such sandbox, file or execution, or not yours (`not_found`).
+    NotFound,
+    /// The sandbox is running another cell (`busy`).
+    Busy,
+    /// The sandbox has stopped (`sandbox_gone`).
+    SandboxGone,
+    /// The server is at a cap and the queue did not help (`overloaded`).
+    Overloaded,
+    /// The key holds as many sandboxes as it may (`quota_exceeded`).
+    QuotaExceeded,
+    /// Something is larger than its limit (`too_large`).
+    TooLarge,
+    /// The backend cannot run here (`backend_unavailable`).
+    BackendUnavailable,
+    /// The server is shutting down (`shutting_down`).
+    ShuttingDown,
+    /// A fault of the host (`internal`).
+    Internal,
+}
+
+/// A refused request or a failure, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceError {
+    /// What kind of error.
+    pub kind: ServiceErrorKind,
+    /// A sentence for the caller.
+    pub message: String,
+    /// For `overloaded`: seconds to wait before retrying.
+    pub retry_after_s: Option<u64>,
+}
+
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code(), self.message)
+    }
+}
+
+impl std::error::Error for ServiceError {}
+
+impl ServiceError {
+    fn new(kind: ServiceErrorKind, message: impl Into<String>) -> Self {
+        ServiceError { kind, message: message.into(), retry_after_s: None }
+    }
+
+    /// An `invalid_request`.
+    pub fn invalid(m: impl Into<String>) -> Self {
+        Self::new(ServiceErrorKind::InvalidRequest, m)
+    }
+
+    /// An `unauthorized`.
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(ServiceErrorKind::Unauthorized, m)
+    }
+
+    /// A `not_found`.
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(ServiceErrorKind::NotFound, m)
+    }
+
+    /// A `busy`.
+    pub fn busy(m: impl Into<String>) -> Self {
+        Self::new(ServiceErrorKind::Busy, m)
+    }
+
+    /// A `sandbox_gone`.
+    pub fn gone(m: impl Into<String>) -> Self {
+        Self::new(ServiceErrorKind::SandboxGone, m)
+    }
+
+    /// An `internal`.
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(ServiceErrorKind::Internal, m)
+    }
+
+    /// An `overloaded` with a retry hint.
+    pub fn overloaded(m: impl Into<String>, retry_after_s: u64) -> Self {
+        ServiceError { retry_after_s: Some(retry_after_s), ..Self::new(ServiceErrorKind::Overloaded, m) }
+    }
+
+    /// The stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self.kind {
+            ServiceErrorKind::InvalidRequest => "invalid_request",
+            ServiceErrorKind::Unauthorized => "unauthorized",
+            ServiceErrorKind::NotFound => "not_found",
+            ServiceErrorKind::Busy => "busy",
+            ServiceErrorKind::SandboxGone => "sandbox_gone",
+            ServiceErrorKind::Overloaded => "overloaded",
+            ServiceErrorKind::QuotaExceeded => "quota_exceeded",
+            ServiceErrorKind::TooLarge => "too_large",
+            ServiceErrorKind::BackendUnavailable => "backend_unavailable",
+            ServiceErrorKind::ShuttingDown => "shutting_down",
+            ServiceErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl From<Error> for ServiceError {
+    fn from(e: Error) -> Self {
+        let kind = match &e {
+            Error::Invalid(_) => ServiceErrorKind::InvalidRequest,
+            Error::Unavailable { .. } => ServiceErrorKind::BackendUnavailable,
+            Error::NotFound(_) => ServiceErrorKind::NotFound,
+            Error::TooLarge(_) => ServiceErrorKind::TooLarge,
+            Error::SandboxGone(_) => ServiceErrorKind::SandboxGone,
+            Error::Busy(_) => ServiceErrorKind::Busy,
+            Error::Host(_) => ServiceErrorKind::Internal,
+        };
+        let message = match e {
+            Error::Invalid(m) | Error::NotFound(m) | Error::SandboxGone(m) | Error::Busy(m) => m,
+            Error::TooLarge(m) => format!("too large: {m}"),
+            other => other.to_string(),
+        };
+        ServiceError::new(kind, message)
+    }
+}
+
+/// One live session per owner, counted; the count drops with the token.
+pub struct QuotaToken {
+    owner: Option<String>,
+    counts: Weak<Mutex<HashMap<Option<String>, u32>>>,
+}
+
+impl Drop for QuotaToken {
+    fn drop(&mut self) {
+        if let Some(c) = self.counts.upgrade() {
+            let mut m = c.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&self.owner) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.owner);
+                }
+            }
+        }
+    }
+}
+
+/// Counts a sandbox creation in progress for as long as it lives.
+struct Creating<'a>(&'a AtomicUsize);
+
+impl<'a> Creating<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Creating(n)
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An execution running now.
+struct Running {
+    backend: BackendKind,
+    oneshot: bool,
+    canceller: Option<Canceller>,
+}
+
+/// The health summary (`GET /healthz`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`, or `draining` during shutdown.
+    pub status: String,
+    /// airlock's version.
+    pub version: String,
+    /// Live sessions.
+    pub sandboxes: u64,
+    /// Backend operations running.
+    pub running: u64,
+    /// Requests waiting for a slot.
+    pub queue_depth: u64,
+    /// Backends that work here.
+    pub backends: Vec<BackendKind>,
+    /// The backend of requests that name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<BackendKind>,
+}
+
+/// The service. Create it with [`Service::new`] and share it as `Arc<Service>`.
+pub struct Service {
+    registry: Arc<Registry>,
+    settings: ServerSettings,
+    store: Arc<dyn Store>,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    quotas: Arc<Mutex<HashMap<Option<String>, u32>>>,
+    admission: Admission,
+    metrics: Metrics,
+    running: Mutex<HashMap<String, Running>>,
+    creating: AtomicUsize,
+    file_transfers: Arc<Semaphore>,
+    auth_required: AtomicBool,
+    shutting_down: AtomicBool,
+    started: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs a blocking closure on the blocking pool, turning a panic into an error.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::internal(format!("a backend operation failed unexpectedly: {e}")))
+}
+
+/// Moves the `limits` of a JSON request over `base`, so omitted fields keep `base`'s
+/// values rather than airlock's defaults. Unknown fields stay, to be refused by name.
+pub fn overlay_limits(body: &mut Value, base: &Limits) -> Result<(), Error> {
+    let obj = body.as_object_mut().ok_or_else(|| Error::invalid("the request body must be a JSON object"))?;
+    let mut limits = serde_json::to_value(base).map_err(|e| Error::host(e.to_string()))?;
+    match obj.remove("limits") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(given)) => {
+            let l = limits.as_object_mut().expect("limits serialise to an object");
+            for (k, v) in given {
+                l.insert(k, v);
+            }
+        }
+        Some(_) => return Err(Error::invalid("`limits` must be an object, e.g. {\"timeout_ms\": 5000}")),
+    }
+    obj.insert("limits".into(), limits);
+    Ok(())
+}
+
+/// Deserialises a request, naming where in the document a problem is
+/// (`limits: unknown field `timeout`, ...`).
+fn from_json<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Error> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            Error::invalid(inner.to_string())
+        } else {
+            Error::invalid(format!("{path}: {inner}"))
+        }
+    })
+}
+
+impl Service {
+    /// A service over `registry` and `store` with `settings`. Call
+    /// [`Service::start`] from inside a Tokio runtime before serving.
+    pub fn new(settings: ServerSettings, registry: Registry, store: Arc<dyn Store>) -> Arc<Self> {
+        let admission = Admission::new(
+            settings.max_running,
+            settings.max_sandboxes,
+            settings.max_queue,
+            Duration::from_millis(settings.queue_timeout_ms),
+        );
+        Arc::new(Service {
+            registry: Arc::new(registry),
+            file_transfers: Arc::new(Semaphore::new(settings.max_file_transfers)),
+            settings,
+            store,
+            sessions: Mutex::new(HashMap::new()),
+            quotas: Arc::new(Mutex::new(HashMap::new())),
+            admission,
+            metrics: Metrics::default(),
+            running: Mutex::new(HashMap::new()),
+            creating: AtomicUsize::new(0),
+            auth_required: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            started: Instant::now(),
+        })
+    }
+
+    /// Start-up work: marks executions of dead servers `lost`, removes sandboxes dead
+    /// servers left behind, probes the backends, and starts the reaper. Returns lines
+    /// describing what was recovered.
+    pub async fn start(self: &Arc<Self>) -> Result<Vec<String>, ServiceError> {
+        let store = self.store.clone();
+        let registry = self.registry.clone();
+        let report = blocking(move || -> Result<Vec<String>, Error> {
+            let mut lines = Vec::new();
+            let lost = store.recover_lost()?;
+            if lost > 0 {
+                lines.push(format!("audit log: marked {lost} execution(s) of a stopped server as lost"));
+            }
+            for (kind, r) in registry.cleanup_stale() {
+                match r {
+                    Ok(found) => lines.extend(found),
+                    Err(e) => lines.push(format!("{kind}: cleaning up stale sandboxes failed: {e}")),
+                }
+            }
+            let _ = registry.probes();
+            Ok(lines)
+        })
+        .await??;
+        self.spawn_reaper();
+        Ok(report)
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &ServerSettings {
+        &self.settings
+    }
+
+    /// The backend registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Requires API keys on every request (set when listening beyond loopback).
+    pub fn set_auth_required(&self, on: bool) {
+        self.auth_required.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether API keys are required.
+    pub fn auth_required(&self) -> bool {
+        self.settings.auth == AuthMode::Required || self.auth_required.load(Ordering::SeqCst)
+    }
+
+    /// The unauthenticated local principal (stdio MCP, loopback without a key).
+    pub fn local_principal(&self) -> Principal {
+        Principal::local(self.settings.per_key_max_sandboxes)
+    }
+
+    /// Who is asking, from the key they presented (if any).
+    pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal, ServiceError> {
+        let Some(key) = presented else {
+            if self.auth_required() {
+                return Err(ServiceError::unauthorized(
+                    "this server requires an API key: send `Authorization: Bearer <key>` (create one with `airlock keys create`)",
+                ));
+            }
+            return Ok(self.local_principal());
+        };
+        check_shape(key).map_err(|e| ServiceError::unauthorized(ServiceError::from(e).message))?;
+        let hash = hash_key(key);
+        let store = self.store.clone();
+        let found = blocking(move || store.key_by_hash(&hash)).await??;
+        match found {
+            Some(k) => Ok(Principal::of_key(&k, self.settings.per_key_max_sandboxes)),
+            None => Err(ServiceError::unauthorized("this API key is unknown or has been revoked")),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), ServiceError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ServiceError::new(
+                ServiceErrorKind::ShuttingDown,
+                "the server is shutting down; retry against another instance or after it restarts",
+            ));
+        }
+        Ok(())
+    }
+
+    fn rejected(&self, r: Rejected) -> ServiceError {
+        self.metrics.rejected(r.reason);
+        if r.reason == "shutting_down" {
+            return ServiceError::new(ServiceErrorKind::ShuttingDown, r.message);
+        }
+        ServiceError::overloaded(r.message, self.metrics.retry_after_s())
+    }
+
+    async fn admit(&self, slot: Slot) -> Result<OwnedSemaphorePermit, ServiceError> {
+        let (permit, waited) = self.admission.admit(slot).await.map_err(|r| self.rejected(r))?;
+        self.metrics.queue_wait(waited);
+        Ok(permit)
+    }
+
+    /// Parses a one-shot request from JSON: omitted limits take the server's default
+    /// limits, an omitted backend the server's default backend.
+    pub fn request_from_json(&self, mut body: Value) -> Result<ExecRequest, ServiceError> {
+        overlay_limits(&mut body, &self.settings.default_limits)?;
+        Ok(from_json(body)?)
+    }
+
+    /// Validates and admits a one-shot execution. It runs when [`Pending::run`] is
+    /// called; refusals (bad input, `429`) come back here, before anything streams.
+    pub async fn prepare_execute(
+        self: &Arc<Self>,
+        principal: &Principal,
+        mut req: ExecRequest,
+    ) -> Result<Pending, ServiceError> {
+        self.check_open()?;
+        if req.backend.is_none() {
+            req.backend = self.settings.default_backend;
+        }
+        req.validate(&self.settings.max_limits)?;
+        let backend = self.registry.resolve(req.backend)?;
+        req.backend = Some(backend.kind());
+        let permit = self.admit(Slot::Run).await?;
+        Ok(self.pending(principal, Work::Oneshot { req }, backend.kind(), permit))
+    }
+
+    fn pending(
+        self: &Arc<Self>,
+        p: &Principal,
+        work: Work,
+        backend: BackendKind,
+        permit: OwnedSemaphorePermit,
+    ) -> Pending {
+        let id = match &work {
+            Work::Cell { id, .. } => id.clone(),
+            Work::Oneshot { .. } => airlock_core::new_id("exe"),
+        };
+        Pending {
+            service: self.clone(),
+            id,
+            principal: p.clone(),
+            backend,
+            accepted: Instant::now(),
+            accepted_ms: now_ms(),
+            permit: Some(permit),
+            work: Some(work),
+        }
+    }
+
+    /// Runs a one-shot execution to its end (no streaming).
+    pub async fn execute(self: &Arc<Self>, principal: &Principal, req: ExecRequest) -> Result<Outcome, ServiceError> {
+        self.prepare_execute(principal, req).await?.run(None).await
+    }
+
+    fn session(&self, p: &Principal, id: &str) -> Result<Arc<Session>, ServiceError> {
+        lock(&self.sessions).get(id).filter(|s| s.owned_by(p.key_id.as_deref())).cloned().ok_or_else(|| {
+            ServiceError::not_found(format!(
+                "no sandbox '{id}' (it may have been deleted, or destroyed after its idle timeout or lifetime)"
+            ))
+        })
+    }
+
+    /// Validates and admits a cell of a session. The body is an `ExecRequest` as JSON;
+    /// omitted limits take the sandbox's. Refusals come back here: `404`, `409` if a
+    /// cell is running, `410` if the sandbox stopped, `429` at the cap.
+    pub async fn prepare_cell(
+        self: &Arc<Self>,
+        principal: &Principal,
+        sandbox_id: &str,
+        body: Value,
+    ) -> Result<Pending, ServiceError> {
+        self.check_open()?;
+        let session = self.session(principal, sandbox_id)?;
+        let req = self.cell_request(body, &session)?;
+        let id = airlock_core::new_id("exe");
+        // If admission fails, or this future is dropped while it waits, the lease
+        // puts the sandbox back.
+        let lease = session.take(Busy::Cell(id.clone()))?;
+        let permit = self.admit(Slot::Run).await?;
+        let backend = session.backend;
+        Ok(self.pending(principal, Work::Cell { id, lease, req }, backend, permit))
+    }
+
+    fn cell_request(&self, mut body: Value, s: &Session) -> Result<ExecRequest, ServiceError> {
+        overlay_limits(&mut body, &s.limits)?;
+        if let Some(obj) = body.as_object_mut()
+            && !obj.contains_key("network")
+        {
+            obj.insert("network".into(), serde_json::to_value(s.network).unwrap_or(Value::Null));
+        }
+        let req: ExecRequest = from_json(body)?;
+        if let Some(b) = req.backend
+            && b != s.backend
+        {
+            return Err(ServiceError::invalid(format!(
+                "sandbox {} runs on backend '{}'; leave `backend` out of a cell",
+                s.id, s.backend
+            )));
+        }
+        if !req.env.is_empty() {
+            return Err(ServiceError::invalid(
+                "`env` is fixed when a sandbox is created (POST /v1/sandboxes); leave it out of a cell",
+            ));
+        }
+        if req.network != s.network {
+            return Err(ServiceError::invalid(
+                "`network` is fixed when a sandbox is created (POST /v1/sandboxes); leave it out of a cell",
+            ));
+        }
+        let fixed: [(&str, u64, u64); 4] = [
+            ("memory_bytes", req.limits.memory_bytes, s.limits.memory_bytes),
+            ("processes", req.limits.processes.into(), s.limits.processes.into()),
+            ("file_bytes", req.limits.file_bytes, s.limits.file_bytes),
+            ("open_files", req.limits.open_files.into(), s.limits.open_files.into()),
+        ];
+        for (name, asked, fixed) in fixed {
+            if asked != fixed {
+                return Err(ServiceError::invalid(format!(
+                    "limits.{name} is fixed when the sandbox is created ({fixed}); a cell may change only timeout_ms, cpu_ms and output_bytes"
+                )));
+            }
+        }
+        req.validate(&self.settings.max_limits)?;
+        Ok(req)
+    }
+
+    /// Runs a cell to its end (no streaming).
+    pub async fn execute_cell(
+        self: &Arc<Self>,
+        principal: &Principal,
+        sandbox_id: &str,
+        body: Value,
+    ) -> Result<Outcome, ServiceError> {
+        self.prepare_cell(principal, sandbox_id, body).await?.run(None).await
+    }
+
+    /// Parses the body of `POST /v1/sandboxes`: omitted limits take the server's defaults.
+    pub fn create_request_from_json(&self, mut body: Value) -> Result<CreateSandbox, ServiceError> {
+        overlay_limits(&mut body, &self.settings.default_limits)?;
+        Ok(from_json(body)?)
+    }
+
+    fn reserve_quota(&self, p: &Principal) -> Result<QuotaToken, ServiceError> {
+        let mut q = lock(&self.quotas);
+        let n = q.entry(p.key_id.clone()).or_default();
+        if *n >= p.max_sandboxes {
+            self.metrics.rejected("quota");
+            return Err(ServiceError::new(
+                ServiceErrorKind::QuotaExceeded,
+                format!(
+                    "{} already holds {} live sandbox(es), its limit; delete one (DELETE /v1/sandboxes/{{id}}) first",
+                    match &p.key_id {
+                        Some(k) => format!("API key {k}"),
+                        None => "the local user".to_string(),
+                    },
+                    p.max_sandboxes
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(QuotaToken { owner: p.key_id.clone(), counts: Arc::downgrade(&self.quotas) })
+    }
+
+    /// Creates a session.
+    pub async fn create_sandbox(
+        self: &Arc<Self>,
+        principal: &Principal,
+        req: CreateSandbox,
+    ) -> Result<SandboxInfo, ServiceError> {
+        self.check_open()?;
+        let s = &self.settings;
+        req.limits.validate(&s.max_limits)?;
+        validate_env(&req.env)?;
+        let idle = req.idle_timeout_ms.unwrap_or(s.idle_timeout_ms);
+        let life = req.max_lifetime_ms.unwrap_or(s.max_lifetime_ms);
+        if idle == 0 || idle > s.max_idle_timeout_ms {
+            return Err(ServiceError::invalid(format!(
+                "idle_timeout_ms = {idle} is out of range: use 1 to {} (this server's maximum)",
+                s.max_idle_timeout_ms
+            )));
+        }
+        if life == 0 || life > s.max_max_lifetime_ms {
+            return Err(ServiceError::invalid(format!(
+                "max_lifetime_ms = {life} is out of range: use 1 to {} (this server's maximum)",
+                s.max_max_lifetime_ms
+            )));
+        }
+        if req.metadata.len() > 32 || req.metadata.iter().any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 512) {
+            return Err(ServiceError::invalid(
+                "metadata takes at most 32 entries, with keys of 1 to 64 bytes and values up to 512 bytes",
+            ));
+        }
+        let backend = self.registry.resolve(req.backend.or(s.default_backend))?;
+        let quota = self.reserve_quota(principal)?;
+        let slot = self.admit(Slot::Sandbox).await?;
+        let run = self.admit(Slot::Run).await?;
+
+        let spec = SandboxSpec { env: req.env.clone(), network: req.network, ..SandboxSpec::new(req.limits) };
+        // The creation finishes (and the session is registered) even if the caller
+        // goes away meanwhile; an unclaimed session is reaped when idle.
+        let svc = self.clone();
+        let owner = principal.clone();
+        let task = tokio::spawn(async move {
+            let id = spec.id.clone();
+            let creating = Creating::new(&svc.creating);
+            let registry = svc.registry.clone();
+            let b = backend.clone();
+            let created = blocking(move || registry.create_sandbox(b.as_ref(), &spec)).await;
+            drop(creating);
+            drop(run);
+            let sandbox = created??;
+            let now = Instant::now();
+            let session = Arc::new(Session {
+                id: id.clone(),
+                owner: owner.key_id.clone(),
+                backend: backend.kind(),
+                isolation: backend.isolation(),
+                limits: req.limits,
+                network: req.network,
+                metadata: req.metadata,
+                created: now,
+                created_ms: now_ms(),
+                idle_timeout: Duration::from_millis(idle),
+                max_lifetime: Duration::from_millis(life),
+                state: Mutex::new(State {
+                    sandbox: Some(sandbox),
+                    phase: Phase::Idle,
+                    last_active: now,
+                    last_active_ms: now_ms(),
+                    executions: 0,
+                    resources: Some(Resources { _slot: slot, _quota: quota }),
+                    doomed: None,
+                }),
+                ended: watch::channel(false).0,
+            });
+            lock(&svc.sessions).insert(id.clone(), session.clone());
+            svc.metrics.sandbox_created(backend.kind());
+            if svc.shutting_down.load(Ordering::SeqCst) {
+                lock(&svc.sessions).remove(&id);
+                svc.end_session(&session, "shutdown").await;
+                svc.check_open()?;
+            }
+            tracing::info!(sandbox = %id, backend = %backend.kind(), owner = owner.label(), "sandbox created");
+            Ok::<_, ServiceError>(session.info())
+        });
+        task.await.map_err(|e| ServiceError::internal(format!("creating the sandbox failed unexpectedly: {e}")))?
+    }
+
+    /// The caller's sessions, oldest first.
+    pub fn list_sandboxes(&self, principal: &Principal) -> Vec<SandboxInfo> {
+        let mut v: Vec<SandboxInfo> = lock(&self.sessions)
+            .values()
+            .filter(|s| s.owned_by(principal.key_id.as_deref()))
+            .map(|s| s.info())
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// One of the caller's sessions.
+    pub fn sandbox(&self, principal: &Principal, id: &str) -> Result<SandboxInfo, ServiceError> {
+        Ok(self.session(principal, id)?.info())
+    }
+
+    /// Destroys a session (cancelling a running cell) and waits, up to 10 s, until its
+    /// sandbox is gone.
+    pub async fn delete_sandbox(self: &Arc<Self>, principal: &Principal, id: &str) -> Result<(), ServiceError> {
+        let session = self.session(principal, id)?;
+        lock(&self.sessions).remove(id);
+        self.end_session(&session, "deleted").await;
+        let mut rx = session.ended.subscribe();
+        if tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|ended| *ended)).await.is_err() {
+            tracing::warn!(sandbox = %id, "the sandbox is taking more than 10 s to stop");
+        }
+        Ok(())
+    }
+
+    /// Dooms a session; destroys its sandbox now if nothing is using it, else when
+    /// the current use ends (a running cell is cancelled).
+    async fn end_session(self: &Arc<Self>, s: &Arc<Session>, cause: &'static str) {
+        if let Some(sb) = s.doom(cause, true) {
+            let (svc, s) = (self.clone(), s.clone());
+            // Destroyed and released on the blocking thread, so that a dropped caller
+            // cannot leave the session's resources held.
+            if let Err(e) = blocking(move || svc.destroy_now(&s, sb, cause)).await {
+                tracing::error!("destroying a sandbox: {e}");
+            }
+        } else if s.status() == SandboxStatus::Stopped {
+            s.release();
+        }
+    }
+
+    /// Destroys a sandbox (blocking) and releases its session's resources.
+    fn destroy_now(&self, s: &Session, sb: Box<dyn airlock_core::Sandbox>, cause: &'static str) {
+        if let Err(e) = sb.destroy() {
+            tracing::warn!(sandbox = %s.id, "destroying the sandbox failed: {e}");
+        }
+        s.release();
+        self.metrics.sandbox_ended(cause);
+        tracing::info!(sandbox = %s.id, cause, "sandbox destroyed");
+    }
+
+    /// Carries out what a finished use asks for (blocking).
+    fn after_use_now(&self, s: &Session, after: AfterUse) {
+        match after {
+            AfterUse::Kept => {}
+            AfterUse::Destroy(sb, cause) => self.destroy_now(s, sb, cause),
+            AfterUse::Lost => s.release(),
+        }
+    }
+
+    /// Runs a blocking file operation on a session's sandbox. The whole use —
+    /// including putting the sandbox back — happens on the blocking thread, so it
+    /// completes even if the caller goes away.
+    async fn with_sandbox<T: Send + 'static>(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+        op: &'static str,
+        f: impl FnOnce(&mut dyn airlock_core::Sandbox, &Session) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        self.check_open()?;
+        let session = self.session(principal, id)?;
+        let mut lease = session.take(Busy::Files(op))?;
+        let svc = self.clone();
+        let r = blocking(move || {
+            let mut sb = lease.sandbox.take().expect("a lease holds its sandbox");
+            let s = lease.session.clone();
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| f(sb.as_mut(), &s)));
+            lease.sandbox = Some(sb);
+            let after = lease.finish(false, r.is_err());
+            svc.after_use_now(&s, after);
+            r
+        })
+        .await?;
+        match r {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                Err(ServiceError::internal(format!("the file {op} failed unexpectedly; the sandbox was stopped")))
+            }
+        }
+    }
+
+    /// A slot for one file transfer, waited for up to the queue timeout. Transports
+    /// hold it while they buffer a file, so file buffers stay bounded.
+    pub async fn file_transfer_slot(&self) -> Result<OwnedSemaphorePermit, ServiceError> {
+        let wait = Duration::from_millis(self.settings.queue_timeout_ms);
+        match tokio::time::timeout(wait, self.file_transfers.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => {
+                self.metrics.rejected("file_transfers");
+                Err(ServiceError::overloaded(
+                    format!(
+                        "{} file transfers are in progress, this server's limit; retry later",
+                        self.settings.max_file_transfers
+                    ),
+                    1,
+                ))
+            }
+        }
+    }
+
+    /// Writes a file into a session's workspace.
+    pub async fn write_file(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+        path: &str,
+        data: Vec<u8>,
+    ) -> Result<FileEntry, ServiceError> {
+        let path = WorkspacePath::parse(path)?;
+        if data.len() as u64 > self.settings.max_file_bytes {
+            return Err(ServiceError::new(
+                ServiceErrorKind::TooLarge,
+                format!(
+                    "the file is {} but this server takes files up to {}",
+                    format_size(data.len() as u64),
+                    format_size(self.settings.max_file_bytes)
+                ),
+            ));
+        }
+        let size = data.len() as u64;
+        let shown = path.to_string();
+        self.with_sandbox(principal, id, "write", move |sb, s| {
+            if size > s.limits.file_bytes {
+                return Err(Error::TooLarge(format!(
+                    "'{path}' is {} but the sandbox's limits.file_bytes is {}",
+                    format_size(size),
+                    format_size(s.limits.file_bytes)
+                )));
+            }
+            sb.write_file(&path, &data)
+        })
+        .await?;
+        Ok(FileEntry { path: shown, size, is_dir: false })
+    }
+
+    /// Reads a file from a session's workspace.
+    pub async fn read_file(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+        path: &str,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let path = WorkspacePath::parse(path)?;
+        let cap = self.settings.max_file_bytes;
+        self.with_sandbox(principal, id, "read", move |sb, s| sb.read_file(&path, cap.min(s.limits.file_bytes))).await
+    }
+
+    /// Lists a directory of a session's workspace (recursively, bounded).
+    pub async fn list_files(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+        dir: &str,
+    ) -> Result<Vec<FileEntry>, ServiceError> {
+        let dir = WorkspacePath::parse_dir(dir)?;
+        self.with_sandbox(principal, id, "listing", move |sb, _| sb.list_files(&dir)).await
+    }
+
+    /// Removes a file or an empty directory from a session's workspace.
+    pub async fn remove_file(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+        path: &str,
+    ) -> Result<(), ServiceError> {
+        let path = WorkspacePath::parse(path)?;
+        self.with_sandbox(principal, id, "removal", move |sb, _| sb.remove_file(&path)).await
+    }
+
+    /// One execution of the caller's from the audit log.
+    pub async fn execution(&self, principal: &Principal, id: &str) -> Result<ExecutionRecord, ServiceError> {
+        let store = self.store.clone();
+        let (id2, key) = (id.to_string(), principal.key_id.clone());
+        blocking(move || store.execution(&id2, key.as_deref()))
+            .await??
+            .ok_or_else(|| ServiceError::not_found(format!("no execution '{id}'")))
+    }
+
+    /// A page of the caller's executions, newest first (`limit` 1 to 1000).
+    pub async fn executions(
+        &self,
+        principal: &Principal,
+        sandbox_id: Option<String>,
+        status: Option<RecordStatus>,
+        limit: Option<u32>,
+        cursor: Option<String>,
+    ) -> Result<ExecutionPage, ServiceError> {
+        let limit = limit.unwrap_or(50);
+        if !(1..=1000).contains(&limit) {
+            return Err(ServiceError::invalid(format!("limit = {limit} is out of range: use 1 to 1000")));
+        }
+        let q = ExecutionQuery { key_id: principal.key_id.clone(), sandbox_id, status, limit, cursor };
+        let store = self.store.clone();
+        Ok(blocking(move || store.executions(&q)).await??)
+    }
+
+    /// Live sessions (not stopped).
+    pub fn live_sessions(&self) -> usize {
+        lock(&self.sessions).values().filter(|s| s.status() != SandboxStatus::Stopped).count()
+    }
+
+    /// The health summary.
+    pub fn health(&self) -> Health {
+        let backends =
+            self.registry.probes().into_iter().filter(|p| p.available).map(|p| p.backend).collect::<Vec<_>>();
+        Health {
+            status: if self.shutting_down.load(Ordering::SeqCst) { "draining" } else { "ok" }.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            sandboxes: self.live_sessions() as u64,
+            running: self.operations() as u64,
+            queue_depth: self.admission.queue_depth() as u64,
+            backends,
+            default_backend: self.settings.default_backend,
+        }
+    }
+
+    /// Backend operations in progress: executions and sandbox creations.
+    fn operations(&self) -> usize {
+        lock(&self.running).len() + self.creating.load(Ordering::SeqCst)
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let mut g = Gauges {
+            running: self.operations() as u64,
+            queue_depth: self.admission.queue_depth() as u64,
+            max_running: self.admission.max_running() as u64,
+            max_sandboxes: self.admission.max_sandboxes() as u64,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            ..Default::default()
+        };
+        let mut live: BTreeMap<String, u64> = BTreeMap::new();
+        for s in lock(&self.sessions).values() {
+            let st = s.status();
+            let name = match st {
+                SandboxStatus::Idle => "idle",
+                SandboxStatus::Running => "running",
+                SandboxStatus::Stopped => "stopped",
+            };
+            *g.sessions.entry(name.into()).or_default() += 1;
+            if st != SandboxStatus::Stopped {
+                *live.entry(s.backend.as_str().into()).or_default() += 1;
+            }
+        }
+        for r in lock(&self.running).values().filter(|r| r.oneshot) {
+            *live.entry(r.backend.as_str().into()).or_default() += 1;
+        }
+        g.live_sandboxes = live;
+        self.metrics.render(&g)
+    }
+
+    fn spawn_reaper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = Duration::from_millis(self.settings.reap_interval_ms);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(svc) = weak.upgrade() else { break };
+                if svc.shutting_down.load(Ordering::SeqCst) {
+                    break;
+                }
+                svc.reap().await;
+            }
+        });
+    }
+
+    /// Ends sessions past their idle timeout or lifetime, and forgets stopped ones.
+    pub async fn reap(self: &Arc<Self>) {
+        let now = Instant::now();
+        let due: Vec<(Arc<Session>, &'static str)> =
+            lock(&self.sessions).values().filter_map(|s| s.expired(now).map(|why| (s.clone(), why))).collect();
+        for (s, why) in due {
+            lock(&self.sessions).remove(&s.id);
+            tracing::info!(sandbox = %s.id, why, "reaping sandbox");
+            self.end_session(&s, why).await;
+        }
+    }
+
+    /// Refuses new work from now on (the first step of shutdown).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.admission.close();
+    }
+
+    /// Shuts down: refuses new work, lets running operations finish for up to
+    /// `drain`, cancels what is left, then destroys every session's sandbox.
+    pub async fn shutdown(self: &Arc<Self>, drain: Duration) {
+        self.begin_shutdown();
+        let deadline = Instant::now() + drain;
+        while self.operations() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.operations() > 0 {
+            let cancellers: Vec<Canceller> = lock(&self.running).values().filter_map(|r| r.canceller.clone()).collect();
+            tracing::warn!("stopping {} execution(s) still running after the drain timeout", cancellers.len());
+            for c in cancellers {
+                c();
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.operations() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let all: Vec<Arc<Session>> = lock(&self.sessions).drain().map(|(_, s)| s).collect();
+        let mut waits = Vec::new();
+        for s in &all {
+            self.end_session(s, "shutdown").await;
+            waits.push(s.ended.subscribe());
+        }
+        for mut rx in waits {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|e| *e)).await;
+        }
+    }
+}
+
+/// The work of an admitted execution.
+enum Work {
+    Oneshot { req: ExecRequest },
+    Cell { id: String, lease: Lease, req: ExecRequest },
+}
+
+/// An admitted execution, not started yet. Dropping it gives its slot and sandbox back
+/// (the sandbox through its lease).
+pub struct Pending {
+    service: Arc<Service>,
+    id: String,
+    principal: Principal,
+    backend: BackendKind,
+    accepted: Instant,
+    accepted_ms: u64,
+    permit: Option<OwnedSemaphorePermit>,
+    work: Option<Work>,
+}
+
+impl Pending {
+    /// The execution's id (`exe_...`), known before it runs.
+    pub fn execution_id(&self) -> &str {
+        &self.id
+    }
+
+    /// The backend it will run on.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// Runs the execution: records it, runs it on a blocking thread, forwards its
+    /// events to `events` as they happen, records the end, and returns the outcome.
+    /// The run continues to its end even if the caller stops waiting.
+    pub async fn run(mut self, events: Option<mpsc::UnboundedSender<Event>>) -> Result<Outcome, ServiceError> {
+        let work = self.work.take().expect("a pending execution runs once");
+        let permit = self.permit.take();
+        let svc = self.service.clone();
+        let (id, principal, backend, accepted, accepted_ms) =
+            (self.id.clone(), self.principal.clone(), self.backend, self.accepted, self.accepted_ms);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let r = svc.run_work(work, &id, &principal, backend, accepted, accepted_ms, events).await;
+            drop(permit);
+            let _ = tx.send(r);
+        });
+        rx.await.unwrap_or_else(|_| Err(ServiceError::internal("the execution ended without a result")))
+    }
+}
+
+impl Service {
+    /// Runs admitted work on one blocking thread: the audit record before, the run,
+    /// the sandbox put back, the audit record after. One thread hand-off per
+    /// execution, and nothing in it depends on the caller still waiting.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_work(
+        self: &Arc<Self>,
+        work: Work,
+        id: &str,
+        principal: &Principal,
+        backend: BackendKind,
+        accepted: Instant,
+        accepted_ms: u64,
+        events: Option<mpsc::UnboundedSender<Event>>,
+    ) -> Result<Outcome, ServiceError> {
+        let svc = self.clone();
+        let (id, principal) = (id.to_string(), principal.clone());
+        blocking(move || svc.run_work_now(work, &id, &principal, backend, accepted, accepted_ms, events))
+            .await
+            .and_then(|r| r)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_work_now(
+        &self,
+        work: Work,
+        id: &str,
+        principal: &Principal,
+        backend: BackendKind,
+        accepted: Instant,
+        accepted_ms: u64,
+        events: Option<mpsc::UnboundedSender<Event>>,
+    ) -> Result<Outcome, ServiceError> {
+        let (kind, req, sandbox_id) = match &work {
+            Work::Oneshot { req } => (ExecutionKind::Oneshot, req, None),
+            Work::Cell { lease, req, .. } => (ExecutionKind::Cell, req, Some(lease.session.id.clone())),
+        };
+        let (code, _) = cut(&req.code, self.settings.audit_code_bytes);
+        let start = ExecutionStart {
+            id: id.to_string(),
+            kind,
+            key_id: principal.key_id.clone(),
+            sandbox_id,
+            backend: Some(backend),
+            language: req.language,
+            code,
+            code_bytes: req.code.len() as u64,
+            created_at_ms: accepted_ms,
+        };
+        if let Err(e) = self.store.begin(&start) {
+            tracing::error!(execution = %id, "the audit log refused the execution: {e}");
+            drop(work); // a cell's lease puts its sandbox back
+            return Err(ServiceError::internal(format!(
+                "the execution was not run because the audit log could not record it: {e}"
+            )));
+        }
+
+        let mut sink = |ev: Event| {
+            if let Some(tx) = &events {
+                let _ = tx.send(ev);
+            }
+        };
+        let exe = id.to_string();
+        let result: Result<Outcome, ServiceError> = match work {
+            Work::Oneshot { req } => {
+                let mut on_start = |c: Option<Canceller>| {
+                    let mut running = lock(&self.running);
+                    match c {
+                        Some(c) => {
+                            running.insert(exe.clone(), Running { backend, oneshot: true, canceller: Some(c) });
+                        }
+                        None => {
+                            running.remove(&exe);
+                        }
+                    }
+                };
+                let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.registry.execute(&req, Some(exe.clone()), &mut on_start, &mut sink)
+                }));
+                lock(&self.running).remove(&exe);
+                match r {
+                    Ok(r) => r.map_err(ServiceError::from),
+                    Err(_) => Err(ServiceError::internal("airlock failed unexpectedly while running this execution")),
+                }
+            }
+            Work::Cell { mut lease, req, .. } => {
+                let sess = lease.session.clone();
+                let mut sandbox = lease.sandbox.take().expect("a lease holds its sandbox");
+                let c = sandbox.canceller();
+                sess.set_canceller(c.clone());
+                lock(&self.running).insert(exe.clone(), Running { backend, oneshot: false, canceller: c });
+                // The session may have been deleted between admission and now.
+                let r = if sess.lock().doomed.is_some() {
+                    Ok(Err(ServiceError::gone(format!("sandbox {} was deleted before the cell started", sess.id))))
+                } else {
+                    std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        run_in(sandbox.as_mut(), &req, Some(exe.clone()), Instant::now(), &mut sink)
+                            .map_err(ServiceError::from)
+                    }))
+                };
+                lock(&self.running).remove(&exe);
+                lease.sandbox = Some(sandbox);
+                let after = lease.finish(true, r.is_err());
+                self.after_use_now(&sess, after);
+                match r {
+                    Ok(r) => r,
+                    Err(_) => Err(ServiceError::internal("airlock failed unexpectedly while running this cell")),
+                }
+            }
+        };
+        drop(events); // the stream ends before the final result is handed back
+
+        let end = match &result {
+            Ok(o) => {
+                let (stdout, c1) = cut(&o.stdout, self.settings.audit_output_bytes);
+                let (stderr, c2) = cut(&o.stderr, self.settings.audit_output_bytes);
+                ExecutionEnd {
+                    status: o.status.into(),
+                    reason: o.reason.clone(),
+                    backend: Some(o.backend),
+                    exit_code: o.exit_code,
+                    stdout,
+                    stderr,
+                    output_truncated: c1 || c2 || o.stdout_truncated || o.stderr_truncated,
+                    error: o.error.clone(),
+                    usage: Some(o.usage),
+                    finished_at_ms: now_ms(),
+                }
+            }
+            Err(e) => ExecutionEnd {
+                status: RecordStatus::Failed,
+                reason: Some(e.message.clone()),
+                backend: Some(backend),
+                exit_code: None,
+                stdout: String::new(),
+                stderr: String::new(),
+                output_truncated: false,
+                error: None,
+                usage: None,
+                finished_at_ms: now_ms(),
+            },
+        };
+        self.metrics.execution(Some(backend), kind, end.status, accepted.elapsed());
+        if let Err(e) = self.store.end(id, &end) {
+            tracing::error!(execution = %id, "the audit log could not record the end: {e}");
+        }
+        result
+    }
+}

@@ -1,0 +1,239 @@
+//! Settings of the long-running service (`airlock serve`, `airlock mcp`): caps,
+//! timeouts and limits. Every field has a default; a TOML file may set any of them,
+//! and unknown keys are refused so that a typo never leaves a default in place.
+
+use std::path::{Path, PathBuf};
+
+use airlock_core::request::MIB;
+use airlock_core::{BackendKind, Error, Limits};
+use serde::{Deserialize, Serialize};
+
+/// How API keys are required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Required when the server listens on a non-loopback address; optional on
+    /// loopback (a key that is sent is still checked).
+    #[default]
+    Auto,
+    /// Always required.
+    Required,
+}
+
+/// The service's settings. Durations are in milliseconds and sizes in bytes, as the
+/// names say.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on (default `127.0.0.1:8080`).
+    pub listen: String,
+    /// Where the audit log and API keys live (default: airlock's data directory).
+    pub data_dir: Option<PathBuf>,
+    /// When API keys are required (default `auto`).
+    pub auth: AuthMode,
+    /// The backend of requests that name none (default: the safest that works here).
+    pub default_backend: Option<BackendKind>,
+    /// Limits of requests that leave them out (default: airlock's defaults).
+    pub default_limits: Limits,
+    /// The largest limits a request may ask for.
+    pub max_limits: Limits,
+    /// Live sessions (stateful sandboxes) on the whole server (default 64).
+    pub max_sandboxes: usize,
+    /// Backend operations at once: running executions plus sandboxes being created
+    /// (default: twice the CPUs, at least 2).
+    pub max_running: usize,
+    /// Requests that may wait for a slot at once; beyond it they get `429` at once
+    /// (default 256).
+    pub max_queue: usize,
+    /// How long a request waits for a slot before it gets `429` (default 10 s).
+    pub queue_timeout_ms: u64,
+    /// Live sessions one API key may hold (default 16; a key may have its own).
+    pub per_key_max_sandboxes: u32,
+    /// A session without activity for this long is destroyed (default 10 min).
+    pub idle_timeout_ms: u64,
+    /// The longest idle timeout a session may ask for (default 24 h).
+    pub max_idle_timeout_ms: u64,
+    /// A session is destroyed this long after it was created (default 1 h).
+    pub max_lifetime_ms: u64,
+    /// The longest lifetime a session may ask for (default 24 h).
+    pub max_max_lifetime_ms: u64,
+    /// The largest JSON request body (default 8 MiB).
+    pub max_body_bytes: u64,
+    /// The largest file uploaded or downloaded through the files API (default 64 MiB).
+    pub max_file_bytes: u64,
+    /// File uploads and downloads in flight at once (default 4), so that their
+    /// buffers stay bounded.
+    pub max_file_transfers: usize,
+    /// HTTP requests in flight at once; beyond it requests get `429` (default 512).
+    pub max_inflight_requests: usize,
+    /// On shutdown, running cells get this long to finish before they are stopped
+    /// (default 30 s).
+    pub drain_timeout_ms: u64,
+    /// How often idle and expired sessions are looked for (default 1 s).
+    pub reap_interval_ms: u64,
+    /// stdout and stderr are each kept up to this size in the audit log (default 64 KiB).
+    pub audit_output_bytes: u64,
+    /// Code is kept up to this size in the audit log (default 64 KiB).
+    pub audit_code_bytes: u64,
+    /// Extra `Host` header values accepted by the MCP endpoint (`/mcp`), besides
+    /// loopback names and the listen address (DNS-rebinding protection).
+    pub mcp_allowed_hosts: Vec<String>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        ServerSettings {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: None,
+            auth: AuthMode::Auto,
+            default_backend: None,
+            default_limits: Limits::default(),
+            max_limits: Limits {
+                timeout_ms: 3_600_000,
+                cpu_ms: 3_600_000,
+                memory_bytes: 8 * 1024 * MIB,
+                processes: 1024,
+                output_bytes: 64 * MIB,
+                file_bytes: 1024 * MIB,
+                open_files: 4096,
+            },
+            max_sandboxes: 64,
+            max_running: (2 * cpus).max(2),
+            max_queue: 256,
+            queue_timeout_ms: 10_000,
+            per_key_max_sandboxes: 16,
+            idle_timeout_ms: 600_000,
+            max_idle_timeout_ms: 86_400_000,
+            max_lifetime_ms: 3_600_000,
+            max_max_lifetime_ms: 86_400_000,
+            max_body_bytes: 8 * MIB,
+            max_file_bytes: 64 * MIB,
+            max_file_transfers: 4,
+            max_inflight_requests: 512,
+            drain_timeout_ms: 30_000,
+            reap_interval_ms: 1_000,
+            audit_output_bytes: 64 * 1024,
+            audit_code_bytes: 64 * 1024,
+            mcp_allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Reads settings from a TOML file; keys it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid(format!("cannot read the settings file {}: {e}", path.display())))?;
+        let s = Self::from_toml(&text).map_err(|e| Error::invalid(format!("settings file {}: {e}", path.display())))?;
+        s.validate().map_err(|e| {
+            Error::invalid(format!(
+                "settings file {}: {}",
+                path.display(),
+                e.to_string().trim_start_matches("invalid request: ")
+            ))
+        })?;
+        Ok(s)
+    }
+
+    /// Parses settings from TOML text. Tables merge into the defaults key by key, so
+    /// `[max_limits] timeout_ms = 5000` changes only that maximum.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        // Parsed once as-is for precise messages about unknown keys and wrong types...
+        toml::from_str::<ServerSettings>(text).map_err(|e| e.to_string().trim().to_string())?;
+        // ...then merged into the defaults.
+        let mut base = toml::Value::try_from(ServerSettings::default()).map_err(|e| e.to_string())?;
+        let given: toml::Value = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        merge(&mut base, given);
+        base.try_into().map_err(|e: toml::de::Error| e.to_string().trim().to_string())
+    }
+
+    /// The data directory: the configured one, else airlock's default.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(crate::default_data_dir)
+    }
+
+    /// Checks that the settings make sense together, naming what to change.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.max_limits.validate(&Limits::generous_max()).map_err(|e| {
+            Error::invalid(format!("max_limits: {}", e.to_string().trim_start_matches("invalid request: ")))
+        })?;
+        self.default_limits.validate(&self.max_limits).map_err(|e| {
+            Error::invalid(format!(
+                "default_limits must be within max_limits: {}",
+                e.to_string().trim_start_matches("invalid request: ")
+            ))
+        })?;
+        let positive: [(&str, u64); 8] = [
+            ("max_sandboxes", self.max_sandboxes as u64),
+            ("max_running", self.max_running as u64),
+            ("max_file_transfers", self.max_file_transfers as u64),
+            ("max_inflight_requests", self.max_inflight_requests as u64),
+            ("max_body_bytes", self.max_body_bytes),
+            ("reap_interval_ms", self.reap_interval_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("max_lifetime_ms", self.max_lifetime_ms),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if self.idle_timeout_ms > self.max_idle_timeout_ms {
+            return Err(Error::invalid("idle_timeout_ms must not exceed max_idle_timeout_ms"));
+        }
+        if self.max_lifetime_ms > self.max_max_lifetime_ms {
+            return Err(Error::invalid("max_lifetime_ms must not exceed max_max_lifetime_ms"));
+        }
+        Ok(())
+    }
+}
+
+/// Merges `over` into `base`: tables key by key, anything else replaced.
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ServerSettings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_overrides_some_keys_and_refuses_unknown_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("airlock.toml");
+        std::fs::write(&p, "max_running = 3\ndefault_backend = \"process\"\n[max_limits]\ntimeout_ms = 60000\n")
+            .unwrap();
+        let s = ServerSettings::from_file(&p).unwrap();
+        assert_eq!(s.max_running, 3);
+        assert_eq!(s.default_backend, Some(BackendKind::Process));
+        assert_eq!(s.max_limits.timeout_ms, 60000);
+        assert_eq!(s.max_limits.memory_bytes, ServerSettings::default().max_limits.memory_bytes);
+        // The default timeout (30 s) would exceed the new maximum: refused, saying what to change.
+        std::fs::write(&p, "[max_limits]\ntimeout_ms = 5000\n").unwrap();
+        let e = ServerSettings::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("default_limits") && e.contains("timeout_ms"), "{e}");
+        std::fs::write(&p, "[max_limits]\ntimeout_ms = 5000\n[default_limits]\ntimeout_ms = 1000\n").unwrap();
+        assert_eq!(ServerSettings::from_file(&p).unwrap().default_limits.timeout_ms, 1000);
+        std::fs::write(&p, "max_runing = 3\n").unwrap();
+        let e = ServerSettings::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("max_runing"), "{e}");
+    }
+}
