@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::Error;
+use crate::guard::GuardPolicy;
 use crate::outcome::{ErrorInfo, Outcome, OutputFile, ResultBundle, base64_encode};
 use crate::paths::WorkspacePath;
 use crate::request::{ExecRequest, Language, Limits, NetworkPolicy};
@@ -153,6 +154,9 @@ pub struct Cell {
     pub cpu_ms: u64,
     /// Output limit of this cell (stdout + stderr).
     pub output_bytes: u64,
+    /// The guard's runtime policy, installed in the sandbox before this cell runs
+    /// (see [`crate::guard`]). Once a sandbox is guarded it stays guarded.
+    pub guard: Option<GuardPolicy>,
 }
 
 impl Cell {
@@ -166,6 +170,7 @@ impl Cell {
             timeout_ms: limits.timeout_ms,
             cpu_ms: limits.cpu_ms,
             output_bytes: limits.output_bytes,
+            guard: None,
         }
     }
 }
@@ -299,6 +304,7 @@ pub fn run_in(
         cell.id = id;
     }
     cell.global_variables = req.global_variables.clone();
+    cell.guard = req.guard.policy(req.network);
     let startup_ms = started.elapsed().as_millis() as u64;
     let mut outcome = sandbox.execute(&cell, events)?;
     outcome.usage.startup_ms = startup_ms;

@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod guard;
 pub mod outcome;
 pub mod paths;
 pub mod request;
@@ -18,6 +19,7 @@ pub mod units;
 
 pub use backend::{Backend, BackendKind, Cell, Event, FileEntry, Isolation, Probe, Sandbox, SandboxSpec, run_once};
 pub use error::Error;
+pub use guard::{GuardFinding, GuardPolicy, GuardProfile, GuardSettings};
 pub use outcome::{ErrorInfo, Outcome, OutputFile, ResultBundle, Status, Usage};
 pub use request::{ExecRequest, FileInput, Language, Limits, NetworkPolicy};
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::backend::{BackendKind, Isolation};
+use crate::guard::GuardFinding;
 
 /// Why a run ended. A guest that fails is described here, never by a host error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -195,6 +196,10 @@ pub struct Outcome {
     /// fallback that was taken.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Why the guard refused the code (status `denied`), one entry per violation;
+    /// empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guard_findings: Vec<GuardFinding>,
 }
 
 impl Outcome {
@@ -219,6 +224,7 @@ impl Outcome {
             execution_count: 0,
             files: Vec::new(),
             warnings: Vec::new(),
+            guard_findings: Vec::new(),
         }
     }
 

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 
 use crate::backend::BackendKind;
 use crate::error::Error;
+use crate::guard::GuardSettings;
 use crate::paths::WorkspacePath;
 use crate::units::{format_duration_ms, format_size};
 
@@ -238,6 +239,11 @@ pub struct ExecRequest {
     /// Workspace paths to return in [`crate::Outcome::files`] after the run.
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// The guard: a static policy checked on the host before anything starts, and a
+    /// runtime audit hook in the sandbox (default profile `off`: the backend is the
+    /// boundary). A safety net, not a boundary; see docs/guard.md.
+    #[serde(default, skip_serializing_if = "GuardSettings::is_off")]
+    pub guard: GuardSettings,
 }
 
 impl ExecRequest {
@@ -253,6 +259,7 @@ impl ExecRequest {
             network: NetworkPolicy::None,
             backend: None,
             outputs: Vec::new(),
+            guard: GuardSettings::default(),
         }
     }
 
@@ -274,6 +281,7 @@ impl ExecRequest {
         for p in &self.outputs {
             WorkspacePath::parse(p)?;
         }
+        self.guard.validate()?;
         validate_env(&self.env)
     }
 }

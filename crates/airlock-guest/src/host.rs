@@ -163,6 +163,8 @@ pub struct Guest<S: Supervisor> {
     cancelled: Arc<AtomicBool>,
     /// Output that arrived while no cell was running (start-up noise, stray background writes).
     stray: Vec<u8>,
+    /// The guard policy last sent to the guest (it is sent again only when it changes).
+    guard_sent: Option<airlock_core::GuardPolicy>,
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), Error> {
@@ -207,6 +209,7 @@ impl<S: Supervisor> Guest<S> {
             alive: true,
             cancelled: Arc::new(AtomicBool::new(false)),
             stray: Vec::new(),
+            guard_sent: None,
         };
         match guest.await_hello(startup) {
             Ok(h) => {
@@ -401,7 +404,12 @@ impl<S: Supervisor> Guest<S> {
         outcome.sandbox_id = Some(self.meta.sandbox_id.clone());
         outcome.warnings = self.meta.warnings.clone();
         self.stray.clear();
-        if let Err(e) = self.send(&frame, deadline) {
+        let guard = guard_frame(cell).filter(|_| self.guard_sent.as_ref() != cell.guard.as_ref());
+        let sent = match guard {
+            Some(g) => self.send(&g, deadline).map(|()| self.guard_sent = cell.guard.clone()),
+            None => Ok(()),
+        };
+        if let Err(e) = sent.and_then(|()| self.send(&frame, deadline)) {
             self.sup.kill();
             let exit = self.sup.wait(Duration::from_secs(2)).unwrap_or_default();
             self.alive = false;
@@ -746,6 +754,13 @@ impl<S: Supervisor> Drop for Guest<S> {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// The frame that installs `cell`'s guard policy in the guest, if it has one. A host
+/// that drives the guest itself sends it before the cell's `exec` frame (the guest
+/// ignores a policy identical to the one installed).
+pub fn guard_frame(cell: &Cell) -> Option<HostFrame> {
+    cell.guard.clone().map(|policy| HostFrame::Guard { policy })
 }
 
 fn first_line(s: &str) -> &str {

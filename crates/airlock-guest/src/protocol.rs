@@ -37,6 +37,15 @@ pub enum HostFrame {
     },
     /// Exit cleanly.
     Shutdown,
+    /// Install the guard's runtime layer (audit hooks, a guarded `__import__` and
+    /// builtins) before the next cell; sent before an `exec` whose cell carries a guard
+    /// policy. The guest does not answer: if it cannot install the policy, or the
+    /// policy differs from the one already installed, the next `exec` fails with a
+    /// `GuardViolation` error. Once installed, a sandbox stays guarded.
+    Guard {
+        /// The resolved policy.
+        policy: airlock_core::GuardPolicy,
+    },
     /// Add environment variables for the code that follows (sent by hosts that start
     /// the driver before they know the sandbox's environment, e.g. a microvm restored
     /// from a snapshot). The guest answers with a `done` frame.
@@ -233,5 +242,16 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_slice(&encode(&f)[4..]).unwrap();
         assert_eq!(v, serde_json::json!({"type": "exec", "language": "python", "code": "1", "cpu_ms": 5}));
+    }
+
+    #[test]
+    fn guard_frame_shape() {
+        let settings = airlock_core::GuardSettings::profile(airlock_core::GuardProfile::Standard);
+        let policy = settings.policy(airlock_core::NetworkPolicy::None).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&encode(&HostFrame::Guard { policy })[4..]).unwrap();
+        assert_eq!(v["type"], "guard");
+        assert_eq!(v["policy"]["profile"], "standard");
+        assert!(v["policy"]["allowed_imports"].as_array().unwrap().iter().any(|m| m == "numpy"));
+        assert!(v["policy"]["denied_builtins"].as_array().unwrap().iter().any(|m| m == "open"));
     }
 }

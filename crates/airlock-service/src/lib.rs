@@ -179,7 +179,13 @@ pub fn isolation_of(kind: BackendKind) -> airlock_core::Isolation {
 
 impl Registry {
     /// Runs one request in a fresh sandbox of the backend it asks for (or the default):
-    /// validate, create, copy files in, run, collect outputs, destroy.
+    /// validate, check the guard, create, copy files in, run, collect outputs, destroy.
+    ///
+    /// With a guard (`req.guard`), the code is checked on the host first
+    /// ([`airlock_guard::screen`]); a violation returns status `denied` with every
+    /// finding, and no sandbox is created. Otherwise the guard's runtime layer is
+    /// installed in the sandbox before the code runs. A session (several cells in one
+    /// sandbox) must call [`airlock_guard::screen_cell`] before each cell itself.
     ///
     /// `on_start` receives the sandbox's canceller once it exists (for Ctrl-C or
     /// server shutdown). Guest failures are `Ok(outcome)`; `Err` means the request was
@@ -193,6 +199,14 @@ impl Registry {
     ) -> Result<Outcome, Error> {
         req.validate(&self.config.max_limits)?;
         let backend = self.resolve(req.backend)?;
+        if let Some(denial) = airlock_guard::screen(req) {
+            let id = execution_id.unwrap_or_else(|| airlock_core::new_id("exe"));
+            let outcome = denial.outcome(id, backend.kind(), backend.isolation());
+            if let Some(e) = &outcome.error {
+                events(airlock_core::Event::Error { error: e.clone() });
+            }
+            return Ok(outcome);
+        }
         let started = std::time::Instant::now();
         let spec = SandboxSpec { env: req.env.clone(), network: req.network, ..SandboxSpec::new(req.limits) };
         let mut sandbox = self.create_sandbox(backend.as_ref(), &spec)?;

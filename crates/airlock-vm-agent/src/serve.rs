@@ -626,7 +626,9 @@ impl State<'_> {
             };
             let kind = frame.get("type").and_then(Value::as_str).unwrap_or("").to_string();
             match kind.as_str() {
-                "exec" | "shutdown" => {
+                // Frames for the driver itself (a guard policy arrives before the
+                // first guarded cell), forwarded as they are.
+                "exec" | "shutdown" | "guard" => {
                     if kind == "shutdown" {
                         self.shutting_down = true;
                     }

@@ -8,7 +8,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airlock_core::{BackendKind, Cell, ExecRequest, Language, Limits, SandboxSpec, Status, run_once};
+use airlock_core::{
+    BackendKind, Cell, ExecRequest, GuardProfile, GuardSettings, Language, Limits, NetworkPolicy, SandboxSpec, Status,
+    run_once,
+};
 use airlock_service::{Config, Registry};
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -19,7 +22,9 @@ pub struct BenchArgs {
     /// Backends to measure (repeatable; default: every backend that works here).
     #[arg(short = 'b', long = "backend", value_parser = super::backend_arg)]
     backends: Vec<BackendKind>,
-    /// Workloads: print, pandas, cpu (repeatable; default: all that can run here).
+    /// Workloads: print, pandas, cpu, guard (the static check of a 1,000-line program),
+    /// guard-pandas (pandas under the guard's runtime layer). Repeatable; default: all
+    /// that can run here.
     #[arg(short = 'w', long = "workload")]
     workloads: Vec<String>,
     /// Iterations per row (after one warm-up run).
@@ -100,16 +105,23 @@ struct Workload {
     code: &'static str,
     /// A module that must be importable by the baseline interpreter.
     needs: Option<&'static str>,
+    /// The guard the code runs under (its runtime layer is installed in the sandbox).
+    guard: Option<GuardProfile>,
 }
 
+const PANDAS: &str = "import pandas as pd\ndf = pd.DataFrame({'A': [1, 2, 3], 'B': [4, 5, 6]})\ndf.A.sum()";
+
+/// The workload that times the guard's static check instead of running code.
+const GUARD_CHECK: &str = "guard";
+
 const WORKLOADS: &[Workload] = &[
-    Workload { name: "print", code: "print(1)", needs: None },
-    Workload {
-        name: "pandas",
-        code: "import pandas as pd\ndf = pd.DataFrame({'A': [1, 2, 3], 'B': [4, 5, 6]})\ndf.A.sum()",
-        needs: Some("pandas"),
-    },
-    Workload { name: "cpu", code: "sum(i * i for i in range(1_000_000))", needs: None },
+    Workload { name: "print", code: "print(1)", needs: None, guard: None },
+    Workload { name: "pandas", code: PANDAS, needs: Some("pandas"), guard: None },
+    Workload { name: "cpu", code: "sum(i * i for i in range(1_000_000))", needs: None, guard: None },
+    // The static check of a generated 1,000-line program, against CPython's own parser.
+    Workload { name: GUARD_CHECK, code: "", needs: None, guard: Some(GuardProfile::Standard) },
+    // The pandas workload with the guard's runtime layer (audit hooks) installed.
+    Workload { name: "guard-pandas", code: PANDAS, needs: Some("pandas"), guard: Some(GuardProfile::Standard) },
 ];
 
 /// Statistics of one row, in milliseconds.
@@ -278,6 +290,13 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
         if !a.json {
             eprintln!("measuring {} ...", w.name);
         }
+        if w.name == GUARD_CHECK {
+            match bench_guard_check(&python, a.iterations) {
+                Ok(r) => rows.extend(r),
+                Err(e) => skipped.push(format!("{}: failed: {e:#}", w.name)),
+            }
+            continue;
+        }
         let base = measure(a.iterations, || baseline(&python, w.code))?;
         let base_median = base.median_ms;
         rows.push(Row {
@@ -312,6 +331,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             };
             let mut req = ExecRequest::python(w.code);
             req.limits = Limits { timeout_ms: 120_000, cpu_ms: 120_000, ..Limits::default() };
+            req.guard = GuardSettings::profile(w.guard.unwrap_or_default());
             for mode in &a.modes {
                 let stats = if mode == "boot" {
                     if kind != BackendKind::Microvm {
@@ -326,7 +346,8 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
                     measure(a.iterations, || check(&run_once(backend.as_ref(), &req, None, &mut |_| {})?))
                 } else {
                     let mut sb = backend.create(&SandboxSpec::new(req.limits))?;
-                    let cell = Cell::new(Language::Python, w.code, &req.limits);
+                    let mut cell = Cell::new(Language::Python, w.code, &req.limits);
+                    cell.guard = req.guard.policy(req.network);
                     let r = measure(a.iterations, || check(&sb.execute(&cell, &mut |_| {})?));
                     sb.destroy()?;
                     r
@@ -395,12 +416,12 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
     }
     println!("airlock bench — {} iterations per row after one warm-up; {}", a.iterations, host_info());
     println!(
-        "{:<8} {:<10} {:<24} {:>9} {:>9} {:>9} {:>10} {:>8}",
+        "{:<12} {:<10} {:<30} {:>9} {:>9} {:>9} {:>10} {:>8}",
         "workload", "target", "mode", "min ms", "median", "p99", "runs/s", "ratio"
     );
     for r in &rows {
         println!(
-            "{:<8} {:<10} {:<24} {:>9.2} {:>9.2} {:>9.2} {:>10.1} {:>7.2}x",
+            "{:<12} {:<10} {:<30} {:>9.3} {:>9.3} {:>9.3} {:>10.1} {:>7.2}x",
             r.workload,
             r.target,
             r.mode,
@@ -428,7 +449,70 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             "modes: cold/cell = in-process library calls; cli = `airlock run` as a new process; http-oneshot = POST /v1/execute; http-cell = POST /v1/sandboxes/{{id}}/execute in a live session (request to result, over loopback TCP)"
         );
     }
+    if rows.iter().any(|r| r.workload == GUARD_CHECK) {
+        println!("guard rows: the baseline is CPython's ast.parse of the same program, timed inside python3");
+    }
     Ok(0)
+}
+
+/// Times the guard's static check of a generated 1,000-line program (the `guard`
+/// workload) against CPython's `ast.parse` of the same text, timed inside one
+/// `python3` process (so interpreter start-up is not counted).
+fn bench_guard_check(python: &std::path::Path, iterations: usize) -> anyhow::Result<Vec<Row>> {
+    use std::io::Write;
+    let n = iterations.max(100);
+    let program = airlock_guard::sample_program(1000);
+    let lines = program.lines().count();
+    let policy = GuardSettings::profile(GuardProfile::Standard)
+        .policy(NetworkPolicy::None)
+        .context("the standard profile has a policy")?;
+    let findings = airlock_guard::check(&program, &policy);
+    if !findings.is_empty() {
+        bail!("the generated program should pass the standard profile, but: {}", findings[0]);
+    }
+    let guard = measure(n, || {
+        std::hint::black_box(airlock_guard::check(std::hint::black_box(&program), &policy));
+        Ok(())
+    })?;
+
+    let script = format!(
+        "import ast, sys, time, json\nsrc = sys.stdin.read()\nast.parse(src)\nout = []\n\
+         for _ in range({n}):\n    t = time.perf_counter()\n    ast.parse(src)\n    out.append(time.perf_counter() - t)\n\
+         print(json.dumps(out))\n"
+    );
+    let mut child = Command::new(python)
+        .args(["-I", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", python.display()))?;
+    child.stdin.take().context("stdin is piped")?.write_all(program.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("timing ast.parse failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let secs: Vec<f64> = serde_json::from_slice(&out.stdout).context("reading ast.parse timings")?;
+    let samples: Vec<Duration> = secs.iter().map(|s| Duration::from_secs_f64(*s)).collect();
+    let total: Duration = samples.iter().sum();
+    let base = Stats::of(&samples, total);
+    let ratio = guard.median_ms / base.median_ms;
+    Ok(vec![
+        Row {
+            workload: GUARD_CHECK.into(),
+            target: "baseline".into(),
+            mode: format!("ast.parse, {lines} lines"),
+            stats: base,
+            ratio_to_baseline: Some(1.0),
+        },
+        Row {
+            workload: GUARD_CHECK.into(),
+            target: "guard".into(),
+            mode: format!("check, {lines} lines"),
+            stats: guard,
+            ratio_to_baseline: Some(ratio),
+        },
+    ])
 }
 
 fn host_info() -> String {

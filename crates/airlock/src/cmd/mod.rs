@@ -10,7 +10,7 @@ pub mod serve;
 pub mod setup;
 
 use airlock_core::units::{parse_duration_ms, parse_size};
-use airlock_core::{BackendKind, Language, NetworkPolicy};
+use airlock_core::{BackendKind, GuardProfile, Language, NetworkPolicy};
 
 /// clap value parser for sizes like `128M`.
 pub fn size_arg(s: &str) -> Result<u64, String> {
@@ -29,6 +29,11 @@ pub fn backend_arg(s: &str) -> Result<BackendKind, String> {
 
 /// clap value parser for languages.
 pub fn language_arg(s: &str) -> Result<Language, String> {
+    s.parse().map_err(|e: airlock_core::Error| e.to_string().trim_start_matches("invalid request: ").to_string())
+}
+
+/// clap value parser for guard profiles.
+pub fn guard_arg(s: &str) -> Result<GuardProfile, String> {
     s.parse().map_err(|e: airlock_core::Error| e.to_string().trim_start_matches("invalid request: ").to_string())
 }
 

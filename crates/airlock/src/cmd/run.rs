@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use airlock_core::backend::Canceller;
 use airlock_core::units::format_size;
-use airlock_core::{BackendKind, Event, ExecRequest, FileInput, Language, Limits, NetworkPolicy, Outcome, Status};
+use airlock_core::{
+    BackendKind, Event, ExecRequest, FileInput, GuardProfile, GuardSettings, Language, Limits, NetworkPolicy, Outcome,
+    Status,
+};
 use airlock_service::{Config, Registry};
 use anyhow::{Context, bail};
 
@@ -62,6 +65,18 @@ pub struct RunArgs {
     /// Network: none (default) or host.
     #[arg(long, value_parser = super::network_arg, default_value = "none")]
     network: NetworkPolicy,
+    /// Guard: off (default; the backend is the boundary), standard or strict. Checks the
+    /// code before anything starts and refuses escapes at run time; a safety net, not a
+    /// boundary (docs/guard.md).
+    #[arg(long, env = "AIRLOCK_GUARD", value_parser = super::guard_arg, default_value = "off", value_name = "PROFILE")]
+    guard: GuardProfile,
+    /// A module the guard allows on top of its profile's list (repeatable; `pkg.*` allows
+    /// a package and all its submodules).
+    #[arg(long = "allow-import", value_name = "MODULE")]
+    allow_imports: Vec<String>,
+    /// Let the guard allow open() (files stay confined to the workspace at run time).
+    #[arg(long = "allow-open")]
+    allow_open: bool,
     /// Print the full outcome as JSON instead of streaming output.
     #[arg(long)]
     json: bool,
@@ -102,6 +117,10 @@ fn build_request(a: &RunArgs) -> anyhow::Result<ExecRequest> {
     };
     let mut req = ExecRequest::python(code);
     req.language = a.lang.or(guessed).unwrap_or(Language::Python);
+    if a.guard == GuardProfile::Off && (!a.allow_imports.is_empty() || a.allow_open) {
+        bail!("--allow-import and --allow-open adjust the guard: add --guard standard (or strict)");
+    }
+    req.guard = GuardSettings { profile: a.guard, allow_imports: a.allow_imports.clone(), allow_open: a.allow_open };
     req.backend = a.backend;
     req.network = a.network;
     let d = Limits::default();

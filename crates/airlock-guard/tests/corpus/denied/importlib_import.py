@@ -1,0 +1,6 @@
+# __import__ by another name: importlib.import_module.
+# rule: dangerous-module
+# runtime: stopped
+import importlib
+
+importlib.import_module("os").system("touch " + marker)

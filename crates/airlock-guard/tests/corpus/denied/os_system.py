@@ -1,0 +1,6 @@
+# The plainest escape of all.
+# rule: dangerous-module
+# runtime: stopped
+import os
+
+os.system("touch " + marker)

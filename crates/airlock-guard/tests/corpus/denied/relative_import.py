@@ -1,0 +1,3 @@
+# Relative imports would load files from the workspace.
+# rule: import
+from . import helpers

@@ -1,0 +1,6 @@
+# Under strict, third-party packages are not allowed.
+# profile: strict
+# rule: import
+import numpy as np
+
+print(np.arange(3))

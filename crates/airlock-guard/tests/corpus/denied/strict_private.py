@@ -1,0 +1,6 @@
+# Under strict, private attributes are not allowed.
+# profile: strict
+# rule: private-attribute
+import collections
+
+print(collections._sys)

@@ -1,0 +1,5 @@
+# rule: dangerous-module
+# runtime: stopped
+from subprocess import run
+
+run(["touch", marker])
