@@ -403,6 +403,7 @@ mod checks_detect_escapes {
 // One line per backend that claims containment (`process` claims none).
 escape_suite!(microvm, airlock_core::BackendKind::Microvm);
 escape_suite!(jail, airlock_core::BackendKind::Jail);
+escape_suite!(wasm, airlock_core::BackendKind::Wasm);
 
 /// Cases only a backend sharing the host kernel must answer (its seccomp filter and
 /// PID namespace are what stop them); a VM may legitimately let its guest mount or

@@ -1200,14 +1200,41 @@ class Driver:
         done["peak_memory_bytes"] = self._peak_bytes()
         self.ch.send(done)
 
-    def serve(self):
-        self.ch.send({
+    def hello(self):
+        """The first frame a driver sends: who it is."""
+        return {
             "type": "hello",
             "protocol": PROTOCOL,
             "python": "%d.%d.%d" % sys.version_info[:3],
             "implementation": sys.implementation.name,
             "pid": os.getpid(),
-        })
+        }
+
+    def dispatch(self, msg):
+        """Handles one host frame; returns False when the host asked the driver to exit."""
+        kind = msg.get("type")
+        if kind == "exec":
+            self.execute(msg)
+        elif kind == "shutdown":
+            return False
+        elif kind == "guard":
+            self.set_guard(msg.get("policy"))
+        elif kind == "configure":
+            os.environ.update(msg.get("env") or {})
+            for name in msg.get("preload") or ():
+                # A template's modules, imported once before a snapshot so every
+                # clone has them ready; a module that fails is simply not preloaded.
+                try:
+                    __import__(name)
+                except BaseException:
+                    pass
+            self.ch.send({"type": "done", "status": "ok", "execution_count": self.count})
+        else:
+            self.ch.send({"type": "done", "status": "error", "protocol_error": "unknown frame type %r" % (kind,)})
+        return True
+
+    def serve(self):
+        self.ch.send(self.hello())
         while True:
             try:
                 msg = self.ch.recv()
@@ -1215,25 +1242,81 @@ class Driver:
                 continue  # a late interrupt that arrived while idle
             except EOFError:
                 return 0
-            kind = msg.get("type")
-            if kind == "exec":
-                self.execute(msg)
-            elif kind == "shutdown":
+            if not self.dispatch(msg):
                 return 0
-            elif kind == "guard":
-                self.set_guard(msg.get("policy"))
-            elif kind == "configure":
-                os.environ.update(msg.get("env") or {})
-                for name in msg.get("preload") or ():
-                    # A template's modules, imported once before a snapshot so every
-                    # clone has them ready; a module that fails is simply not preloaded.
-                    try:
-                        __import__(name)
-                    except BaseException:
-                        pass
-                self.ch.send({"type": "done", "status": "ok", "execution_count": self.count})
-            else:
-                self.ch.send({"type": "done", "status": "error", "protocol_error": "unknown frame type %r" % (kind,)})
+
+
+# ---- the WASI transport (the wasm backend) ----
+#
+# Under wasmtime there is no socket and no signal. The host calls the guest's `turn`
+# export once per cell with `wasi_turn()`, and the driver talks back through the
+# `host::call` import (the `_host` module): each frame written is one door call, whose
+# answer is b"stop" when the host wants the running cell stopped (a time or output
+# limit); a door call with an empty request returns the host's next frame. A cell that
+# makes no door call is interrupted like a native one: the host calls CPython's
+# PyErr_SetInterruptEx(SIGINT) and _on_sigint raises SandboxInterrupt. Output uses
+# the shared stream frames and writers.
+
+class DoorChannel(Channel):
+    """Frames through the WASI host's door (`_host.call`): one call per frame."""
+
+    def __init__(self, call):
+        Channel.__init__(self, None, None)
+        self._call = call
+
+    def recv(self):
+        return loads(self._call(b"").decode("utf-8"))
+
+    def _write(self, obj):
+        if self._call(dumps(obj).encode("utf-8")) == b"stop" and _driver is not None and _driver.running:
+            raise SandboxInterrupt("the cell was stopped by the sandbox (time, CPU or output limit reached)")
+
+
+def _reseed():
+    """A sandbox restored from a snapshot inherits the snapshot's random state: reseed."""
+    r = sys.modules.get("random")
+    if r is not None:
+        r.seed()
+    nr = sys.modules.get("numpy.random")
+    if nr is not None:
+        try:
+            nr.seed()
+        except Exception:
+            pass
+
+
+def wasi_start():
+    """The first turn of a wasm sandbox: takes its settings from the host, then greets it."""
+    global _driver
+    import _host
+
+    channel = DoorChannel(_host.call)
+    cfg = channel.recv()
+    os.environ.clear()
+    os.environ.update(cfg.get("env") or {})
+    workspace = cfg.get("workspace") or os.getcwd()
+    os.chdir(workspace)
+    sys.argv = [""]
+    if workspace not in sys.path:
+        sys.path.insert(0, workspace)
+    _reseed()
+    _driver = Driver(channel, workspace)
+    writer = _make_writer_class()
+    sys.stdout = writer(channel, "stdout", sys.__stdout__)
+    sys.stderr = writer(channel, "stderr", sys.__stderr__)
+    try:
+        # The host interrupts a cell with CPython's PyErr_SetInterruptEx(SIGINT).
+        import signal
+
+        signal.signal(signal.SIGINT, _on_sigint)
+    except (ImportError, AttributeError, ValueError, OSError):
+        pass  # then a stopped cell is halted, not interrupted
+    channel.send(_driver.hello())
+
+
+def wasi_turn():
+    """One turn of a wasm sandbox: runs the host's next frame."""
+    _driver.dispatch(_driver.ch.recv())
 
 
 def _on_sigint(signum, frame):

@@ -19,6 +19,7 @@ use airlock_core::units::{format_duration_ms, format_size};
 use airlock_core::{BackendKind, Cell, Error, ErrorInfo, Event, Isolation, Outcome, ResultBundle, Status};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::capture::{Stream, accept, emit, relabel_interrupt};
 use crate::protocol::{FrameDecoder, GuestFrame, HostFrame, PROTOCOL_VERSION, encode};
 
 /// How long an interrupted cell may take to stop before the sandbox is killed.
@@ -147,40 +148,6 @@ enum End {
     Exited(ExitInfo, bool),
     Cancelled,
     Protocol(String),
-}
-
-/// Captured output of one stream.
-#[derive(Default)]
-struct Stream {
-    bytes: Vec<u8>,
-    emitted: usize,
-    truncated: bool,
-    open: bool,
-}
-
-impl Stream {
-    /// New text that forms complete UTF-8 characters, for streaming events.
-    fn take_new_text(&mut self, flush: bool) -> Option<String> {
-        let pending = &self.bytes[self.emitted..];
-        if pending.is_empty() {
-            return None;
-        }
-        let upto = if flush {
-            pending.len()
-        } else {
-            match std::str::from_utf8(pending) {
-                Ok(_) => pending.len(),
-                Err(e) if e.error_len().is_none() => e.valid_up_to(),
-                Err(_) => pending.len(),
-            }
-        };
-        if upto == 0 {
-            return None;
-        }
-        let text = String::from_utf8_lossy(&pending[..upto]).into_owned();
-        self.emitted += upto;
-        Some(text)
-    }
 }
 
 /// A live guest driver and its supervisor.
@@ -449,8 +416,8 @@ impl<S: Supervisor> Guest<S> {
             return Ok(self.finish(outcome, End::Protocol(e.to_string()), None, &exit, cpu_start, started, cell));
         }
 
-        let mut out = Stream { open: true, ..Stream::default() };
-        let mut err = Stream { open: true, ..Stream::default() };
+        let mut out = Stream::pipe();
+        let mut err = Stream::pipe();
         let mut total: u64 = 0;
         let mut stop: Option<Stop> = None;
         let mut kill_at: Option<Instant> = None;
@@ -745,11 +712,8 @@ impl<S: Supervisor> Guest<S> {
                 o.exit_code = exit_code.map(|c| c.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
                 if let Some(s) = stop {
                     let (st, r) = limit_reason(s);
-                    if let Some(e) = o.error.as_mut().filter(|e| e.name == "SandboxInterrupt") {
-                        e.name = if st == Status::Timeout { "TimeoutError" } else { "OutputLimitError" }.into();
-                        e.value = r.clone();
-                        let body = e.traceback.trim_end().rsplit_once('\n').map(|(b, _)| b).unwrap_or("");
-                        e.traceback = format!("{body}\n{}: {r}\n", e.name).trim_start().to_string();
+                    if let Some(e) = o.error.as_mut() {
+                        relabel_interrupt(e, st, &r);
                     }
                     (st, Some(r))
                 } else if let Some(sig) = signal {
@@ -826,25 +790,6 @@ fn pump(
             s.open = false;
             None
         }
-    }
-}
-
-/// Adds bytes to a capture within the shared cap; returns true when the cap was passed.
-fn accept(s: &mut Stream, bytes: &[u8], total: &mut u64, cap: u64) -> bool {
-    let room = cap.saturating_sub(*total) as usize;
-    let take = bytes.len().min(room);
-    s.bytes.extend_from_slice(&bytes[..take]);
-    *total += take as u64;
-    if take < bytes.len() {
-        s.truncated = true;
-        return true;
-    }
-    false
-}
-
-fn emit(s: &mut Stream, is_out: bool, flush: bool, events: &mut EventSink<'_>) {
-    if let Some(text) = s.take_new_text(flush) {
-        events(if is_out { Event::Stdout { text } } else { Event::Stderr { text } });
     }
 }
 

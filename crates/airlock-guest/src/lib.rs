@@ -4,11 +4,13 @@
 //! * [`DRIVER_SOURCE`]: the Python driver, embedded so a sandbox needs nothing but an
 //!   interpreter.
 //! * [`protocol`]: versioned, length-prefixed JSON frames.
+//! * [`capture`]: a cell's output within its cap, streamed in whole characters.
 //! * [`host`]: the handshake and the cell loop (limits, output caps, streaming).
 //! * [`workspace`]: confined file access to a sandbox's workspace directory.
 //! * [`launch`]: interpreter discovery, environment, channel and process supervision
 //!   for backends whose guest is a host process.
 
+pub mod capture;
 pub mod host;
 pub mod launch;
 pub mod protocol;

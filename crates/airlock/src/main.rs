@@ -25,7 +25,7 @@ enum Command {
     Doctor(cmd::doctor::DoctorArgs),
     /// Measure start-up and run latency of each backend against bare python3.
     Bench(cmd::bench::BenchArgs),
-    /// Prepare a backend's artifacts (e.g. the microvm guest image).
+    /// Prepare what a backend needs on this host (the microvm guest image, the wasm snapshot), once.
     Setup(cmd::setup::SetupArgs),
     /// Serve the HTTP API (sessions, files, streaming, audit log) and MCP at /mcp.
     Serve(cmd::serve::ServeArgs),

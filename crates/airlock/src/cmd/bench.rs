@@ -46,6 +46,57 @@ pub struct BenchArgs {
     /// command, for the same code in the same run.
     #[arg(long)]
     server: bool,
+    /// Live idle sessions kept at once to measure the memory of one (in-process
+    /// backends: wasm); 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    sessions: usize,
+}
+
+/// Memory of live, idle sessions of a backend that runs inside this process.
+#[derive(Debug, Serialize)]
+struct SessionMemory {
+    backend: String,
+    sessions: usize,
+    /// Growth of this process's resident memory per live session (after one cell each).
+    rss_per_session_bytes: u64,
+    /// Resident memory before the sessions were made.
+    rss_before_bytes: u64,
+}
+
+/// This process's resident set size.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+/// Keeps `n` sessions alive (each has run one cell) and measures RSS growth per session.
+fn session_memory(backend: &dyn airlock_core::Backend, n: usize) -> anyhow::Result<SessionMemory> {
+    let limits = Limits::default();
+    let cell = Cell::new(Language::Python, "x = 41", &limits);
+    // A first session loads what every later one shares (the compiled module).
+    let mut warm = backend.create(&SandboxSpec::new(limits))?;
+    check(&warm.execute(&cell, &mut |_| {})?)?;
+    let before = rss_bytes();
+    let mut live = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut sb = backend.create(&SandboxSpec::new(limits))?;
+        check(&sb.execute(&cell, &mut |_| {})?)?;
+        live.push(sb);
+    }
+    let after = rss_bytes();
+    for sb in live {
+        sb.destroy()?;
+    }
+    warm.destroy()?;
+    Ok(SessionMemory {
+        backend: backend.kind().to_string(),
+        sessions: n,
+        rss_per_session_bytes: after.saturating_sub(before) / n as u64,
+        rss_before_bytes: before,
+    })
 }
 
 /// A named piece of code to time.
@@ -343,12 +394,28 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
     }
     drop(server);
 
+    let mut memory = Vec::new();
+    if a.sessions > 0 && backends.contains(&BackendKind::Wasm) {
+        if !a.json {
+            eprintln!("measuring memory of {} live wasm sessions ...", a.sessions);
+        }
+        match registry
+            .resolve(Some(BackendKind::Wasm))
+            .map_err(anyhow::Error::from)
+            .and_then(|b| session_memory(b.as_ref(), a.sessions))
+        {
+            Ok(m) => memory.push(m),
+            Err(e) => skipped.push(format!("session memory/wasm: failed: {e:#}")),
+        }
+    }
+
     if a.json {
         let v = serde_json::json!({
             "iterations": a.iterations,
             "python": python,
             "host": host_info(),
             "rows": rows,
+            "session_memory": memory,
             "skipped": skipped,
             "notes": notes,
         });
@@ -371,6 +438,14 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             r.stats.p99_ms,
             r.stats.throughput_per_s,
             r.ratio_to_baseline.unwrap_or(f64::NAN)
+        );
+    }
+    for m in &memory {
+        println!(
+            "{}: memory per live idle session: {} (resident memory growth over {} sessions, each after one cell)",
+            m.backend,
+            airlock_core::units::format_size(m.rss_per_session_bytes),
+            m.sessions
         );
     }
     for s in skipped.iter().chain(&notes) {
