@@ -104,7 +104,13 @@ impl MarkerDir {
     }
 
     fn for_backend(kind: BackendKind, test: &str) -> MarkerDir {
-        MarkerDir::in_dir(if kind == BackendKind::Process { "/tmp" } else { "" }, test)
+        let dir = match kind {
+            BackendKind::Process => "/tmp",
+            // The guest's read-only standard library folder: a directory it has.
+            BackendKind::Wasm => "/usr/local/lib",
+            _ => "",
+        };
+        MarkerDir::in_dir(dir, test)
     }
 
     fn in_dir(dir: &str, test: &str) -> MarkerDir {
@@ -278,6 +284,15 @@ fn runtime_layer_stops_escapes_on_jail() {
 fn runtime_layer_stops_escapes_on_microvm() {
     let Some(b) = backend(BackendKind::Microvm) else { return };
     let few = ["module_attribute.py", "generator_frame.py", "pandas_write_outside.py", "nfkc_import.py"];
+    runtime_cases_matching(b.as_ref(), false, |name| few.contains(&name), few.len());
+}
+
+/// The guard frame reaches the driver inside wasm too (sent with the first guarded
+/// cell's turn). A few cases: WASI has no sockets or processes to refuse.
+#[test]
+fn runtime_layer_stops_escapes_on_wasm() {
+    let Some(b) = backend(BackendKind::Wasm) else { return };
+    let few = ["io_open.py", "generator_frame.py", "pandas_write_outside.py", "nfkc_import.py"];
     runtime_cases_matching(b.as_ref(), false, |name| few.contains(&name), few.len());
 }
 

@@ -587,7 +587,11 @@ def _make_guard_hook(cfg, user_globals, driver_globals, workspace, wrapper_codes
     getcwd, lstat, readlink = os.getcwd, os.lstat, getattr(os, "readlink", None)
     fs_encoding = sys.getfilesystemencoding()
     environ_get = os.environ.get
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    # The access mode is compared, not tested bit by bit: on WASI O_RDONLY is a bit
+    # of its own and O_RDWR is O_RDONLY | O_WRONLY, so "any write bit" would call
+    # every read a write.
+    access_bits, read_only = os.O_RDONLY | os.O_WRONLY | os.O_RDWR, os.O_RDONLY
+    write_flags = os.O_CREAT | os.O_TRUNC | os.O_APPEND
     path_types = (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.Path, pathlib.PurePath)
     dir_entry = getattr(os, "DirEntry", None)
     plumbing_roots, import_system, never_roots = _GUARD_PLUMBING, _GUARD_IMPORT_SYSTEM, _GUARD_NEVER
@@ -848,7 +852,7 @@ def _make_guard_hook(cfg, user_globals, driver_globals, workspace, wrapper_codes
             flags = args[2] if _len(args) > 2 else 0
             mode = args[1] if _len(args) > 1 else None
             if _type(flags) is _int and flags:
-                write = bool(flags & write_flags)
+                write = (flags & access_bits) != read_only or bool(flags & write_flags)
             else:
                 write = _type(mode) is _str and _any(c in mode for c in "wax+")
             if _type(args[0]) is _int and actor_ == "user":

@@ -28,6 +28,8 @@ use crate::{FUEL_PER_CPU_MS, Runtime};
 const START: &str = "__import__('airlock_driver').wasi_start()";
 /// The `turn` that runs one cell.
 const CELL: &str = "__import__('airlock_driver').wasi_turn()";
+/// The `turn` that first installs a guard policy (its own frame), then runs one cell.
+const GUARDED_CELL: &str = "__import__('airlock_driver').wasi_turn()\n__import__('airlock_driver').wasi_turn()";
 /// How long a sandbox's start (driver start-up inside the guest) may take.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -41,6 +43,8 @@ pub struct WasmSandbox {
     memory_bytes: u64,
     cancelled: Arc<AtomicBool>,
     alive: bool,
+    /// The guard policy last sent to the guest (sent again only when it changes).
+    guard_sent: Option<airlock_core::GuardPolicy>,
 }
 
 impl WasmSandbox {
@@ -116,6 +120,7 @@ impl WasmSandbox {
             memory_bytes: spec.limits.memory_bytes,
             cancelled,
             alive: true,
+            guard_sent: None,
         })
     }
 
@@ -185,6 +190,14 @@ impl Sandbox for WasmSandbox {
             cpu_ms: Some(cell.cpu_ms),
         };
         let frame = serde_json::to_vec(&frame).map_err(|e| Error::host(format!("encoding the cell: {e}")))?;
+        let guard = airlock_guest::host::guard_frame(cell).filter(|_| self.guard_sent.as_ref() != cell.guard.as_ref());
+        let (code, inbox) = match &guard {
+            Some(g) => {
+                let g = serde_json::to_vec(g).map_err(|e| Error::host(format!("encoding the guard policy: {e}")))?;
+                (GUARDED_CELL, vec![g, frame])
+            }
+            None => (CELL, vec![frame]),
+        };
         let limits = TurnLimits {
             timeout: Some(Duration::from_millis(cell.timeout_ms)),
             cpu: Some(Duration::from_millis(cell.cpu_ms)),
@@ -199,7 +212,7 @@ impl Sandbox for WasmSandbox {
         let mut error: Option<ErrorInfo> = None;
         let mut done: Option<Done> = None;
         let mut protocol: Option<String> = None;
-        let r = guest.turn(CELL, vec![frame], limits, &mut |m| match m {
+        let r = guest.turn(code, inbox, limits, &mut |m| match m {
             Msg::Output { is_out, bytes } => {
                 let s = if is_out { &mut out } else { &mut err };
                 accept(s, &bytes, &mut total, cell.output_bytes);
@@ -225,6 +238,9 @@ impl Sandbox for WasmSandbox {
                 protocol.get_or_insert(e);
             }
         })?;
+        if guard.is_some() {
+            self.guard_sent = cell.guard.clone();
+        }
         emit(&mut out, true, true, events);
         emit(&mut err, false, true, events);
         outcome.stdout = String::from_utf8_lossy(&out.bytes).into_owned();
