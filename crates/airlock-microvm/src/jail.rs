@@ -445,7 +445,8 @@ pub fn dev_null() -> Result<OwnedFd, Error> {
 /// own (mode 0700, owned by that uid) so that nobody else can even reach it.
 #[derive(Debug)]
 pub struct PrivateDevice {
-    dir: tempfile::TempDir,
+    /// Held so that the directory and the node go away with this value.
+    _dir: tempfile::TempDir,
     node: PathBuf,
 }
 
@@ -473,16 +474,11 @@ impl PrivateDevice {
         for p in [&node, &dir.path().to_path_buf()] {
             std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", p.display()))?;
         }
-        Ok(PrivateDevice { dir, node })
+        Ok(PrivateDevice { _dir: dir, node })
     }
 
     /// The node's path.
     pub fn path(&self) -> &Path {
         &self.node
-    }
-
-    /// The directory holding the node (removed with it on drop).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }

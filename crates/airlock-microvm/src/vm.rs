@@ -300,10 +300,12 @@ pub fn launch(art: &Artifacts, shape: &VmShape, boot: Boot, name: &str) -> Resul
             (None, Some(e))
         }
     };
-    let (identity, kvm, private_kvm) = match shape.accel {
-        Accel::Tcg => (jail::next_identity(), None, None),
+    let (identity, private_kvm) = match shape.accel {
+        Accel::Tcg => (jail::next_identity(), None),
         Accel::Kvm => kvm_identity(),
     };
+    let kvm = (shape.accel == Accel::Kvm)
+        .then(|| private_kvm.as_ref().map_or_else(|| PathBuf::from(HOST_KVM), |d| d.path().to_path_buf()));
     let spec = JailSpec { program: QEMU.into(), args: qemu_args(shape, restore), fds, kvm, identity };
     let jailed = jail::spawn(spec, cgroup.as_deref())?;
     // The bind mount in QEMU's namespace keeps the node usable; the host copy goes.
@@ -326,36 +328,39 @@ pub fn launch(art: &Artifacts, shape: &VmShape, boot: Boot, name: &str) -> Resul
     Ok(vm)
 }
 
-/// Who QEMU runs as under KVM, and which device node it gets as `/dev/kvm`.
+/// Who QEMU runs as under KVM, and the private device node it gets as `/dev/kvm`
+/// (none: the host's own node).
 ///
 /// Unprivileged whenever possible: through `/dev/kvm`'s mode or group, or (as
 /// root, when `/dev/kvm` is root-only, as on hosts without udev rules) through a
 /// private device node in the VM's run directory owned by QEMU's uid alone. Host
 /// root mapped into the namespaces is the last resort, when even that fails.
-fn kvm_identity() -> (HostIdentity, Option<PathBuf>, Option<jail::PrivateDevice>) {
+fn kvm_identity() -> (HostIdentity, Option<jail::PrivateDevice>) {
     use std::os::unix::fs::MetadataExt;
-    let host_node = PathBuf::from("/dev/kvm");
     let id = jail::next_identity();
-    let Ok(m) = std::fs::metadata(&host_node) else { return (id, Some(host_node), None) };
+    let Ok(m) = std::fs::metadata(HOST_KVM) else { return (id, None) };
     if m.mode() & 0o006 == 0o006 {
-        return (id, Some(host_node), None);
+        return (id, None);
     }
     if let HostIdentity::Unprivileged(u, _) = id
         && m.mode() & 0o060 == 0o060
     {
-        return (HostIdentity::Unprivileged(u, m.gid()), Some(host_node), None);
+        return (HostIdentity::Unprivileged(u, m.gid()), None);
     }
     if !nix::unistd::geteuid().is_root() {
-        return (id, Some(host_node), None);
+        return (id, None);
     }
     if let HostIdentity::Unprivileged(uid, gid) = id {
         match jail::PrivateDevice::create(m.rdev(), uid, gid) {
-            Ok(dev) => return (id, Some(dev.path().to_path_buf()), Some(dev)),
+            Ok(dev) => return (id, Some(dev)),
             Err(e) => tracing::warn!("microvm: QEMU keeps host root under KVM: {e}"),
         }
     }
-    (HostIdentity::Root, Some(host_node), None)
+    (HostIdentity::Root, None)
 }
+
+/// The host's KVM device.
+const HOST_KVM: &str = "/dev/kvm";
 
 /// The last lines of a log in the run directory, as a suffix for error messages.
 pub fn log_tail(dir: &Path, name: &str) -> String {
