@@ -238,6 +238,42 @@ pub trait Backend: Send + Sync {
     fn cleanup_stale(&self) -> Result<Vec<String>, Error> {
         Ok(Vec::new())
     }
+    /// Starts a factory that makes sandboxes of `recipe` faster than [`Backend::create`]
+    /// and with the recipe's modules already imported (the `jail` backend's zygote).
+    /// `Ok(None)`: this backend has none, and callers create sandboxes and import the
+    /// modules themselves. `Err`: it has one, but it could not start (the reason says
+    /// why and what to do).
+    fn factory(&self, recipe: &Recipe) -> Result<Option<Box<dyn Factory>>, Error> {
+        let _ = recipe;
+        Ok(None)
+    }
+}
+
+/// What a [`Factory`] makes: sandboxes with these modules imported and these limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipe {
+    /// A name for logs and errors (the template's).
+    pub name: String,
+    /// Modules imported before any user code.
+    pub modules: Vec<String>,
+    /// Skip modules that are not installed instead of failing.
+    pub optional_modules: bool,
+    /// The limits of every sandbox made (whole-life limits must match a request's).
+    pub limits: Limits,
+}
+
+/// A source of pre-initialized sandboxes (see [`Backend::factory`]). Each sandbox it
+/// makes is as isolated as one from [`Backend::create`], and is fresh: no other
+/// sandbox's code has run in it.
+pub trait Factory: Send + Sync {
+    /// Makes a sandbox for `spec`, whose whole-life limits must be the recipe's.
+    fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, Error>;
+    /// The recipe's modules that are imported in every sandbox.
+    fn imported(&self) -> Vec<String>;
+    /// False once the factory can make no more sandboxes (its process died).
+    fn is_alive(&self) -> bool;
+    /// One line about the factory for status pages (`zygote pid 1234, 12 forks`).
+    fn describe(&self) -> String;
 }
 
 /// A live sandbox: one interpreter whose state is kept between cells.

@@ -17,7 +17,9 @@ pub mod paths;
 pub mod request;
 pub mod units;
 
-pub use backend::{Backend, BackendKind, Cell, Event, FileEntry, Isolation, Probe, Sandbox, SandboxSpec, run_once};
+pub use backend::{
+    Backend, BackendKind, Cell, Event, Factory, FileEntry, Isolation, Probe, Recipe, Sandbox, SandboxSpec, run_once,
+};
 pub use error::Error;
 pub use guard::{GuardFinding, GuardPolicy, GuardProfile, GuardSettings};
 pub use outcome::{ErrorInfo, Outcome, OutputFile, ResultBundle, Status, Usage};

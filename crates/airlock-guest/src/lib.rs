@@ -19,6 +19,27 @@ pub mod workspace;
 /// The guest driver's Python source (CPython 3.11+, standard library only).
 pub const DRIVER_SOURCE: &str = include_str!("../driver/driver.py");
 
+/// The zygote's Python source: a trusted interpreter that imports a template's modules
+/// and forks one sandbox per request (used by the `jail` backend's fast start).
+pub const ZYGOTE_SOURCE: &str = include_str!("../driver/zygote.py");
+
+/// A bootstrap that runs the zygote (the next argument) with the driver's source after
+/// it; the control socket must be on fd 3.
+const ZYGOTE_BOOTSTRAP: &str = "import sys;exec(compile(sys.argv[1],'<airlock-zygote>','exec'),{'__name__':'__main__'})";
+
+/// Command-line arguments that make `python3` run the zygote (see [`ZYGOTE_SOURCE`]).
+pub fn zygote_args() -> Vec<String> {
+    vec![
+        "-I".into(),
+        "-u".into(),
+        "-B".into(),
+        "-c".into(),
+        ZYGOTE_BOOTSTRAP.into(),
+        ZYGOTE_SOURCE.into(),
+        DRIVER_SOURCE.into(),
+    ]
+}
+
 /// The file name the driver's code is compiled under; tracebacks drop frames with it.
 pub const DRIVER_FILENAME: &str = "<airlock-driver>";
 

@@ -28,6 +28,29 @@ pub fn last_cap() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(63)
 }
 
+/// `CAP_SETFCAP`, the one capability a zygote keeps (see `contain::Setup::keep_caps`).
+pub const CAP_SETFCAP: u64 = 1 << 31;
+
+/// Drops every capability but those in `keep` from the bounding set (a zygote's). uid 0
+/// keeps exactly `keep` through its `execve` (no `SECBIT_NOROOT`; the permitted set is
+/// left as it is, because `no_new_privs` caps what `execve` grants at what was
+/// permitted before); ambient raises stay forbidden.
+pub fn drop_all_but<S: Sys>(sys: &mut S, last_cap: u32, keep: u64) -> SysResult<()> {
+    let bits = SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    sys.prctl(libc::PR_SET_SECUREBITS, bits, 0)?;
+    for cap in (0..=last_cap.min(63)).filter(|c| keep & (1u64 << c) == 0) {
+        match sys.prctl(libc::PR_CAPBSET_DROP, cap.into(), 0) {
+            Ok(_) | Err(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match sys.prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as u64, 0) {
+        Ok(_) | Err(libc::EINVAL) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
 /// Drops every capability for good.
 pub fn drop_all<S: Sys>(sys: &mut S, last_cap: u32) -> SysResult<()> {
     sys.prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0)?;

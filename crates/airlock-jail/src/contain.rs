@@ -74,6 +74,9 @@ pub enum Step {
     DropCapabilities {
         /// `/proc/sys/kernel/cap_last_cap`.
         last_cap: u32,
+        /// Capabilities kept in the bounding set, regained by uid 0 at `execve`
+        /// (0 for every sandbox; `CAP_SETFCAP` for a zygote, see [`Setup::keep_caps`]).
+        keep: u64,
     },
     /// `PR_SET_NO_NEW_PRIVS`.
     NoNewPrivs,
@@ -104,7 +107,8 @@ impl Step {
             Step::Stdio(_) => "install stdin, stdout, stderr and the channel".into(),
             Step::NewSession => "start a new session".into(),
             Step::Chdir(p) => format!("change directory to {}", p.to_string_lossy()),
-            Step::DropCapabilities { .. } => "drop every capability".into(),
+            Step::DropCapabilities { keep: 0, .. } => "drop every capability".into(),
+            Step::DropCapabilities { keep, .. } => format!("drop every capability but {keep:#x}"),
             Step::NoNewPrivs => "set no_new_privs".into(),
             Step::Landlock(p) => format!("apply Landlock rules (ABI {})", p.abi),
             Step::UnblockSignals => "unblock signals".into(),
@@ -147,6 +151,14 @@ pub struct Setup {
     pub landlock: Option<landlock::Policy>,
     /// seccomp filters.
     pub seccomp: &'static Filters,
+    /// Apply Landlock and seccomp. False only for a zygote: Landlock would forbid its
+    /// children's mounts and the filter their namespaces; each child applies both
+    /// itself before any user code runs.
+    pub confine: bool,
+    /// Capabilities a zygote keeps (0 for sandboxes): `CAP_SETFCAP`, without which
+    /// the kernel refuses to let its children map their root to the zygote's root
+    /// (Linux 5.12+). It is a capability in the zygote's own user namespace only.
+    pub keep_caps: u64,
     /// The interpreter.
     pub exec: ExecImage,
 }
@@ -177,15 +189,17 @@ pub fn plan(setup: Setup) -> Plan {
     steps.push(Step::Stdio(setup.stdio));
     steps.push(Step::NewSession);
     steps.push(Step::Chdir(workspace.clone()));
-    steps.push(Step::DropCapabilities { last_cap: setup.last_cap });
+    steps.push(Step::DropCapabilities { last_cap: setup.last_cap, keep: setup.keep_caps });
     steps.push(Step::NoNewPrivs);
-    if let Some(l) = setup.landlock {
+    if let Some(l) = setup.landlock.filter(|_| setup.confine) {
         steps.push(Step::Landlock(l));
     }
     // As late as possible: the parent's next wake-up is then usually the exec itself.
     steps.push(Step::SendWorkspace(workspace));
     steps.push(Step::UnblockSignals);
-    steps.push(Step::Seccomp(setup.seccomp));
+    if setup.confine {
+        steps.push(Step::Seccomp(setup.seccomp));
+    }
     steps.push(Step::Exec(setup.exec));
     Plan { steps }
 }
@@ -214,7 +228,8 @@ fn apply<S: Sys>(step: &Step, sys: &mut S, ctx: &Ctx) -> SysResult<()> {
         Step::Stdio(s) => s.apply(sys),
         Step::NewSession => sys.setsid(),
         Step::Chdir(p) => sys.chdir(p),
-        Step::DropCapabilities { last_cap } => crate::caps::drop_all(sys, *last_cap),
+        Step::DropCapabilities { last_cap, keep: 0 } => crate::caps::drop_all(sys, *last_cap),
+        Step::DropCapabilities { last_cap, keep } => crate::caps::drop_all_but(sys, *last_cap, *keep),
         Step::NoNewPrivs => sys.prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0).map(drop),
         Step::Landlock(p) => p.apply(sys),
         Step::UnblockSignals => sys.unblock_signals(),
@@ -265,6 +280,7 @@ mod tests {
             mpl_cache: None,
             resolv_conf: false,
             setattr: true,
+            nested_proc: false,
         };
         Setup {
             mounts: crate::mount::plan(&spec).unwrap(),
@@ -274,6 +290,8 @@ mod tests {
             last_cap: 40,
             landlock: Some(landlock::Policy::for_abi(6)),
             seccomp: crate::seccomp::filters().unwrap(),
+            confine: true,
+            keep_caps: 0,
             exec: ExecImage::new("/usr/bin/python3", &["python3".into(), "-I".into()], &[("A".into(), "1".into())])
                 .unwrap(),
         }

@@ -93,7 +93,7 @@ impl Policy {
         }
     }
 
-    fn attr_size(&self) -> usize {
+    pub(crate) fn attr_size(&self) -> usize {
         match self.abi {
             0..=3 => 8,
             4 | 5 => 16,

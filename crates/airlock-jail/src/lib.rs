@@ -36,6 +36,7 @@ pub mod spawn;
 pub mod supervisor;
 pub mod sys;
 pub mod user;
+pub mod zygote;
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -44,7 +45,9 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use airlock_core::units::format_size;
-use airlock_core::{Backend, BackendKind, Error, Isolation, NetworkPolicy, Probe, Sandbox, SandboxSpec};
+use airlock_core::{
+    Backend, BackendKind, Error, Factory, Isolation, NetworkPolicy, Probe, Recipe, Sandbox, SandboxSpec,
+};
 use airlock_guest::host::{Guest, GuestMeta, GuestPipes};
 use airlock_guest::launch::{DriverBoot, channel_pair, guest_env};
 use airlock_guest::workspace::Workspace;
@@ -129,6 +132,10 @@ struct Prepared {
     cgroup_why: Option<String>,
     seccomp: &'static seccomp::Filters,
     mpl: Option<python::MplCache>,
+    /// CPU quota per sandbox, in cores (0: none).
+    cpu_cores: f64,
+    /// What `site` would have set up (host mode), for a zygote's command line.
+    site: Option<python::SiteState>,
     /// The mount plan's fixed part, per `resolv.conf` choice, with when it was built.
     system: Mutex<Vec<(bool, std::time::Instant, Arc<mount::SystemPart>)>>,
 }
@@ -138,6 +145,42 @@ struct Prepared {
 const SYSTEM_PART_TTL: Duration = Duration::from_secs(10);
 
 impl Prepared {
+    /// A new cgroup for sandbox `id` with `limits` (none when cgroups are unusable).
+    pub(crate) fn new_cgroup(&self, id: &str, limits: &airlock_core::Limits) -> Result<CgroupGuard, Error> {
+        static CLEANUP: Once = Once::new();
+        let Some(driver) = &self.cgroups else { return Ok(CgroupGuard(None)) };
+        CLEANUP.call_once(|| {
+            let r = cgroup::cleanup_stale(driver);
+            if !r.removed.is_empty() || !r.failed.is_empty() {
+                tracing::info!("stale sandbox cgroups: removed {:?}, failed {:?}", r.removed, r.failed);
+            }
+        });
+        let name = cgroup::group_name(id);
+        let quota = (self.cpu_cores > 0.0)
+            .then(|| ((self.cpu_cores * cgroup::CPU_PERIOD_US as f64) as u64).max(1000));
+        let g = driver.create(&name, quota.is_some()).map_err(|e| cgroup_error(driver, e))?;
+        let guard = CgroupGuard(Some(Arc::new(g)));
+        let cl = CgroupLimits { memory_bytes: limits.memory_bytes, pids: limits.processes.into(), cpu_quota_us: quota };
+        if let Some(g) = &guard.0 {
+            g.apply(&cl).map_err(|e| cgroup_error(driver, e))?;
+        }
+        Ok(guard)
+    }
+
+    /// Moves `pid` into `group` (unless the kernel already created it there).
+    pub(crate) fn place(&self, group: &CgroupGuard, pid: i32) -> Result<(), Error> {
+        let Some(g) = &group.0 else { return Ok(()) };
+        g.add(pid).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::InvalidInput && self.cpu_cores > 0.0 {
+                " (a real-time airlock cannot put sandboxes in a v1 cpu group without cpu.rt_runtime_us; \
+                 set AIRLOCK_JAIL_CPU_CORES=0)"
+            } else {
+                ""
+            };
+            Error::host(format!("placing the sandbox in its cgroup: {e}{hint}"))
+        })
+    }
+
     fn system_part(&self, spec: &RootSpec) -> Result<Arc<mount::SystemPart>, Error> {
         let mut cache = self.system.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, _, part)) =
@@ -204,7 +247,7 @@ impl JailBackend {
             extra_ro.push((canon.clone(), canon));
         }
         let site: Vec<String> = extra_ro_paths(&self.config.site_packages);
-        let (source, boot, args, mpl) = match &self.config.rootfs {
+        let (source, boot, args, mpl, site_state) = match &self.config.rootfs {
             Some(root) => {
                 let root = std::fs::canonicalize(root)
                     .map_err(|e| Error::invalid(format!("rootfs {}: {e}", root.display())))?;
@@ -217,7 +260,7 @@ impl JailBackend {
                 }
                 let boot = DriverBoot::Source;
                 let args = python::interpreter_args(&boot, None);
-                (RootSource::Dir(root), boot, args, None)
+                (RootSource::Dir(root), boot, args, None, None)
             }
             None => {
                 if !python.exists() {
@@ -249,7 +292,7 @@ impl JailBackend {
                     python::SiteState { sys_path, prefix: info.prefix.clone(), exec_prefix: info.exec_prefix.clone() };
                 let boot = DriverBoot::for_python(&python);
                 let args = python::interpreter_args(&boot, Some(&state));
-                (RootSource::Host, boot, args, Some(python::MplCache::new(&python)))
+                (RootSource::Host, boot, args, Some(python::MplCache::new(&python)), Some(state))
             }
         };
         // Shorter paths first, so a parent is bound before anything below it is considered.
@@ -272,6 +315,8 @@ impl JailBackend {
             cgroup_why,
             seccomp,
             mpl,
+            cpu_cores: self.config.cpu_cores,
+            site: site_state,
             system: Mutex::new(Vec::new()),
         })
     }
@@ -304,24 +349,20 @@ impl JailBackend {
         w
     }
 
-    fn spawn_sandbox(&self, p: &Prepared, spec: &SandboxSpec) -> Result<JailSandbox, Error> {
-        static CLEANUP: Once = Once::new();
-        if let Some(d) = &p.cgroups {
-            CLEANUP.call_once(|| {
-                let r = cgroup::cleanup_stale(d);
-                if !r.removed.is_empty() || !r.failed.is_empty() {
-                    tracing::info!("stale sandbox cgroups: removed {:?}, failed {:?}", r.removed, r.failed);
-                }
-            });
-        }
+    /// Starts a jailed interpreter: the guest driver ([`Role::Driver`]) or a zygote.
+    fn launch(&self, p: &Prepared, spec: &SandboxSpec, role: Role) -> Result<Launched, Error> {
         let t0 = std::time::Instant::now();
         let limits = spec.limits;
         airlock_core::request::validate_env(&spec.env)?;
         let ids = IdMap::for_new_sandbox(&self.config.ids)?;
 
-        // The guest's descriptors: the channel, the two output pipes and the setup
-        // socket; the child's ends get numbers above 10 (see process::Stdio).
-        let (host_chan, guest_chan) = channel_pair()?;
+        // The guest's descriptors: the channel (a zygote's control socket), the two
+        // output pipes and the setup socket; the child's ends get numbers above 10
+        // (see process::Stdio).
+        let (host_chan, guest_chan) = match role {
+            Role::Driver => channel_pair()?,
+            Role::Zygote => zygote::control_pair()?,
+        };
         let guest_chan = spawn::high_fd(guest_chan)?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
@@ -336,35 +377,21 @@ impl JailBackend {
             mpl_cache: p.mpl.as_ref().and_then(|m| m.get()),
             resolv_conf: spec.network == NetworkPolicy::Host && p.source == RootSource::Host,
             setattr: p.setattr,
+            nested_proc: role == Role::Zygote,
         };
         let mounts = mount::plan_with(&root, p.system_part(&root)?.as_ref())?;
         let t_plan = t0.elapsed();
 
-        let cgroup = match &p.cgroups {
-            Some(driver) => {
-                let name = cgroup::group_name(&spec.id);
-                let quota = (self.config.cpu_cores > 0.0)
-                    .then(|| ((self.config.cpu_cores * cgroup::CPU_PERIOD_US as f64) as u64).max(1000));
-                let g = driver.create(&name, quota.is_some()).map_err(|e| cgroup_error(driver, e))?;
-                let guard = CgroupGuard(Some(Arc::new(g)));
-                let cl = CgroupLimits {
-                    memory_bytes: limits.memory_bytes,
-                    pids: limits.processes.into(),
-                    cpu_quota_us: quota,
-                };
-                if let Some(g) = &guard.0 {
-                    g.apply(&cl).map_err(|e| cgroup_error(driver, e))?;
-                }
-                guard
-            }
-            None => CgroupGuard(None),
-        };
+        let cgroup = p.new_cgroup(&spec.id, &limits)?;
         let memory_cgroup = p.cgroups.as_ref().is_some_and(|d| d.enforced().memory);
         let t_cgroup = t0.elapsed();
 
         let env = guest_env(airlock_core::paths::WORKSPACE_MOUNT, "/tmp", Some(mount::MPL_CONFIG_DIR), &spec.env);
         let mut argv = vec![p.python_inside.clone()];
-        argv.extend(p.args.iter().cloned());
+        match role {
+            Role::Driver => argv.extend(p.args.iter().cloned()),
+            Role::Zygote => argv.extend(python::with_site(airlock_guest::zygote_args(), p.site.as_ref())),
+        }
         let exec = process::ExecImage::new(&p.python_inside, &argv, &env)?;
 
         let plan = contain::plan(contain::Setup {
@@ -380,6 +407,8 @@ impl JailBackend {
             last_cap: p.last_cap,
             landlock: p.landlock.clone(),
             seccomp: p.seccomp,
+            confine: role == Role::Driver,
+            keep_caps: if role == Role::Zygote { caps::CAP_SETFCAP } else { 0 },
             exec,
         });
         let flags = libc::CLONE_NEWUSER
@@ -388,59 +417,79 @@ impl JailBackend {
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS
             | net::clone_flag(spec.network);
-        let cg = cgroup.0.clone();
-        let placement = cg.as_ref().and_then(|g| g.placement_fd());
+        let placement = cgroup.0.as_ref().and_then(|g| g.placement_fd());
         let spawned = spawn::spawn(plan, sync, flags, placement.as_ref(), |pid, placed| {
             ids.write(pid)?;
-            if let Some(g) = cg.as_ref().filter(|_| !placed) {
-                g.add(pid).map_err(|e| {
-                    let hint = if e.kind() == std::io::ErrorKind::InvalidInput && self.config.cpu_cores > 0.0 {
-                        " (a real-time airlock cannot put sandboxes in a v1 cpu group without cpu.rt_runtime_us; \
-                         set AIRLOCK_JAIL_CPU_CORES=0)"
-                    } else {
-                        ""
-                    };
-                    Error::host(format!("placing the sandbox in its cgroup: {e}{hint}"))
-                })?;
+            if !placed {
+                p.place(&cgroup, pid)?;
             }
             Ok(())
         })?;
         drop((guest_chan, out_w, err_w));
-        let t_exec = t0.elapsed();
+        tracing::debug!(
+            sandbox = %spec.id,
+            "jail launch: plan {:?}, cgroup {:?}, clone to exec {:?}",
+            t_plan,
+            t_cgroup - t_plan,
+            t0.elapsed() - t_cgroup,
+        );
+        Ok(Launched { spawned, channel: host_chan, stdout: out_r, stderr: err_r, ids, cgroup })
+    }
 
-        let sup = supervisor::JailSupervisor::new(spawned.pid, spawned.pidfd, cgroup.0.clone(), limits.memory_bytes);
-        p.boot.send_preamble(&host_chan)?;
+    fn spawn_sandbox(&self, p: &Prepared, spec: &SandboxSpec) -> Result<JailSandbox, Error> {
+        let t0 = std::time::Instant::now();
+        let l = self.launch(p, spec, Role::Driver)?;
+        let t_exec = t0.elapsed();
+        let sup = supervisor::JailSupervisor::new(
+            l.spawned.pid,
+            l.spawned.pidfd,
+            l.cgroup.0.clone(),
+            spec.limits.memory_bytes,
+        );
+        p.boot.send_preamble(&l.channel)?;
         let meta = GuestMeta {
             backend: BackendKind::Jail,
             isolation: Isolation::Namespaces,
             sandbox_id: spec.id.clone(),
-            memory_bytes: limits.memory_bytes,
+            memory_bytes: spec.limits.memory_bytes,
             warnings: Self::warnings(p, spec),
         };
         let guest = Guest::connect(
-            GuestPipes { channel: host_chan, stdout: out_r, stderr: err_r },
+            GuestPipes { channel: l.channel, stdout: l.stdout, stderr: l.stderr },
             sup,
             meta,
             STARTUP_TIMEOUT,
         )?;
-        tracing::debug!(
-            sandbox = %spec.id,
-            "jail start: plan {:?}, cgroup {:?}, clone to exec {:?}, interpreter to hello {:?}",
-            t_plan,
-            t_cgroup - t_plan,
-            t_exec - t_cgroup,
-            t0.elapsed() - t_exec
-        );
-        let workspace = Workspace::from_fd(spawned.workspace).with_owner(ids.host_uid, ids.host_gid);
+        tracing::debug!(sandbox = %spec.id, "jail start: launch {t_exec:?}, interpreter to hello {:?}", t0.elapsed() - t_exec);
+        let workspace = Workspace::from_fd(l.spawned.workspace).with_owner(l.ids.host_uid, l.ids.host_gid);
         Ok(JailSandbox {
             id: spec.id.clone(),
             guest,
             workspace,
-            file_bytes: limits.file_bytes,
-            fs_ids: (!ids.rootless).then_some((ids.host_uid, ids.host_gid)),
-            cgroup,
+            file_bytes: spec.limits.file_bytes,
+            fs_ids: (!l.ids.rootless).then_some((l.ids.host_uid, l.ids.host_gid)),
+            cgroup: l.cgroup,
         })
     }
+}
+
+/// What a jailed interpreter is started as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The guest driver, fully confined, reading cells.
+    Driver,
+    /// A template's zygote (see [`zygote`]).
+    Zygote,
+}
+
+/// A started jailed interpreter and the host's ends of its descriptors.
+struct Launched {
+    spawned: spawn::Spawned,
+    channel: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    ids: IdMap,
+    cgroup: CgroupGuard,
 }
 
 fn raw(fd: &OwnedFd) -> i32 {
@@ -500,6 +549,14 @@ impl Backend for JailBackend {
     fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, Error> {
         let p = self.prepared()?;
         Ok(Box::new(self.spawn_sandbox(&p, spec)?))
+    }
+
+    /// A zygote for the recipe (see [`zygote`]); none when `AIRLOCK_JAIL_ZYGOTE=0`.
+    fn factory(&self, recipe: &Recipe) -> Result<Option<Box<dyn Factory>>, Error> {
+        if std::env::var_os("AIRLOCK_JAIL_ZYGOTE").is_some_and(|v| v == "0") {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(zygote::Zygote::start(self, recipe)?)))
     }
 }
 

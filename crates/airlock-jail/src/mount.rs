@@ -259,6 +259,11 @@ pub struct RootSpec {
     pub resolv_conf: bool,
     /// The kernel has `mount_setattr` (recursive read-only binds).
     pub setattr: bool,
+    /// Leave `/proc` without submounts (no read-only `/proc/sys` bind), so that a
+    /// nested PID namespace may mount its own `/proc`: the kernel allows that only
+    /// while a fully visible procfs exists (a zygote, whose children then make their
+    /// own `/proc/sys` read-only).
+    pub nested_proc: bool,
 }
 
 /// Where the guest's matplotlib configuration and font cache live.
@@ -501,14 +506,16 @@ impl<'a> Builder<'a> {
         self.mkdir(Path::new("/proc"), 0o555)?;
         let proc_ = self.staged(Path::new("/proc"))?;
         self.ops.push(MountOp::Proc { target: proc_ });
-        let sys = self.staged(Path::new("/proc/sys"))?;
-        self.ops.push(MountOp::Bind { src: sys.clone(), dst: sys.clone(), recursive: true });
-        self.ops.push(MountOp::ReadOnly {
-            path: sys,
-            recursive: self.spec.setattr,
-            setattr: self.spec.setattr,
-            keep_flags: libc::MS_NOEXEC,
-        });
+        if !self.spec.nested_proc {
+            let sys = self.staged(Path::new("/proc/sys"))?;
+            self.ops.push(MountOp::Bind { src: sys.clone(), dst: sys.clone(), recursive: true });
+            self.ops.push(MountOp::ReadOnly {
+                path: sys,
+                recursive: self.spec.setattr,
+                setattr: self.spec.setattr,
+                keep_flags: libc::MS_NOEXEC,
+            });
+        }
 
         // A minimal /dev.
         self.mkdir(Path::new("/dev"), 0o755)?;
@@ -649,6 +656,7 @@ mod tests {
             mpl_cache: None,
             resolv_conf: false,
             setattr: true,
+            nested_proc: false,
         }
     }
 

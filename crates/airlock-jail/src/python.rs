@@ -156,7 +156,11 @@ pub fn site_prelude(site: &SiteState) -> String {
 /// Interpreter arguments (after argv[0]): the driver boot's, plus `-S` and the
 /// prelude when a `sys.path` is given.
 pub fn interpreter_args(boot: &DriverBoot, site: Option<&SiteState>) -> Vec<String> {
-    let mut args = boot.args();
+    with_site(boot.args(), site)
+}
+
+/// `args` (which run code with `-c`) with `-S` and the prelude when a `sys.path` is given.
+pub fn with_site(mut args: Vec<String>, site: Option<&SiteState>) -> Vec<String> {
     let Some(site) = site else { return args };
     if let Some(i) = args.iter().position(|a| a == "-c")
         && i + 1 < args.len()

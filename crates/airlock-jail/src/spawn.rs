@@ -163,7 +163,7 @@ pub struct Spawned {
     pub workspace: OwnedFd,
 }
 
-fn pidfd_open(pid: i32) -> Result<OwnedFd, Error> {
+pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, Error> {
     // SAFETY: integer arguments only.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {

@@ -4,8 +4,10 @@
 //! The driver is the init of the sandbox's PID namespace, so one `SIGKILL` to it makes
 //! the kernel kill every process of the namespace; the cgroup kill is the second line.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use airlock_core::Status;
 use airlock_core::units::format_size;
@@ -23,13 +25,31 @@ pub struct JailSupervisor {
     cgroup: Option<Arc<Cgroup>>,
     oom_seen: u64,
     memory_bytes: u64,
+    /// For a zygote's child: the zygote reaps it and reports its exit here, under
+    /// its pid in the zygote's namespace.
+    reported: Option<(Arc<ExitBoard>, i32)>,
 }
 
 impl JailSupervisor {
     /// Supervises `pid` (our child).
     pub fn new(pid: i32, pidfd: OwnedFd, cgroup: Option<Arc<Cgroup>>, memory_bytes: u64) -> Self {
         let oom_seen = cgroup.as_ref().and_then(|c| c.oom_kills()).unwrap_or(0);
-        JailSupervisor { pid, pidfd: Arc::new(pidfd), exit: None, cgroup, oom_seen, memory_bytes }
+        JailSupervisor { pid, pidfd: Arc::new(pidfd), exit: None, cgroup, oom_seen, memory_bytes, reported: None }
+    }
+
+    /// Supervises `pid`, a zygote's child (not ours to wait for): its exit is read
+    /// from `board`, where the zygote reports it under `zygote_pid`.
+    pub fn for_zygote_child(
+        pid: i32,
+        pidfd: OwnedFd,
+        cgroup: Option<Arc<Cgroup>>,
+        memory_bytes: u64,
+        board: Arc<ExitBoard>,
+        zygote_pid: i32,
+    ) -> Self {
+        let mut s = JailSupervisor::new(pid, pidfd, cgroup, memory_bytes);
+        s.reported = Some((board, zygote_pid));
+        s
     }
 
     /// The driver's pid on the host.
@@ -40,6 +60,11 @@ impl JailSupervisor {
     fn reap(&mut self, flags: libc::c_int) -> Option<ExitInfo> {
         if let Some(e) = self.exit {
             return Some(e);
+        }
+        if let Some((board, zpid)) = &self.reported {
+            let wait = if flags & libc::WNOHANG != 0 { Duration::ZERO } else { Duration::from_secs(5) };
+            self.exit = board.wait(*zpid, wait);
+            return self.exit;
         }
         let mut status: libc::c_int = 0;
         // SAFETY: an all-zero rusage is a valid value for this plain C struct.
@@ -86,9 +111,16 @@ impl Supervisor for JailSupervisor {
         self.reap(libc::WNOHANG)
     }
 
-    /// Waits on the pidfd (readable once the process has exited) rather than polling.
+    /// Waits on the pidfd (readable once the process has exited) rather than polling;
+    /// a zygote's child, on the zygote's report.
     fn wait(&mut self, timeout: std::time::Duration) -> Option<ExitInfo> {
         use std::os::fd::AsFd;
+        if let Some((board, zpid)) = &self.reported {
+            if self.exit.is_none() {
+                self.exit = board.wait(*zpid, timeout);
+            }
+            return self.exit;
+        }
         let end = std::time::Instant::now() + timeout;
         loop {
             if let Some(e) = self.try_wait() {
@@ -145,6 +177,63 @@ impl Drop for JailSupervisor {
         if self.exit.is_none() {
             self.kill();
             let _ = self.reap(0);
+        }
+    }
+}
+
+/// Exits of a zygote's children, as the zygote reports them (it reaps them: they are
+/// its children once their intermediate parent is gone, not airlock's).
+#[derive(Debug, Default)]
+pub struct ExitBoard {
+    state: Mutex<BoardState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct BoardState {
+    exits: HashMap<i32, ExitInfo>,
+    /// The zygote is gone, and with it (the init of their PID namespace) every child.
+    closed: bool,
+}
+
+impl ExitBoard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BoardState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that the child `pid` (in the zygote's namespace) exited.
+    pub fn record(&self, pid: i32, info: ExitInfo) {
+        self.lock().exits.insert(pid, info);
+        self.changed.notify_all();
+    }
+
+    /// Forgets a stale report for `pid` (the zygote just gave the number to a new child).
+    pub fn forget(&self, pid: i32) {
+        self.lock().exits.remove(&pid);
+    }
+
+    /// The zygote is gone: every child not yet reported died with it.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Takes `pid`'s exit, waiting up to `timeout` for it.
+    pub fn wait(&self, pid: i32, timeout: Duration) -> Option<ExitInfo> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        loop {
+            if let Some(info) = st.exits.remove(&pid) {
+                return Some(info);
+            }
+            if st.closed {
+                return Some(ExitInfo { signal: Some(libc::SIGKILL), ..ExitInfo::default() });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            st = self.changed.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 }

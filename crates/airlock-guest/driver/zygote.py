@@ -1,0 +1,425 @@
+# airlock's zygote: a trusted interpreter, itself inside a jail, that has imported a
+# template's modules and forks one sandbox per request. It never runs user code.
+#
+# Started as `python -c BOOTSTRAP ZYGOTE_SOURCE DRIVER_SOURCE` with the control socket
+# (SOCK_SEQPACKET, one message per frame) on fd 3. The host sends one JSON settings
+# frame; the zygote imports the modules and answers `ready` (or `failed`). Then each
+# `spawn` frame carries four descriptors (channel, stdout, stderr, setup socket):
+#
+#   zygote --fork--> C1: unshare(user, mount, PID, IPC, UTS[, net]); uid/gid maps
+#          C1 --fork--> C2: PID 1 of the new PID namespace; C1 exits (C2 is reparented
+#          to the zygote, the init of the zygote's own PID namespace, which reaps it
+#          and reports its exit as an `exit` frame)
+#
+# C2 builds its own /proc, /tmp and /workspace, sets rlimits, descriptors and session,
+# passes its workspace descriptor to the host over the setup socket (the host reads
+# C2's host pid from the socket's credentials and moves C2 into a new cgroup), waits
+# for the host's go-ahead, then drops every capability, sets no_new_privs, applies
+# Landlock and the seccomp filters -- the same sequence as a cold jail sandbox -- and
+# only then runs the guest driver, which reads the first cell.
+
+import ctypes
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+
+PR_SET_SECCOMP = 22
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SECCOMP_MODE_FILTER = 2
+
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_ADD_RULE = 445
+SYS_LANDLOCK_RESTRICT_SELF = 446
+LANDLOCK_RULE_PATH_BENEATH = 1
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.syscall.restype = ctypes.c_long
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+class StepFailed(Exception):
+    pass
+
+
+def _check(r, what):
+    if r < 0:
+        e = ctypes.get_errno()
+        raise StepFailed("%s: %s" % (what, os.strerror(e)))
+    return r
+
+
+def _mount(src, target, fstype, flags, data, what):
+    _check(
+        _libc.mount(
+            src and src.encode(),
+            target.encode(),
+            fstype and fstype.encode(),
+            flags,
+            data and data.encode(),
+        ),
+        what,
+    )
+
+
+def _write(path, text):
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise StepFailed("write %r to %s: %s" % (text, path, e.strerror)) from None
+
+
+def _prctl(option, arg, what):
+    return _check(_libc.prctl(option, arg, 0, 0, 0), what)
+
+
+# -- the child's containment, in order --
+
+
+def _own_namespaces(cfg):
+    """C1: new namespaces; root of the new user namespace maps to the zygote's root."""
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+    if cfg["own_network"]:
+        flags |= CLONE_NEWNET
+    _check(_libc.unshare(flags), "unshare the user, mount, PID, IPC, UTS and network namespaces")
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", "0 0 1")
+    _write("/proc/self/gid_map", "0 0 1")
+
+
+def _own_file_systems(req, mpl):
+    """C2: a fresh /proc for its PID namespace, its own /tmp and /workspace."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE, None, "make every mount private")
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    _mount("proc", "/proc", "proc", flags, None, "mount a new /proc")
+    _mount("/proc/sys", "/proc/sys", None, MS_BIND | MS_REC, None, "bind /proc/sys")
+    _mount(None, "/proc/sys", None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, None, "make /proc/sys read-only")
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, req["tmp_options"], "mount a tmpfs at /tmp")
+    _mount("tmpfs", "/workspace", "tmpfs", MS_NOSUID | MS_NODEV, req["workspace_options"], "mount a tmpfs at /workspace")
+    if mpl is not None:
+        directory, name, data = mpl
+        os.mkdir(directory, 0o700)
+        fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+
+def _loopback_up():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        import fcntl
+
+        req = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req)[:18])[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+    finally:
+        s.close()
+
+
+def _rlimits(req):
+    import resource
+
+    for res, value in req["rlimits"]:
+        resource.setrlimit(res, (value, value))
+
+
+def _descriptors(chan, out, err, setup):
+    """fds 0-3 are stdin (/dev/null), stdout, stderr and the channel; every other
+    descriptor but the setup socket is closed."""
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    os.dup2(chan, 3)
+    os.closerange(4, setup)
+    os.closerange(setup + 1, 1 << 16)
+
+
+def _drop_capabilities(cfg):
+    _prctl(PR_SET_SECUREBITS, cfg["securebits"], "set securebits")
+    for cap in range(min(cfg["last_cap"], 63) + 1):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 and ctypes.get_errno() != 22:
+            _check(-1, "drop capability %d from the bounding set" % cap)
+    if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 and ctypes.get_errno() != 22:
+        _check(-1, "clear the ambient capabilities")
+    header = _CapHeader(0x20080522, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(header), data), "drop every capability")
+
+
+def _landlock(policy):
+    attr = struct.pack("<QQQ", policy["handled_fs"], 0, policy["scoped"])[: policy["attr_size"]]
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    rs = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    if rs < 0:
+        if ctypes.get_errno() in (38, 95):  # ENOSYS, EOPNOTSUPP: no Landlock, not an error
+            return
+        _check(-1, "create the Landlock ruleset")
+    try:
+        for path, access in policy["rules"]:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = ctypes.create_string_buffer(struct.pack("<Qi", access & policy["handled_fs"], fd), 12)
+                _check(
+                    _libc.syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_int(rs), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH), rule, ctypes.c_uint32(0)),
+                    "add the Landlock rule for %s" % path,
+                )
+            finally:
+                os.close(fd)
+        _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(rs), ctypes.c_uint32(0)), "apply the Landlock rules")
+    finally:
+        os.close(rs)
+
+
+def _seccomp(programs):
+    for prog in programs:
+        buf = ctypes.create_string_buffer(prog, len(prog))
+        fprog = _SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "install the seccomp filters")
+
+
+def _send_failure(setup, what):
+    try:
+        os.write(setup, b"E" + str(what).encode("utf-8", "replace")[:4000])
+    except OSError:
+        pass
+
+
+def _reseed(driver):
+    # Siblings must not share random state: `random` reseeds itself after fork; the
+    # driver also reseeds numpy's global generator, and tempfile's name generator is
+    # dropped (it detects forks by pid, and every sandbox is pid 1).
+    driver["_reseed"]()
+    tf = sys.modules.get("tempfile")
+    if tf is not None:
+        tf._name_sequence = None
+
+
+def _child(cfg, req, fds, driver, mpl):
+    """C2, PID 1 of its own namespaces. Never returns."""
+    chan, out, err, setup = fds
+    try:
+        _own_file_systems(req, mpl)
+        socket.sethostname(cfg["hostname"])
+        if cfg["own_network"]:
+            _loopback_up()
+        _rlimits(req)
+        _descriptors(chan, out, err, setup)
+        os.setsid()
+        os.chdir("/workspace")
+        ws = os.open("/workspace", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        ctl = socket.socket(fileno=setup)
+        socket.send_fds(ctl, [b"W"], [ws])
+        os.close(ws)
+        go = ctl.recv(16)
+        if go != b"G":
+            os._exit(125)  # the host gave up
+        _drop_capabilities(cfg)
+        _prctl(PR_SET_NO_NEW_PRIVS, 1, "set no_new_privs")
+        if cfg["landlock"] is not None:
+            _landlock(cfg["landlock"])
+        _seccomp(cfg["seccomp"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        _reseed(driver)
+        ctl.close()
+    except BaseException as e:  # noqa: BLE001 - every failure is reported, then exit
+        _send_failure(setup, e)
+        os._exit(126)
+    code = 1
+    try:
+        code = driver["main"](["3"])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # noqa: BLE001
+        code = 1
+    finally:
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except BaseException:  # noqa: BLE001
+                pass
+    os._exit(code or 0)
+
+
+def _spawn(cfg, req, fds, driver, mpl):
+    """Forks C1, which makes C2; returns C2's pid in the zygote's namespace."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            try:
+                _own_namespaces(cfg)
+                c2 = os.fork()
+            except BaseException as e:  # noqa: BLE001
+                os.write(w, b"E" + str(e).encode("utf-8", "replace")[:4000])
+                os._exit(0)
+            if c2 == 0:
+                os.close(w)
+                _child(cfg, req, fds, driver, mpl)
+            os.write(w, b"P%d" % c2)
+        finally:
+            os._exit(0)
+    os.close(w)
+    for fd in fds:
+        os.close(fd)
+    data = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    if data[:1] == b"P":
+        return int(data[1:]), None
+    return None, (data[1:] or b"the intermediate process died").decode("utf-8", "replace")
+
+
+def _send(ctl, obj):
+    ctl.send(json.dumps(obj).encode())
+
+
+def _import_all(cfg):
+    imported, missing = [], []
+    for name in cfg["modules"]:
+        try:
+            __import__(name)
+            imported.append(name)
+        except ImportError as e:
+            if not cfg["optional_modules"]:
+                raise StepFailed("import %s failed: %s: %s" % (name, type(e).__name__, e))
+            missing.append(name)
+    return imported, missing
+
+
+def _threads():
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def main(driver_source):
+    ctl = socket.socket(fileno=3)
+    cfg = json.loads(ctl.recv(1 << 20))
+    cfg["seccomp"] = [bytes.fromhex(p) for p in cfg["seccomp"]]
+    # The driver's code, loaded once as a module namespace (not as __main__).
+    driver = {"__name__": "__airlock_driver__", "__builtins__": __builtins__}
+    exec(compile(driver_source, "<airlock-driver>", "exec"), driver)
+    try:
+        imported, missing = _import_all(cfg)
+        n = _threads()
+        if n != 1:
+            raise StepFailed(
+                "the template's modules started %d threads in the zygote; forking would copy them "
+                "half-made (set OPENBLAS_NUM_THREADS=1 and similar, or remove the module)" % (n - 1)
+            )
+    except BaseException as e:  # noqa: BLE001
+        _send(ctl, {"type": "failed", "error": "%s: %s" % (type(e).__name__, e)})
+        return 1
+    mpl = None
+    if cfg.get("mpl"):
+        try:
+            with open(cfg["mpl"], "rb") as f:
+                mpl = (os.path.dirname(cfg["mpl"]), os.path.basename(cfg["mpl"]), f.read())
+        except OSError:
+            mpl = None
+    # Everything imported so far is never collected, so the collector never writes to
+    # (and un-shares) the pages the children share with the zygote.
+    gc.collect()
+    gc.freeze()
+    _send(ctl, {"type": "ready", "imported": imported, "missing": missing, "pid": os.getpid()})
+
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    while True:
+        while True:
+            try:
+                pid, status, ru = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            cpu_ms = int((ru.ru_utime + ru.ru_stime) * 1000)
+            _send(ctl, {"type": "exit", "pid": pid, "status": status, "cpu_ms": cpu_ms, "maxrss_kb": ru.ru_maxrss})
+        try:
+            ready, _, _ = select.select([ctl, wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in ready:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+        if ctl not in ready:
+            continue
+        msg, fds, _, _ = socket.recv_fds(ctl, 1 << 16, 8)
+        if not msg:
+            return 0  # the host closed the control socket
+        req = json.loads(msg)
+        if req.get("type") != "spawn" or len(fds) != 4:
+            for fd in fds:
+                os.close(fd)
+            _send(ctl, {"type": "spawned", "id": req.get("id"), "error": "malformed spawn request"})
+            continue
+        try:
+            pid, error = _spawn(cfg, req, fds, driver, mpl)
+        except OSError as e:
+            pid, error = None, "fork failed: %s" % e
+        _send(ctl, {"type": "spawned", "id": req["id"], "pid": pid, "error": error})
+
+
+sys.exit(main(sys.argv[2]))

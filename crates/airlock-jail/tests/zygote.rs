@@ -1,0 +1,268 @@
+//! The `jail` zygote (fast start): forked sandboxes are fresh and as isolated as cold
+//! ones, the zygote survives a misbehaving child, and a dead zygote's children are
+//! reported dead. Each test prints "skipped: <reason>" where the host cannot run it.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use airlock_core::{Backend, Cell, Factory, Language, Limits, Outcome, Recipe, Sandbox, SandboxSpec, Status};
+use airlock_jail::zygote::Zygote;
+use airlock_jail::{JailBackend, JailConfig};
+
+fn backend() -> Option<&'static JailBackend> {
+    static B: OnceLock<Option<JailBackend>> = OnceLock::new();
+    B.get_or_init(|| {
+        let b = JailBackend::new(JailConfig::new(airlock_guest::launch::default_python()));
+        let p = b.probe();
+        if !p.available {
+            eprintln!("skipped: jail is not available here: {}", p.detail);
+            return None;
+        }
+        Some(b)
+    })
+    .as_ref()
+}
+
+fn recipe(modules: &[&str]) -> Recipe {
+    Recipe {
+        name: "test".into(),
+        modules: modules.iter().map(|m| m.to_string()).collect(),
+        optional_modules: true,
+        limits: Limits::default(),
+    }
+}
+
+/// One zygote shared by the tests (with `json` and, where installed, numpy imported).
+fn zygote() -> Option<Arc<Zygote>> {
+    static Z: OnceLock<Option<Arc<Zygote>>> = OnceLock::new();
+    Z.get_or_init(|| {
+        let b = backend()?;
+        match Zygote::start(b, &recipe(&["json", "numpy"])) {
+            Ok(z) => Some(Arc::new(z)),
+            Err(e) => panic!("the zygote did not start: {e}"),
+        }
+    })
+    .clone()
+}
+
+fn cell(sb: &mut dyn Sandbox, code: &str) -> Outcome {
+    let c = Cell::new(Language::Python, code, &Limits { timeout_ms: 30_000, ..Limits::default() });
+    sb.execute(&c, &mut |_| {}).expect("host error")
+}
+
+fn fork(z: &Zygote) -> Box<dyn Sandbox> {
+    Box::new(z.fork(&SandboxSpec::new(Limits::default())).expect("fork"))
+}
+
+#[test]
+fn a_forked_sandbox_runs_code_with_the_modules_imported() {
+    let Some(z) = zygote() else { return };
+    let mut sb = fork(&z);
+    let o = cell(sb.as_mut(), "import sys, os\nprint(os.getpid(), 'json' in sys.modules)\n6*7");
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert_eq!(o.stdout, "1 True\n");
+    assert_eq!(o.text(), Some("42"));
+    assert!(z.imported().contains(&"json".to_string()));
+    sb.destroy().unwrap();
+}
+
+fn limits(memory_mib: u64) -> Limits {
+    Limits { memory_bytes: memory_mib << 20, timeout_ms: 30_000, ..Limits::default() }
+}
+
+/// Facts a sandbox reports about itself, one `key value` per line.
+const FACTS: &str = r#"
+import os, socket
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key + ':'):
+            return line.split()[1]
+print('pid', os.getpid())
+print('uid', os.getuid())
+print('host', socket.gethostname())
+print('capeff', status('CapEff'))
+print('capbnd', status('CapBnd'))
+print('nnp', status('NoNewPrivs'))
+print('seccomp', status('Seccomp'))
+print('procs', len([p for p in os.listdir('/proc') if p.isdigit()]))
+print('ifaces', ','.join(sorted(l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:])))
+def writable(path):
+    try:
+        open(path, 'w').close()
+        return 'yes'
+    except OSError as e:
+        return type(e).__name__
+print('usr', writable('/usr/airlock-zygote-test'))
+print('root', writable('/airlock-zygote-test'))
+print('proc_sys', writable('/proc/sys/kernel/hostname'))
+print('tmp', writable('/tmp/x'))
+print('ws', writable('/workspace/x'))
+print('cwd', os.getcwd())
+print('env', sorted(os.environ).count('HOME'), os.environ.get('TMPDIR'))
+print('fds', ','.join(sorted(os.listdir('/proc/self/fd'), key=int)))
+"#;
+
+fn facts(sb: &mut dyn Sandbox) -> std::collections::BTreeMap<String, String> {
+    let o = cell(sb, FACTS);
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    o.stdout.lines().filter_map(|l| l.split_once(' ').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
+}
+
+#[test]
+fn a_forked_sandbox_is_confined_like_a_cold_one() {
+    let Some(z) = zygote() else { return };
+    let mut sb = fork(&z);
+    let f = facts(sb.as_mut());
+    assert_eq!(f["pid"], "1", "PID 1 of its own PID namespace");
+    assert_eq!(f["uid"], "0");
+    assert_eq!(f["host"], "airlock");
+    assert_eq!(f["capeff"], "0000000000000000", "no capabilities");
+    assert_eq!(f["capbnd"], "0000000000000000", "an empty bounding set");
+    assert_eq!(f["nnp"], "1");
+    assert_eq!(f["seccomp"], "2", "a seccomp filter");
+    assert!(f["procs"].parse::<u32>().unwrap() <= 2, "sees only its own processes: {f:?}");
+    assert_eq!(f["ifaces"], "lo", "its own network namespace");
+    assert_ne!(f["usr"], "yes");
+    assert_ne!(f["root"], "yes");
+    assert_ne!(f["proc_sys"], "yes", "/proc/sys is read-only");
+    assert_eq!(f["tmp"], "yes");
+    assert_eq!(f["ws"], "yes");
+    assert_eq!(f["cwd"], "/workspace");
+    assert_eq!(f["env"], "1 /tmp");
+    // stdin, stdout, stderr, the channel, and 4: the listing's own descriptor.
+    assert_eq!(f["fds"], "0,1,2,3,4", "no descriptor of the zygote's leaks: {f:?}");
+    sb.destroy().unwrap();
+}
+
+#[test]
+fn seccomp_and_landlock_hold_in_a_forked_sandbox() {
+    let Some(z) = zygote() else { return };
+    let mut sb = fork(&z);
+    let o = cell(
+        sb.as_mut(),
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+         r = libc.unshare(0x10000000)\nprint('unshare', r, ctypes.get_errno())\n\
+         r = libc.mount(b'tmpfs', b'/usr', b'tmpfs', 0, None)\nprint('mount', r, ctypes.get_errno())\n\
+         r = libc.ptrace(16, 1, 0, 0)\nprint('ptrace', r)",
+    );
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    assert!(o.stdout.contains("unshare -1 1\n"), "unshare is denied: {}", o.stdout);
+    assert!(o.stdout.contains("mount -1 1\n"), "mount is denied: {}", o.stdout);
+    assert!(o.stdout.contains("ptrace -1\n"), "ptrace is denied: {}", o.stdout);
+    sb.destroy().unwrap();
+}
+
+#[test]
+fn siblings_share_no_files_and_no_random_state() {
+    let Some(z) = zygote() else { return };
+    let mut a = fork(&z);
+    let mut b = fork(&z);
+    let code = "open('/workspace/mine', 'a').close(); open('/tmp/mine', 'a').close()\n\
+                import os, random\nprint(sorted(os.listdir('/workspace')), sorted(os.listdir('/tmp')))\n\
+                print(random.getrandbits(64))\n\
+                try:\n    import numpy\n    print(numpy.random.randint(1 << 62))\nexcept ImportError:\n    print('-')";
+    let oa = cell(a.as_mut(), code);
+    let ob = cell(b.as_mut(), "import os\nprint(sorted(os.listdir('/workspace')), sorted(os.listdir('/tmp')))");
+    assert_eq!(oa.status, Status::Ok, "{oa:?}");
+    assert!(ob.stdout.starts_with("[] "), "a sibling's workspace is not shared: {}", ob.stdout);
+    assert!(!ob.stdout.contains("mine"), "a sibling's /tmp is not shared: {}", ob.stdout);
+    let ob = cell(b.as_mut(), code);
+    let (la, lb): (Vec<&str>, Vec<&str>) = (oa.stdout.lines().collect(), ob.stdout.lines().collect());
+    assert_ne!(la[1], lb[1], "random differs between siblings");
+    if la[2] != "-" {
+        assert_ne!(la[2], lb[2], "numpy's global generator differs between siblings");
+    }
+    a.destroy().unwrap();
+    b.destroy().unwrap();
+}
+
+#[test]
+fn each_forked_sandbox_has_its_own_cgroup_and_limits() {
+    let Some(z) = zygote() else { return };
+    let mut sb = Box::new(z.fork(&SandboxSpec::new(limits(64))).expect("fork"));
+    let pid = sb.host_pid();
+    let zcg = std::fs::read_to_string(format!("/proc/{}/cgroup", z.host_pid())).unwrap();
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    if airlock_jail::cgroup::Driver::detect().is_ok() {
+        assert_ne!(zcg, cg, "the child left the zygote's cgroup");
+    } else {
+        eprintln!("skipped: cgroup placement (no usable cgroups here)");
+    }
+    // A memory bomb hits its own limit; the zygote and a sibling carry on.
+    let o = cell(sb.as_mut(), "x = bytearray(200 << 20)\nx[::4096] = b'1' * len(x[::4096])");
+    if airlock_jail::cgroup::Driver::detect().is_ok_and(|d| d.enforced().memory) {
+        assert_eq!(o.status, Status::MemoryLimit, "{o:?}");
+    }
+    let mut sibling = fork(&z);
+    assert_eq!(cell(sibling.as_mut(), "print('ok')").stdout, "ok\n");
+    assert!(z.is_alive());
+    sibling.destroy().unwrap();
+    let _ = sb.destroy();
+}
+
+#[test]
+fn a_child_that_exits_is_reported_with_its_status() {
+    let Some(z) = zygote() else { return };
+    let mut sb = fork(&z);
+    let o = cell(sb.as_mut(), "import os\nos._exit(7)");
+    assert_ne!(o.status, Status::Ok);
+    assert_eq!(o.exit_code, Some(7), "{o:?}");
+    assert!(!sb.is_alive());
+    let _ = sb.destroy();
+    let mut next = fork(&z);
+    assert_eq!(cell(next.as_mut(), "print(1)").stdout, "1\n");
+    next.destroy().unwrap();
+}
+
+#[test]
+fn destroy_leaves_no_process() {
+    let Some(z) = zygote() else { return };
+    let mut sb = Box::new(z.fork(&SandboxSpec::new(Limits::default())).expect("fork"));
+    let pid = sb.host_pid();
+    cell(sb.as_mut(), "import subprocess\nsubprocess.Popen(['sleep', '300'])");
+    (sb as Box<dyn Sandbox>).destroy().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| !s.contains("State:\tZ"));
+    assert!(!alive, "the sandbox's init is gone");
+}
+
+#[test]
+fn a_dead_zygote_takes_its_children_and_says_so() {
+    let Some(b) = backend() else { return };
+    let z = Zygote::start(b, &recipe(&[])).expect("zygote");
+    let mut child = fork(&z);
+    assert!(z.is_alive());
+    // SAFETY: kills the zygote, our child.
+    unsafe { libc::kill(z.host_pid(), libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while z.is_alive() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!z.is_alive(), "the factory notices its zygote died");
+    let c = Cell::new(Language::Python, "print(1)", &Limits::default());
+    match child.execute(&c, &mut |_| {}) {
+        Ok(o) => assert_ne!(o.status, Status::Ok, "{o:?}"),
+        Err(_) => {}
+    }
+    let e = z.fork(&SandboxSpec::new(Limits::default())).err().expect("no fork from a dead zygote");
+    assert!(e.to_string().contains("gone"), "{e}");
+}
+
+#[test]
+fn a_template_whose_module_is_missing_says_which() {
+    let Some(b) = backend() else { return };
+    let mut r = recipe(&["json", "airlock_no_such_module"]);
+    r.optional_modules = false;
+    let e = Zygote::start(b, &r).err().expect("the zygote must refuse");
+    let text = e.to_string();
+    assert!(text.contains("airlock_no_such_module") && text.contains("template 'test'"), "{text}");
+}
+
+#[test]
+fn a_host_network_sandbox_is_refused() {
+    let Some(z) = zygote() else { return };
+    let mut spec = SandboxSpec::new(Limits::default());
+    spec.network = airlock_core::NetworkPolicy::Host;
+    let e = z.fork(&spec).err().expect("refused");
+    assert!(e.to_string().contains("network"), "{e}");
+}
