@@ -250,12 +250,12 @@ mod cases {
     }
 }
 
-/// Expands to one `#[test]` per case for the backend `$kind`.
+/// Expands to one `#[test]` per case for the backend `$get` returns (`None`: skipped).
 macro_rules! conformance_cases {
-    ($kind:expr; $($case:ident),* $(,)?) => {$(
+    ($get:expr; $($case:ident),* $(,)?) => {$(
         #[test]
         fn $case() {
-            if let Some(b) = airlock_tests::backend($kind) {
+            if let Some(b) = $get {
                 super::cases::$case(b.as_ref());
             }
         }
@@ -264,9 +264,9 @@ macro_rules! conformance_cases {
 
 /// Generates one `#[test]` per case for a backend.
 macro_rules! conformance_suite {
-    ($name:ident, $kind:expr) => {
+    ($name:ident, $get:expr) => {
         mod $name {
-            conformance_cases!($kind;
+            conformance_cases!($get;
                 stdout_and_stderr,
                 last_expression_is_main_result,
                 exception_has_clean_traceback,
@@ -290,7 +290,9 @@ macro_rules! conformance_suite {
 }
 
 // One line per backend.
-conformance_suite!(process, airlock_core::BackendKind::Process);
-conformance_suite!(microvm, airlock_core::BackendKind::Microvm);
-conformance_suite!(jail, airlock_core::BackendKind::Jail);
-conformance_suite!(wasm, airlock_core::BackendKind::Wasm);
+conformance_suite!(process, airlock_tests::backend(airlock_core::BackendKind::Process));
+conformance_suite!(microvm, airlock_tests::backend(airlock_core::BackendKind::Microvm));
+conformance_suite!(jail, airlock_tests::backend(airlock_core::BackendKind::Jail));
+conformance_suite!(wasm, airlock_tests::backend(airlock_core::BackendKind::Wasm));
+// The jail backend again, every sandbox forked from a zygote (fast start).
+conformance_suite!(jail_zygote, airlock_tests::jail_zygote());

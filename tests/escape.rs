@@ -300,14 +300,14 @@ mod cases {
     }
 }
 
-/// Expands to one `#[test]` per case for the backend `$kind`.
+/// Expands to one `#[test]` per case for the backend `$get` returns (`None`: skipped).
 macro_rules! escape_cases {
-    ($kind:expr; $($case:ident),* $(,)?) => {$(
+    ($name:ident, $get:expr; $($case:ident),* $(,)?) => {$(
         #[test]
         fn $case() {
-            if let Some(b) = airlock_tests::backend($kind) {
+            if let Some(b) = $get {
                 if let Err(e) = super::cases::$case(b.as_ref()) {
-                    panic!("{} escaped on {}: {e}", stringify!($case), $kind);
+                    panic!("{} escaped on {}: {e}", stringify!($case), stringify!($name));
                 }
             }
         }
@@ -316,9 +316,9 @@ macro_rules! escape_cases {
 
 /// Generates one `#[test]` per case for a backend.
 macro_rules! escape_suite {
-    ($name:ident, $kind:expr) => {
+    ($name:ident, $get:expr) => {
         mod $name {
-            escape_cases!($kind;
+            escape_cases!($name, $get;
                 read_host_secret,
                 write_outside_workspace,
                 host_network,
@@ -401,74 +401,83 @@ mod checks_detect_escapes {
 }
 
 // One line per backend that claims containment (`process` claims none).
-escape_suite!(microvm, airlock_core::BackendKind::Microvm);
-escape_suite!(jail, airlock_core::BackendKind::Jail);
-escape_suite!(wasm, airlock_core::BackendKind::Wasm);
+escape_suite!(microvm, airlock_tests::backend(airlock_core::BackendKind::Microvm));
+escape_suite!(jail, airlock_tests::backend(airlock_core::BackendKind::Jail));
+escape_suite!(wasm, airlock_tests::backend(airlock_core::BackendKind::Wasm));
+// Sandboxes forked from a jail zygote claim the same containment as cold ones.
+escape_suite!(jail_zygote, airlock_tests::jail_zygote());
 
 /// Cases only a backend sharing the host kernel must answer (its seccomp filter and
 /// PID namespace are what stop them); a VM may legitimately let its guest mount or
 /// trace inside its own kernel.
-mod jail_specific {
-    use super::*;
+macro_rules! jail_specific {
+    ($name:ident, $get:expr) => {
+        mod $name {
+            use super::*;
 
-    fn jail() -> Option<std::sync::Arc<dyn Backend>> {
-        airlock_tests::backend(airlock_core::BackendKind::Jail)
-    }
+            fn jail() -> Option<std::sync::Arc<dyn Backend>> {
+                $get
+            }
 
-    fn lines(stdout: &str) -> std::collections::BTreeMap<String, String> {
-        stdout.lines().filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
-    }
+            fn lines(stdout: &str) -> std::collections::BTreeMap<String, String> {
+                stdout.lines().filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
+            }
 
-    #[test]
-    fn dangerous_syscalls_are_denied() {
-        let Some(b) = jail() else { return };
-        let mut victim = std::process::Command::new("sleep").arg("60").spawn().unwrap();
-        let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let vars = serde_json::json!({"host_pid": victim.id()});
-        let o = run_req(b.as_ref(), &request(include_str!("escape/syscall_denials.py"), vars, Limits::default()));
-        let status = std::fs::read_to_string(format!("/proc/{}/status", victim.id())).unwrap_or_default();
-        let _ = victim.kill();
-        let _ = victim.wait();
-        assert_eq!(o.status, Status::Ok, "{}\n{}", o.stdout, o.stderr);
-        assert!(status.contains("TracerPid:\t0"), "the host process was traced: {status}");
-        assert_eq!(std::fs::read_to_string("/proc/self/mountinfo").unwrap(), mounts_before, "host mounts changed");
-        let got = lines(&o.stdout);
-        assert!(got.len() >= 20, "{}", o.stdout);
-        for (call, result) in &got {
-            let want = if call == "clone3" { "ENOSYS" } else { "EPERM" };
-            assert_eq!(result, want, "{call} was not denied as expected:\n{}", o.stdout);
+            #[test]
+            fn dangerous_syscalls_are_denied() {
+                let Some(b) = jail() else { return };
+                let mut victim = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+                let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+                let vars = serde_json::json!({"host_pid": victim.id()});
+                let o = run_req(b.as_ref(), &request(include_str!("escape/syscall_denials.py"), vars, Limits::default()));
+                let status = std::fs::read_to_string(format!("/proc/{}/status", victim.id())).unwrap_or_default();
+                let _ = victim.kill();
+                let _ = victim.wait();
+                assert_eq!(o.status, Status::Ok, "{}\n{}", o.stdout, o.stderr);
+                assert!(status.contains("TracerPid:\t0"), "the host process was traced: {status}");
+                assert_eq!(std::fs::read_to_string("/proc/self/mountinfo").unwrap(), mounts_before, "host mounts changed");
+                let got = lines(&o.stdout);
+                assert!(got.len() >= 20, "{}", o.stdout);
+                for (call, result) in &got {
+                    let want = if call == "clone3" { "ENOSYS" } else { "EPERM" };
+                    assert_eq!(result, want, "{call} was not denied as expected:\n{}", o.stdout);
+                }
+            }
+
+            #[test]
+            fn terminal_injection_is_impossible() {
+                let Some(b) = jail() else { return };
+                let o = run_req(
+                    b.as_ref(),
+                    &request(include_str!("escape/terminal_injection.py"), serde_json::json!({}), Limits::default()),
+                );
+                assert_eq!(o.status, Status::Ok, "{}\n{}", o.stdout, o.stderr);
+                assert!(!o.stdout.contains("/dev/tty opened") && !o.stdout.contains(" OK"), "{}", o.stdout);
+                assert!(o.stdout.contains("session leader True"), "{}", o.stdout);
+                assert_eq!(o.stdout.lines().filter(|l| l.ends_with(" EPERM")).count(), 9, "{}", o.stdout);
+            }
+
+            #[test]
+            fn host_processes_are_invisible() {
+                let Some(b) = jail() else { return };
+                let mut victim = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+                let vars = serde_json::json!({"host_pid": victim.id()});
+                let o = run_req(b.as_ref(), &request(include_str!("escape/signal_host_process.py"), vars, Limits::default()));
+                let alive = victim.try_wait().unwrap().is_none();
+                let _ = victim.kill();
+                let _ = victim.wait();
+                assert!(alive, "the host process was killed:\n{}", o.stdout);
+                let visible: usize = o
+                    .stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix("visible pids: "))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no count in {}", o.stdout));
+                assert!(visible <= 2, "the sandbox saw {visible} processes (only its own should be visible)");
+            }
         }
-    }
-
-    #[test]
-    fn terminal_injection_is_impossible() {
-        let Some(b) = jail() else { return };
-        let o = run_req(
-            b.as_ref(),
-            &request(include_str!("escape/terminal_injection.py"), serde_json::json!({}), Limits::default()),
-        );
-        assert_eq!(o.status, Status::Ok, "{}\n{}", o.stdout, o.stderr);
-        assert!(!o.stdout.contains("/dev/tty opened") && !o.stdout.contains(" OK"), "{}", o.stdout);
-        assert!(o.stdout.contains("session leader True"), "{}", o.stdout);
-        assert_eq!(o.stdout.lines().filter(|l| l.ends_with(" EPERM")).count(), 9, "{}", o.stdout);
-    }
-
-    #[test]
-    fn host_processes_are_invisible() {
-        let Some(b) = jail() else { return };
-        let mut victim = std::process::Command::new("sleep").arg("60").spawn().unwrap();
-        let vars = serde_json::json!({"host_pid": victim.id()});
-        let o = run_req(b.as_ref(), &request(include_str!("escape/signal_host_process.py"), vars, Limits::default()));
-        let alive = victim.try_wait().unwrap().is_none();
-        let _ = victim.kill();
-        let _ = victim.wait();
-        assert!(alive, "the host process was killed:\n{}", o.stdout);
-        let visible: usize = o
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("visible pids: "))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no count in {}", o.stdout));
-        assert!(visible <= 2, "the sandbox saw {visible} processes (only its own should be visible)");
-    }
+    };
 }
+
+jail_specific!(jail_specific, airlock_tests::backend(airlock_core::BackendKind::Jail));
+jail_specific!(jail_zygote_specific, airlock_tests::jail_zygote());

@@ -3,7 +3,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use airlock_core::{Backend, BackendKind, Cell, Event, ExecRequest, Language, Limits, Outcome, SandboxSpec, run_once};
+use airlock_core::{
+    Backend, BackendKind, Cell, Event, ExecRequest, Factory, Language, Limits, Outcome, SandboxSpec, run_once,
+};
 use airlock_service::{Config, Registry};
 
 /// The registry every test uses, built once from the environment.
@@ -21,6 +23,61 @@ pub fn backend(kind: BackendKind) -> Option<Arc<dyn Backend>> {
             None
         }
     }
+}
+
+/// A backend whose sandboxes come from its [`Factory`] (the `jail` zygote), so the
+/// shared suites also run on forked sandboxes. Requests a factory cannot serve (the
+/// host network) are created cold.
+pub struct Forked {
+    inner: Arc<dyn Backend>,
+    factory: Box<dyn Factory>,
+}
+
+impl Backend for Forked {
+    fn kind(&self) -> BackendKind {
+        self.inner.kind()
+    }
+
+    fn isolation(&self) -> airlock_core::Isolation {
+        self.inner.isolation()
+    }
+
+    fn probe(&self) -> airlock_core::Probe {
+        self.inner.probe()
+    }
+
+    fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn airlock_core::Sandbox>, airlock_core::Error> {
+        if spec.network == airlock_core::NetworkPolicy::None {
+            self.factory.create(spec)
+        } else {
+            self.inner.create(spec)
+        }
+    }
+}
+
+/// The `jail` backend through a zygote with the default template's modules, or `None`
+/// after printing "skipped: <reason>".
+pub fn jail_zygote() -> Option<Arc<dyn Backend>> {
+    static FORKED: OnceLock<Option<Arc<dyn Backend>>> = OnceLock::new();
+    FORKED
+        .get_or_init(|| {
+            let inner = backend(BackendKind::Jail)?;
+            let recipe = airlock_core::Recipe {
+                name: "test".into(),
+                modules: vec!["numpy".into(), "pandas".into(), "matplotlib.pyplot".into()],
+                optional_modules: true,
+                limits: Limits::default(),
+            };
+            match inner.factory(&recipe) {
+                Ok(Some(factory)) => Some(Arc::new(Forked { inner, factory }) as Arc<dyn Backend>),
+                Ok(None) => {
+                    eprintln!("skipped: the jail backend has no zygote here (AIRLOCK_JAIL_ZYGOTE=0)");
+                    None
+                }
+                Err(e) => panic!("the jail zygote did not start: {e}"),
+            }
+        })
+        .clone()
 }
 
 /// Runs Python code in a fresh sandbox with default limits.

@@ -25,7 +25,8 @@ pub const ZYGOTE_SOURCE: &str = include_str!("../driver/zygote.py");
 
 /// A bootstrap that runs the zygote (the next argument) with the driver's source after
 /// it; the control socket must be on fd 3.
-const ZYGOTE_BOOTSTRAP: &str = "import sys;exec(compile(sys.argv[1],'<airlock-zygote>','exec'),{'__name__':'__main__'})";
+const ZYGOTE_BOOTSTRAP: &str =
+    "import sys;exec(compile(sys.argv[1],'<airlock-zygote>','exec'),{'__name__':'__main__'})";
 
 /// Command-line arguments that make `python3` run the zygote (see [`ZYGOTE_SOURCE`]).
 pub fn zygote_args() -> Vec<String> {

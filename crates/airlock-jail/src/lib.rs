@@ -156,8 +156,7 @@ impl Prepared {
             }
         });
         let name = cgroup::group_name(id);
-        let quota = (self.cpu_cores > 0.0)
-            .then(|| ((self.cpu_cores * cgroup::CPU_PERIOD_US as f64) as u64).max(1000));
+        let quota = (self.cpu_cores > 0.0).then(|| ((self.cpu_cores * cgroup::CPU_PERIOD_US as f64) as u64).max(1000));
         let g = driver.create(&name, quota.is_some()).map_err(|e| cgroup_error(driver, e))?;
         let guard = CgroupGuard(Some(Arc::new(g)));
         let cl = CgroupLimits { memory_bytes: limits.memory_bytes, pids: limits.processes.into(), cpu_quota_us: quota };

@@ -32,15 +32,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use airlock_core::{
-    BackendKind, Error, Factory, Isolation, NetworkPolicy, Recipe, Sandbox, SandboxSpec,
-};
+use airlock_core::{BackendKind, Error, Factory, Isolation, NetworkPolicy, Recipe, Sandbox, SandboxSpec};
 use airlock_guest::host::{ExitInfo, Guest, GuestMeta, GuestPipes, Supervisor};
 use airlock_guest::launch::{channel_pair, guest_env};
 use airlock_guest::workspace::Workspace;
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg,
-    setsockopt, socketpair, sockopt,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, setsockopt,
+    socketpair, sockopt,
 };
 use serde_json::json;
 
@@ -148,7 +146,8 @@ fn recv_msg(fd: &OwnedFd, timeout: Duration, buf: &mut [u8]) -> Result<Option<Re
             return Err(Error::host("timed out"));
         }
         let mut pfd = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
-        let ms = nix::poll::PollTimeout::try_from(left.as_millis().max(1) as u64).unwrap_or(nix::poll::PollTimeout::MAX);
+        let ms =
+            nix::poll::PollTimeout::try_from(left.as_millis().max(1) as u64).unwrap_or(nix::poll::PollTimeout::MAX);
         match nix::poll::poll(&mut pfd, ms) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
@@ -404,8 +403,7 @@ impl Inner {
         let (out_r, out_w) = crate::pipe()?;
         let (err_r, err_w) = crate::pipe()?;
         let (setup, setup_child) = control_pair()?;
-        setsockopt(&setup, sockopt::PassCred, &true)
-            .map_err(|e| Error::host(format!("SO_PASSCRED: {}", e.desc())))?;
+        setsockopt(&setup, sockopt::PassCred, &true).map_err(|e| Error::host(format!("SO_PASSCRED: {}", e.desc())))?;
         let memory_cgroup = p.cgroups.as_ref().is_some_and(|d| d.enforced().memory);
         let rlimits: Vec<[u64; 2]> =
             rlimit::for_limits(&limits, memory_cgroup).iter().map(|r| [u64::from(r.resource), r.value]).collect();
