@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use airlock_core::backend::Cell;
 use airlock_core::{
-    Backend, BackendKind, Error, Language, Limits, NetworkPolicy, Outcome, Sandbox, SandboxSpec, Status,
+    Backend, BackendKind, Error, Factory, Language, Limits, NetworkPolicy, Outcome, Recipe, Sandbox, SandboxSpec,
+    Status,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -70,6 +71,22 @@ impl Template {
         } else {
             format!("for __airlock_m in ({list},):\n    __import__(__airlock_m)\ndel __airlock_m\n")
         }
+    }
+
+    /// The recipe a backend's factory (zygote) is started with.
+    pub fn recipe(&self) -> Recipe {
+        Recipe {
+            name: self.name.clone(),
+            modules: self.modules.clone(),
+            optional_modules: self.optional_modules,
+            limits: self.limits,
+        }
+    }
+
+    /// Whether this template's factory can make a sandbox for `spec`: same backend and
+    /// no network (a forked sandbox takes its limits and environment from `spec`).
+    fn factory_fits(&self, kind: BackendKind, spec: &SandboxSpec) -> bool {
+        self.backend == kind && spec.network == NetworkPolicy::None
     }
 
     /// Whether a sandbox made from this template fits `spec` (same backend, same
@@ -136,6 +153,26 @@ pub struct TemplateInfo {
     pub served_cold: u64,
     /// Pooled sandboxes discarded because they had died.
     pub discarded: u64,
+    /// The template's zygote, when its backend has one: `zygote pid 1234, 56 forks`,
+    /// `starting`, or why it failed (the pool then imports modules in each sandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zygote: Option<String>,
+    /// Requests that found the pool empty and got a sandbox forked by the zygote.
+    pub served_forked: u64,
+    /// Times the zygote was restarted after it died.
+    pub zygote_restarts: u64,
+}
+
+/// A template's factory (zygote).
+enum FactoryState {
+    /// Not tried yet.
+    Unknown,
+    /// The backend has none.
+    Absent,
+    /// Running.
+    Running(Arc<dyn Factory>),
+    /// Could not start: why, and when it was tried.
+    Failed(String, Instant),
 }
 
 /// The backend a template runs on, or why none works for it.
@@ -147,7 +184,67 @@ struct Slot {
     state: Mutex<SlotState>,
     served_warm: AtomicU64,
     served_cold: AtomicU64,
+    served_forked: AtomicU64,
     discarded: AtomicU64,
+    factory: Mutex<FactoryState>,
+    zygote_restarts: AtomicU64,
+}
+
+impl Slot {
+    /// The running factory, if it is alive (never blocks on starting one).
+    fn live_factory(&self) -> Option<Arc<dyn Factory>> {
+        match &*lock(&self.factory) {
+            FactoryState::Running(f) if f.is_alive() => Some(f.clone()),
+            _ => None,
+        }
+    }
+
+    /// Starts the factory if the backend has one and it is not running (restarting
+    /// one that died; retrying one that failed after [`RETRY_AFTER`]). Slow: the
+    /// zygote imports the template's modules. Called by the refill thread only.
+    fn ensure_factory(&self, backend: &dyn Backend) {
+        let restart = {
+            let st = lock(&self.factory);
+            match &*st {
+                FactoryState::Absent => return,
+                FactoryState::Running(f) if f.is_alive() => return,
+                FactoryState::Running(_) => true,
+                FactoryState::Failed(_, at) if at.elapsed() < RETRY_AFTER => return,
+                FactoryState::Failed(..) | FactoryState::Unknown => false,
+            }
+        };
+        if restart {
+            tracing::warn!(template = %self.template.name, "the zygote died; restarting it");
+            self.zygote_restarts.fetch_add(1, Ordering::Relaxed);
+            // Dropping the old one kills what is left of it. Its ready children died
+            // with it (it was their PID namespace's init): discard them all now rather
+            // than when the next check notices.
+            *lock(&self.factory) = FactoryState::Unknown;
+            let dead: Vec<_> = lock(&self.state).ready.drain(..).collect();
+            self.discarded.fetch_add(dead.len() as u64, Ordering::Relaxed);
+            for sb in dead {
+                let _ = sb.destroy();
+            }
+        }
+        let next = match backend.factory(&self.template.recipe()) {
+            Ok(Some(f)) => FactoryState::Running(Arc::from(f)),
+            Ok(None) => FactoryState::Absent,
+            Err(e) => {
+                tracing::warn!(template = %self.template.name, "the zygote did not start: {e}");
+                FactoryState::Failed(e.to_string(), Instant::now())
+            }
+        };
+        *lock(&self.factory) = next;
+    }
+
+    fn factory_info(&self) -> Option<String> {
+        match &*lock(&self.factory) {
+            FactoryState::Unknown => (self.template.pool_size > 0).then(|| "starting".to_string()),
+            FactoryState::Absent => None,
+            FactoryState::Running(f) => Some(f.describe()),
+            FactoryState::Failed(e, _) => Some(format!("failed: {e}")),
+        }
+    }
 }
 
 struct SlotState {
@@ -206,7 +303,10 @@ impl Pool {
                     state: Mutex::new(SlotState { error, ..SlotState::default() }),
                     served_warm: AtomicU64::new(0),
                     served_cold: AtomicU64::new(0),
+                    served_forked: AtomicU64::new(0),
                     discarded: AtomicU64::new(0),
+                    factory: Mutex::new(FactoryState::Unknown),
+                    zygote_restarts: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -241,12 +341,13 @@ impl Pool {
     }
 
     /// Takes a ready sandbox of template `spec.template` (or `default`) that fits
-    /// `spec`, if there is one. `None`: create one cold.
+    /// `spec`, if there is one; else forks one from the template's zygote, if it has
+    /// a live one. `None`: create one cold.
     pub fn take(&self, kind: BackendKind, spec: &SandboxSpec) -> Option<Box<dyn Sandbox>> {
         let name = spec.template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
         let slot = self.slots.iter().find(|s| s.template.name == name)?;
         if !slot.template.fits(kind, spec) {
-            return None;
+            return self.fork(slot, kind, spec);
         }
         let mut dead = Vec::new();
         let found = {
@@ -263,12 +364,32 @@ impl Pool {
         for sb in dead {
             let _ = sb.destroy();
         }
-        match &found {
-            Some(_) => slot.served_warm.fetch_add(1, Ordering::Relaxed),
+        self.notify();
+        match found {
+            Some(sb) => {
+                slot.served_warm.fetch_add(1, Ordering::Relaxed);
+                Some(sb)
+            }
+            None => self.fork(slot, kind, spec),
+        }
+    }
+
+    /// A sandbox forked for `spec` by the slot's zygote, if it has a live one that can
+    /// make it; counts the request as forked or cold.
+    fn fork(&self, slot: &Slot, kind: BackendKind, spec: &SandboxSpec) -> Option<Box<dyn Sandbox>> {
+        let factory = slot.live_factory().filter(|_| slot.template.factory_fits(kind, spec));
+        let made = factory.and_then(|f| match f.create(spec) {
+            Ok(sb) => Some(sb),
+            Err(e) => {
+                tracing::warn!(template = %slot.template.name, "forking a sandbox failed ({e}); creating it cold");
+                None
+            }
+        });
+        match &made {
+            Some(_) => slot.served_forked.fetch_add(1, Ordering::Relaxed),
             None => slot.served_cold.fetch_add(1, Ordering::Relaxed),
         };
-        self.notify();
-        found
+        made
     }
 
     /// Every template and its pool.
@@ -298,6 +419,9 @@ impl Pool {
                     served_warm: s.served_warm.load(Ordering::Relaxed),
                     served_cold: s.served_cold.load(Ordering::Relaxed),
                     discarded: s.discarded.load(Ordering::Relaxed),
+                    zygote: s.factory_info(),
+                    served_forked: s.served_forked.load(Ordering::Relaxed),
+                    zygote_restarts: s.zygote_restarts.load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -319,6 +443,8 @@ impl Pool {
             for sb in drained {
                 let _ = sb.destroy();
             }
+            // Its zygote goes when the last sandbox forked by it has been handed back.
+            *lock(&s.factory) = FactoryState::Absent;
         }
     }
 
@@ -364,6 +490,9 @@ impl Pool {
                 }
                 self.discard_dead(slot);
                 let Some(backend) = &slot.backend else { continue };
+                if slot.template.pool_size > 0 {
+                    slot.ensure_factory(backend.as_ref());
+                }
                 {
                     let mut st = lock(&slot.state);
                     let retry_due = st.failed_at.is_none_or(|t| t.elapsed() >= RETRY_AFTER);
@@ -378,7 +507,12 @@ impl Pool {
                     st.preparing = true;
                 }
                 let started = Instant::now();
-                let prepared = prepare(backend.as_ref(), &slot.template);
+                let prepared = match slot.live_factory() {
+                    Some(f) => {
+                        fork_ready(f.as_ref(), &slot.template).or_else(|_| prepare(backend.as_ref(), &slot.template))
+                    }
+                    None => prepare(backend.as_ref(), &slot.template),
+                };
                 let mut st = lock(&slot.state);
                 st.preparing = false;
                 match prepared {
@@ -456,6 +590,17 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Forks one sandbox of `t` from its zygote (the modules are already imported).
+fn fork_ready(f: &dyn Factory, t: &Template) -> Result<(Box<dyn Sandbox>, Vec<String>), String> {
+    match f.create(&SandboxSpec::new(t.limits)) {
+        Ok(sb) => Ok((sb, f.imported())),
+        Err(e) => {
+            tracing::warn!(template = %t.name, "forking a pooled sandbox failed ({e}); creating one cold");
+            Err(e.to_string())
+        }
     }
 }
 

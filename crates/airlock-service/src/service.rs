@@ -379,6 +379,9 @@ impl Service {
                 served_warm: 0,
                 served_cold: 0,
                 discarded: 0,
+                zygote: None,
+                served_forked: 0,
+                zygote_restarts: 0,
             })
             .collect()
     }
