@@ -291,7 +291,9 @@ def _child(cfg, req, fds, driver, mpl):
 
 
 def _spawn(cfg, req, fds, driver, mpl):
-    """Forks C1, which makes C2; returns C2's pid in the zygote's namespace."""
+    """Forks C1, which makes C2 and writes C2's pid (`P<pid>`, or `E<why>`) to the
+    pipe whose read end is returned with C1's pid. The zygote does not wait: it serves
+    the next request while C1 and C2 set up."""
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -314,17 +316,7 @@ def _spawn(cfg, req, fds, driver, mpl):
     os.close(w)
     for fd in fds:
         os.close(fd)
-    data = b""
-    while True:
-        chunk = os.read(r, 4096)
-        if not chunk:
-            break
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    if data[:1] == b"P":
-        return int(data[1:]), None
-    return None, (data[1:] or b"the intermediate process died").decode("utf-8", "replace")
+    return r, pid
 
 
 def _send(ctl, obj):
@@ -385,6 +377,10 @@ def main(driver_source):
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    forking = {}  # C1's pipe -> the request id
+    intermediates = set()  # C1 pids: reaped silently
+    children = {}  # C2 pid -> the request id: its exit is reported under the id
+    early = {}  # exits of C2s reaped before C1's pipe named them
     while True:
         while True:
             try:
@@ -393,10 +389,17 @@ def main(driver_source):
                 break
             if pid == 0:
                 break
-            cpu_ms = int((ru.ru_utime + ru.ru_stime) * 1000)
-            _send(ctl, {"type": "exit", "pid": pid, "status": status, "cpu_ms": cpu_ms, "maxrss_kb": ru.ru_maxrss})
+            if pid in intermediates:
+                intermediates.discard(pid)
+                continue
+            exit_msg = {"type": "exit", "status": status, "cpu_ms": int((ru.ru_utime + ru.ru_stime) * 1000), "maxrss_kb": ru.ru_maxrss}
+            if pid in children:
+                exit_msg["id"] = children.pop(pid)
+                _send(ctl, exit_msg)
+            else:
+                early[pid] = exit_msg
         try:
-            ready, _, _ = select.select([ctl, wake_r], [], [])
+            ready, _, _ = select.select([ctl, wake_r] + list(forking), [], [])
         except InterruptedError:
             continue
         if wake_r in ready:
@@ -404,6 +407,24 @@ def main(driver_source):
                 os.read(wake_r, 4096)
             except BlockingIOError:
                 pass
+        for r in ready:
+            if r not in forking:
+                continue
+            rid = forking.pop(r)
+            data = os.read(r, 4096)
+            os.close(r)
+            if data[:1] == b"P":
+                pid = int(data[1:])
+                _send(ctl, {"type": "spawned", "id": rid, "pid": pid})
+                if pid in early:
+                    exit_msg = early.pop(pid)
+                    exit_msg["id"] = rid
+                    _send(ctl, exit_msg)
+                else:
+                    children[pid] = rid
+            else:
+                why = (data[1:] or b"the intermediate process died").decode("utf-8", "replace")
+                _send(ctl, {"type": "spawned", "id": rid, "error": why})
         if ctl not in ready:
             continue
         msg, fds, _, _ = socket.recv_fds(ctl, 1 << 16, 8)
@@ -416,10 +437,12 @@ def main(driver_source):
             _send(ctl, {"type": "spawned", "id": req.get("id"), "error": "malformed spawn request"})
             continue
         try:
-            pid, error = _spawn(cfg, req, fds, driver, mpl)
+            r, c1 = _spawn(cfg, req, fds, driver, mpl)
         except OSError as e:
-            pid, error = None, "fork failed: %s" % e
-        _send(ctl, {"type": "spawned", "id": req["id"], "pid": pid, "error": error})
+            _send(ctl, {"type": "spawned", "id": req["id"], "error": "fork failed: %s" % e})
+            continue
+        forking[r] = req["id"]
+        intermediates.add(c1)
 
 
 sys.exit(main(sys.argv[2]))

@@ -26,8 +26,8 @@ pub struct JailSupervisor {
     oom_seen: u64,
     memory_bytes: u64,
     /// For a zygote's child: the zygote reaps it and reports its exit here, under
-    /// its pid in the zygote's namespace.
-    reported: Option<(Arc<ExitBoard>, i32)>,
+    /// the id of the request that made it.
+    reported: Option<(Arc<ExitBoard>, u64)>,
 }
 
 impl JailSupervisor {
@@ -38,17 +38,17 @@ impl JailSupervisor {
     }
 
     /// Supervises `pid`, a zygote's child (not ours to wait for): its exit is read
-    /// from `board`, where the zygote reports it under `zygote_pid`.
+    /// from `board`, where the zygote reports it under `request` (the fork request's id).
     pub fn for_zygote_child(
         pid: i32,
         pidfd: OwnedFd,
         cgroup: Option<Arc<Cgroup>>,
         memory_bytes: u64,
         board: Arc<ExitBoard>,
-        zygote_pid: i32,
+        request: u64,
     ) -> Self {
         let mut s = JailSupervisor::new(pid, pidfd, cgroup, memory_bytes);
-        s.reported = Some((board, zygote_pid));
+        s.reported = Some((board, request));
         s
     }
 
@@ -191,7 +191,7 @@ pub struct ExitBoard {
 
 #[derive(Debug, Default)]
 struct BoardState {
-    exits: HashMap<i32, ExitInfo>,
+    exits: HashMap<u64, ExitInfo>,
     /// The zygote is gone, and with it (the init of their PID namespace) every child.
     closed: bool,
 }
@@ -201,15 +201,15 @@ impl ExitBoard {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records that the child `pid` (in the zygote's namespace) exited.
-    pub fn record(&self, pid: i32, info: ExitInfo) {
-        self.lock().exits.insert(pid, info);
+    /// Records that the child made by request `id` exited.
+    pub fn record(&self, id: u64, info: ExitInfo) {
+        self.lock().exits.insert(id, info);
         self.changed.notify_all();
     }
 
-    /// Forgets a stale report for `pid` (the zygote just gave the number to a new child).
-    pub fn forget(&self, pid: i32) {
-        self.lock().exits.remove(&pid);
+    /// Forgets the report for request `id` (a child that never became a sandbox).
+    pub fn forget(&self, id: u64) {
+        self.lock().exits.remove(&id);
     }
 
     /// The zygote is gone: every child not yet reported died with it.
@@ -218,12 +218,12 @@ impl ExitBoard {
         self.changed.notify_all();
     }
 
-    /// Takes `pid`'s exit, waiting up to `timeout` for it.
-    pub fn wait(&self, pid: i32, timeout: Duration) -> Option<ExitInfo> {
+    /// Takes the exit of request `id`'s child, waiting up to `timeout` for it.
+    pub fn wait(&self, id: u64, timeout: Duration) -> Option<ExitInfo> {
         let deadline = Instant::now() + timeout;
         let mut st = self.lock();
         loop {
-            if let Some(info) = st.exits.remove(&pid) {
+            if let Some(info) = st.exits.remove(&id) {
                 return Some(info);
             }
             if st.closed {

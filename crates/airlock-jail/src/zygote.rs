@@ -123,6 +123,7 @@ fn drain(fd: OwnedFd, tail: Arc<Mutex<String>>, name: &'static str) {
                 Ok(n) => {
                     let text = String::from_utf8_lossy(&buf[..n]);
                     tracing::debug!("zygote {name}: {}", text.trim_end());
+                    if std::env::var_os("ZDEBUG").is_some() { eprint!("{text}"); }
                     let mut t = lock(&tail);
                     t.push_str(&text);
                     if t.len() > 8192 {
@@ -362,10 +363,7 @@ impl Inner {
                 Some("spawned") => {
                     let id = v["id"].as_u64().unwrap_or(0);
                     let reply = match (v["pid"].as_i64(), v["error"].as_str()) {
-                        (Some(pid), _) => {
-                            self.board.forget(pid as i32);
-                            Ok(pid as i32)
-                        }
+                        (Some(pid), _) => Ok(pid as i32),
                         (None, e) => Err(e.unwrap_or("no pid").to_string()),
                     };
                     if let Some(tx) = lock(&self.pending).remove(&id) {
@@ -373,8 +371,8 @@ impl Inner {
                     }
                 }
                 Some("exit") => {
-                    if let Some(pid) = v["pid"].as_i64() {
-                        self.board.record(pid as i32, exit_info(&v));
+                    if let Some(id) = v["id"].as_u64() {
+                        self.board.record(id, exit_info(&v));
                     }
                 }
                 _ => tracing::warn!("the zygote sent an unexpected message: {v}"),
@@ -412,6 +410,9 @@ impl Inner {
                 .into_iter()
                 .map(|(k, v)| (k, serde_json::Value::String(v)))
                 .collect();
+        // The cgroup is made while the zygote forks; only the move waits for the child.
+        let cgroup = p.new_cgroup(&spec.id, &limits)?;
+        let t_mk = t0.elapsed();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let req = json!({
             "type": "spawn",
@@ -461,6 +462,7 @@ impl Inner {
             }
             _ => return Err(Error::host("the zygote's child ended before its setup was done")),
         };
+        let t_report = t0.elapsed();
         // The pid from the credentials must be the child the zygote forked.
         if zygote_ns_pid(host_pid) != Some(zpid) {
             return Err(Error::host(format!(
@@ -468,19 +470,18 @@ impl Inner {
             )));
         }
         let pidfd = spawn::pidfd_open(host_pid)?;
-        let discard = |pidfd: &OwnedFd| spawn::pidfd_signal(pidfd, libc::SIGKILL);
-        let cgroup = match p.new_cgroup(&spec.id, &limits) {
-            Ok(g) => g,
-            Err(e) => {
-                discard(&pidfd);
-                return Err(e);
-            }
+        let discard = |pidfd: &OwnedFd| {
+            spawn::pidfd_signal(pidfd, libc::SIGKILL);
+            self.board.forget(id);
         };
         if let Err(e) = p.place(&cgroup, host_pid) {
             discard(&pidfd);
             return Err(e);
         }
         let t_cgroup = t0.elapsed();
+        if std::env::var_os("ZDEBUG").is_some() {
+            eprintln!("mkcg {t_mk:?} fork {t_fork:?} report {:?} cgroup {t_cgroup:?}", t_report);
+        }
         if let Err(e) = nix::sys::socket::send(setup.as_raw_fd(), b"G", MsgFlags::MSG_NOSIGNAL) {
             discard(&pidfd);
             return Err(Error::host(format!("the new sandbox died before its confinement ({})", e.desc())));
@@ -510,7 +511,7 @@ impl Inner {
             cgroup.0.clone(),
             limits.memory_bytes,
             self.board.clone(),
-            zpid,
+            id,
         );
         let meta = GuestMeta {
             backend: BackendKind::Jail,

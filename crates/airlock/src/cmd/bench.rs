@@ -50,6 +50,18 @@ pub struct BenchArgs {
     /// backends: wasm); 0 skips it.
     #[arg(long, default_value_t = 20)]
     sessions: usize,
+    /// With --server: one-shot requests of the `print` workload sent as fast as the
+    /// server answers (fresh sandbox each), to measure sustained sandboxes per second,
+    /// beside as many bare `python3 -c` runs at the same concurrency; 0 skips it.
+    #[arg(long, default_value_t = 200)]
+    burst: usize,
+    /// Requests (and baseline processes) in flight at once for --burst and --server-sessions.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// With --server: live sessions to keep at once on the jail pool's template (memory
+    /// per session, and latency for others while they live); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    server_sessions: usize,
 }
 
 /// Memory of live, idle sessions of a backend that runs inside this process.
@@ -276,7 +288,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
         if !a.json {
             eprintln!("starting a local airlock serve ...");
         }
-        Some(super::bench_server::LocalServer::start(&python, importable(&python, "pandas"))?)
+        Some(super::bench_server::LocalServer::start(&python, importable(&python, "pandas"), a.server_sessions)?)
     } else {
         None
     };
@@ -306,6 +318,20 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             stats: base,
             ratio_to_baseline: Some(1.0),
         });
+        let bursting = server.is_some() && a.burst > 0 && w.name == "print";
+        if bursting {
+            let c = a.concurrency;
+            match super::bench_server::concurrently(a.burst, c, || baseline(&python, w.code)) {
+                Ok(s) => rows.push(Row {
+                    workload: w.name.into(),
+                    target: "baseline".into(),
+                    mode: format!("burst x{c}"),
+                    ratio_to_baseline: Some(s.median_ms / base_median),
+                    stats: s,
+                }),
+                Err(e) => skipped.push(format!("{}/baseline/burst: failed: {e:#}", w.name)),
+            }
+        }
         if let Some(bwrap) = find_bwrap() {
             match measure(a.iterations, || bwrap_baseline(&bwrap, &python, w.code)) {
                 Ok(s) => {
@@ -382,6 +408,18 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
                         Err(e) => skipped.push(format!("{}/{kind}/{mode}: failed: {e:#}", w.name)),
                     }
                 }
+                if bursting && super::bench_server::POOLED.contains(&kind) {
+                    match srv.burst(kind, w.code, a.burst, a.concurrency) {
+                        Ok(s) => rows.push(Row {
+                            workload: w.name.into(),
+                            target: kind.to_string(),
+                            mode: format!("http-burst x{}", a.concurrency),
+                            ratio_to_baseline: Some(s.median_ms / base_median),
+                            stats: s,
+                        }),
+                        Err(e) => skipped.push(format!("{}/{kind}/burst: failed: {e:#}", w.name)),
+                    }
+                }
             }
         }
     }
@@ -390,6 +428,15 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
         match srv.pool_uss(BackendKind::Jail) {
             Ok(line) => notes.push(line),
             Err(e) => skipped.push(format!("pool memory: skipped: {e:#}")),
+        }
+        if a.server_sessions > 0 {
+            if !a.json {
+                eprintln!("keeping {} live jail sessions ...", a.server_sessions);
+            }
+            match srv.sessions(BackendKind::Jail, a.server_sessions, a.iterations) {
+                Ok(lines) => notes.extend(lines),
+                Err(e) => skipped.push(format!("sessions: failed: {e:#}")),
+            }
         }
     }
     drop(server);
@@ -454,7 +501,8 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
     println!("ratio = median / median of the baseline (bare `python3 -c` of the same code) measured in this run");
     if a.server {
         println!(
-            "modes: cold/cell = in-process library calls; cli = `airlock run` as a new process; http-oneshot = POST /v1/execute; http-cell = POST /v1/sandboxes/{{id}}/execute in a live session (request to result, over loopback TCP); http-pool = POST /v1/execute taking a ready sandbox from the warm pool (template pool-<backend>, pre-imported; the bench waits, untimed, for one to be ready before each run; its runs/s is 1/mean latency)"
+            "modes: cold/cell = in-process library calls; cli = `airlock run` as a new process; http-oneshot = POST /v1/execute; http-cell = POST /v1/sandboxes/{{id}}/execute in a live session (request to result, over loopback TCP); http-pool = POST /v1/execute taking a ready sandbox from the warm pool (template pool-<backend>, pre-imported; the bench waits, untimed, for one to be ready before each run; its runs/s is 1/mean latency); burst / http-burst = the same runs sent {} at a time for as long as they take, fresh sandbox each (runs/s is the sustained rate)",
+            a.concurrency
         );
     }
     if rows.iter().any(|r| r.workload == GUARD_CHECK) {

@@ -35,11 +35,16 @@ impl LocalServer {
     /// Starts `airlock serve` on a free loopback port with a private data directory,
     /// and a warm-pool template `pool-<backend>` for `jail` and `process` (importing
     /// pandas when `pandas` is true); the built-in `default` template's pool is off.
-    pub fn start(python: &Path, pandas: bool) -> anyhow::Result<Self> {
+    /// Room is made for `sessions` live sessions (besides the default limits).
+    pub fn start(python: &Path, pandas: bool, sessions: usize) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("creating a data directory for the server")?;
         let exe = std::env::current_exe().context("finding the airlock executable")?;
         let modules = if pandas { "[\"pandas\"]" } else { "[]" };
-        let mut config = String::from("pool_size = 0\n");
+        let room = sessions + 64;
+        let mut config = format!(
+            "pool_size = 0\nmax_sandboxes = {room}\nper_key_max_sandboxes = {room}\nmax_running = {}\n",
+            room.min(256)
+        );
         for kind in POOLED {
             config.push_str(&format!(
                 "[[templates]]\nname = \"pool-{kind}\"\nbackend = \"{kind}\"\nmodules = {modules}\npool_size = {POOL_SIZE}\n"
@@ -157,6 +162,97 @@ impl LocalServer {
         Ok(Stats::of(&samples, total))
     }
 
+    /// `total` one-shot requests of `code` on template `pool-<kind>`, `concurrency` at
+    /// a time, as fast as the server answers: fresh sandboxes per second, sustained
+    /// (the pool empties after its first few; the zygote forks the rest, or, without
+    /// one, they are created cold). Latencies are per request.
+    pub fn burst(&self, kind: BackendKind, code: &str, total: usize, concurrency: usize) -> anyhow::Result<Stats> {
+        let name = format!("pool-{kind}");
+        self.wait_ready(&name, POOL_SIZE)?;
+        let body = json!({"code": code, "template": name, "limits": {"timeout_ms": 120_000, "cpu_ms": 120_000}});
+        concurrently(total, concurrency, || {
+            let v = self.post("/v1/execute", &body)?;
+            if v["status"] != "ok" {
+                bail!("status {}: {}", v["status"], v["reason"]);
+            }
+            Ok(())
+        })
+    }
+
+    /// `n` live sessions of template `pool-<kind>` (each after one cell): how fast
+    /// they are made, the memory they take, and whether the server stays fast for
+    /// others meanwhile. Returns lines for the report.
+    pub fn sessions(&self, kind: BackendKind, n: usize, iterations: usize) -> anyhow::Result<Vec<String>> {
+        let name = format!("pool-{kind}");
+        self.wait_ready(&name, POOL_SIZE)?;
+        let oneshot = json!({"code": "print(1)", "template": name});
+        let before = measure(iterations, || ok(self.post("/v1/execute", &oneshot)?))?;
+        let avail_before = meminfo("MemAvailable:");
+        let ids = std::sync::Mutex::new(Vec::with_capacity(n));
+        let create = json!({"template": name, "idle_timeout_ms": 3_600_000});
+        let made = concurrently(n, 4, || {
+            let sbx = self.post("/v1/sandboxes", &create)?;
+            let id = sbx["id"].as_str().context("no sandbox id")?.to_string();
+            ok(self.post(&format!("/v1/sandboxes/{id}/execute"), &json!({"code": "x = list(range(1000))"}))?)?;
+            ids.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+            Ok(())
+        });
+        let ids = ids.into_inner().unwrap_or_else(|p| p.into_inner());
+        let result = (|| {
+            let made = made?;
+            std::thread::sleep(Duration::from_secs(1));
+            let avail_after = meminfo("MemAvailable:");
+            let zygotes = self.zygote_pids(&name)?;
+            let children: Vec<u32> = zygotes.iter().flat_map(|z| descendants(*z)).collect();
+            let uss: Vec<u64> = children.iter().filter_map(|p| uss_bytes(*p)).collect();
+            let per = uss.iter().sum::<u64>() as f64 / uss.len().max(1) as f64;
+            let during = measure(iterations, || ok(self.post("/v1/execute", &oneshot)?))?;
+            let cell_body = json!({"code": "len(x)"});
+            let mut k = 0;
+            let cells = measure(iterations, || {
+                k = (k + 7919) % ids.len().max(1);
+                ok(self.post(&format!("/v1/sandboxes/{}/execute", ids[k]), &cell_body)?)
+            })?;
+            let fell = avail_before.saturating_sub(avail_after);
+            Ok(vec![
+                format!(
+                    "sessions: {} live {kind} sessions of template {name} (each after one cell) made in {:.1} s ({:.0}/s, 4 at a time)",
+                    ids.len(),
+                    made.n as f64 / made.throughput_per_s,
+                    made.throughput_per_s
+                ),
+                format!(
+                    "sessions: host MemAvailable fell by {:.0} MiB ({:.1} MiB per session); USS {:.1} MiB per session (mean of {} processes forked by the zygote); swap in use: {} KiB",
+                    fell as f64 / 1048576.0,
+                    fell as f64 / ids.len().max(1) as f64 / 1048576.0,
+                    per / 1048576.0,
+                    uss.len(),
+                    meminfo("SwapTotal:").saturating_sub(meminfo("SwapFree:")) / 1024
+                ),
+                format!(
+                    "sessions: with them live, a one-shot print(1) takes {:.1} ms (median; {:.1} ms before) and a cell in one of them {:.1} ms",
+                    during.median_ms, before.median_ms, cells.median_ms
+                ),
+            ])
+        })();
+        for id in &ids {
+            let _ = self.agent.delete(&format!("{}/v1/sandboxes/{id}", self.base)).call();
+        }
+        result
+    }
+
+    /// The pids of template `name`'s zygote (from `GET /v1/templates`), if it has one.
+    fn zygote_pids(&self, name: &str) -> anyhow::Result<Vec<u32>> {
+        let v: Value = self.agent.get(&format!("{}/v1/templates", self.base)).call()?.body_mut().read_json()?;
+        let t = v["templates"].as_array().and_then(|a| a.iter().find(|t| t["name"] == name)).cloned();
+        let z = t.and_then(|t| t["zygote"].as_str().map(str::to_string)).unwrap_or_default();
+        Ok(z.strip_prefix("zygote pid ")
+            .and_then(|r| r.split(',').next())
+            .and_then(|p| p.trim().parse().ok())
+            .into_iter()
+            .collect())
+    }
+
     /// Waits until template `name` has `ready` sandboxes (or fails, saying why).
     fn wait_ready(&self, name: &str, ready: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -189,24 +285,99 @@ impl LocalServer {
         for k in POOLED {
             self.wait_ready(&format!("pool-{k}"), POOL_SIZE)?;
         }
+        // A zygote's children are the pooled sandboxes of its template; the zygote
+        // itself is paid once per template, however many sandboxes it forks.
+        let zygotes = self.zygote_pids(&name)?;
+        let mut lines = Vec::new();
+        if let Some(&z) = zygotes.first() {
+            let children: Vec<u64> = descendants(z).into_iter().filter_map(uss_bytes).collect();
+            lines.push(format!(
+                "memory: {:.1} MiB USS per idle pooled {kind} sandbox (mean of {} forked by the zygote; pool holds {} imports); the zygote itself: {:.1} MiB USS, once per template",
+                children.iter().sum::<u64>() as f64 / children.len().max(1) as f64 / 1048576.0,
+                children.len(),
+                if self.pandas { "pandas" } else { "no" },
+                uss_bytes(z).unwrap_or(0) as f64 / 1048576.0
+            ));
+        }
         let root = self.child.id();
-        let counted: Vec<u64> = descendants(root).into_iter().filter_map(uss_bytes).collect();
-        let total: u64 = counted.iter().sum();
-        let sandboxes = POOLED.len() as u64 * POOL_SIZE;
-        Ok(format!(
-            "memory: {:.1} MiB USS per idle pooled sandbox ({} processes under the server, {:.1} MiB in all, {} ready sandboxes of {}; pools hold {} imports)",
-            total as f64 / sandboxes as f64 / 1048576.0,
-            counted.len(),
-            total as f64 / 1048576.0,
-            sandboxes,
-            POOLED.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" and "),
-            if self.pandas { "pandas" } else { "no" }
-        ))
+        let others: Vec<u64> = descendants(root)
+            .into_iter()
+            .filter(|p| !zygotes.iter().any(|z| *z == *p || descendants(*z).contains(p)))
+            .filter_map(uss_bytes)
+            .collect();
+        let unforked = POOLED.len() as u64 * POOL_SIZE - if zygotes.is_empty() { 0 } else { POOL_SIZE };
+        if unforked > 0 {
+            lines.push(format!(
+                "memory: {:.1} MiB USS per idle pooled sandbox without a zygote ({} processes, {} ready sandboxes of {}; pools hold {} imports)",
+                others.iter().sum::<u64>() as f64 / unforked as f64 / 1048576.0,
+                others.len(),
+                unforked,
+                POOLED.iter().filter(|k| zygotes.is_empty() || **k != kind).map(|k| k.as_str()).collect::<Vec<_>>().join(" and "),
+                if self.pandas { "pandas" } else { "no" }
+            ));
+        }
+        Ok(lines.join("\n"))
     }
 }
 
+fn ok(v: Value) -> anyhow::Result<()> {
+    if v["status"] != "ok" {
+        bail!("status {}: {}", v["status"], v["reason"]);
+    }
+    Ok(())
+}
+
+/// Runs `f` `total` times on `concurrency` threads; per-run latencies, and runs per
+/// second over the whole wall-clock time.
+pub fn concurrently(
+    total: usize,
+    concurrency: usize,
+    f: impl Fn() -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<Stats> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if total == 0 {
+        bail!("nothing to run");
+    }
+    let next = AtomicUsize::new(0);
+    let samples = std::sync::Mutex::new(Vec::with_capacity(total));
+    let failed = std::sync::Mutex::new(None);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..concurrency.max(1) {
+            s.spawn(|| {
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let t = Instant::now();
+                    match f() {
+                        Ok(()) => samples.lock().unwrap_or_else(|p| p.into_inner()).push(t.elapsed()),
+                        Err(e) => {
+                            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                            next.store(total, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let samples = samples.into_inner().unwrap_or_else(|p| p.into_inner());
+    Ok(Stats::of(&samples, start.elapsed()))
+}
+
+/// A `/proc/meminfo` field, in bytes.
+fn meminfo(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
 /// The backends `bench --server` keeps a warm pool for.
-const POOLED: [BackendKind; 2] = [BackendKind::Jail, BackendKind::Process];
+pub const POOLED: [BackendKind; 2] = [BackendKind::Jail, BackendKind::Process];
 
 /// Ready sandboxes per pooled backend.
 const POOL_SIZE: u64 = 2;

@@ -102,6 +102,7 @@ pub fn settings(a: &ServiceArgs) -> anyhow::Result<ServerSettings> {
 /// The service over the data directory's store, started: stale sandboxes of dead
 /// servers removed, their unfinished executions marked lost.
 pub async fn start_service(a: &ServiceArgs, s: ServerSettings) -> anyhow::Result<Arc<Service>> {
+    raise_open_file_limit();
     let data_dir = s.data_dir();
     let mut config = Config::from_env();
     config.data_dir = data_dir.clone();
@@ -125,6 +126,21 @@ pub async fn start_service(a: &ServiceArgs, s: ServerSettings) -> anyhow::Result
         eprintln!("airlock: recovered: {line}");
     }
     Ok(service)
+}
+
+/// Raises this process's soft limit on open files to its hard limit: each live
+/// sandbox holds several descriptors (its channel, output pipes, pidfd, workspace and
+/// cgroup), so a server with many sessions needs more than the usual 1,024. Sandboxes
+/// set their own limit (`limits.open_files`), so they do not inherit this one.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit read and write only the local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
 }
 
 /// Runs `airlock serve`.
