@@ -123,7 +123,6 @@ fn drain(fd: OwnedFd, tail: Arc<Mutex<String>>, name: &'static str) {
                 Ok(n) => {
                     let text = String::from_utf8_lossy(&buf[..n]);
                     tracing::debug!("zygote {name}: {}", text.trim_end());
-                    if std::env::var_os("ZDEBUG").is_some() { eprint!("{text}"); }
                     let mut t = lock(&tail);
                     t.push_str(&text);
                     if t.len() > 8192 {
@@ -479,9 +478,6 @@ impl Inner {
             return Err(e);
         }
         let t_cgroup = t0.elapsed();
-        if std::env::var_os("ZDEBUG").is_some() {
-            eprintln!("mkcg {t_mk:?} fork {t_fork:?} report {:?} cgroup {t_cgroup:?}", t_report);
-        }
         if let Err(e) = nix::sys::socket::send(setup.as_raw_fd(), b"G", MsgFlags::MSG_NOSIGNAL) {
             discard(&pidfd);
             return Err(Error::host(format!("the new sandbox died before its confinement ({})", e.desc())));
@@ -529,10 +525,8 @@ impl Inner {
         self.forks.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             sandbox = %spec.id,
-            "zygote fork: fork {:?}, cgroup {:?}, confinement to hello {:?}",
-            t_fork,
-            t_cgroup - t_fork,
-            t0.elapsed() - t_cgroup
+            "zygote fork: cgroup made {t_mk:?}, forked {t_fork:?}, child reported {t_report:?}, placed {t_cgroup:?}, greeted {:?}",
+            t0.elapsed()
         );
         let workspace = Workspace::from_fd(ws).with_owner(self.ids.host_uid, self.ids.host_gid);
         Ok(JailSandbox {

@@ -272,7 +272,8 @@ fn a_host_network_sandbox_is_refused() {
 #[ignore]
 fn timing() {
     let Some(b) = backend() else { return };
-    let mods: Vec<String> = std::env::var("ZMODS").unwrap_or_default().split(",").filter(|s| !s.is_empty()).map(String::from).collect();
+    let mods: Vec<String> =
+        std::env::var("ZMODS").unwrap_or_default().split(",").filter(|s| !s.is_empty()).map(String::from).collect();
     let z = Zygote::start(b, &recipe(&mods.iter().map(String::as_str).collect::<Vec<_>>())).expect("zygote");
     let (mut f, mut r, mut d) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let n = 50;
@@ -288,5 +289,11 @@ fn timing() {
         sb.destroy().unwrap();
         d += t.elapsed();
     }
-    eprintln!("per sandbox: fork {:?}, run {:?}, destroy {:?}; {:.0}/s", f / n, r / n, d / n, n as f64 / t0.elapsed().as_secs_f64());
+    eprintln!(
+        "per sandbox: fork {:?}, run {:?}, destroy {:?}; {:.0}/s",
+        f / n,
+        r / n,
+        d / n,
+        n as f64 / t0.elapsed().as_secs_f64()
+    );
 }

@@ -477,3 +477,36 @@ fn mcp_over_http_with_the_official_python_client() {
     assert_eq!(r.status, 401);
     run_client(&py, &["http-quick", &s2.url("/mcp"), &key]);
 }
+
+#[test]
+fn airlock_run_can_run_on_a_server() {
+    let (_t, data, tmp) = dirs();
+    let s = start(&data, &tmp, &[]);
+    let run = |args: &[&str], url: &str| {
+        Command::new(AIRLOCK)
+            .arg("run")
+            .args(args)
+            .env("AIRLOCK_URL", url)
+            .env_remove("AIRLOCK_API_KEY")
+            .output()
+            .expect("airlock run")
+    };
+    let o = run(&["-c", "import sys\nprint('hi')\nprint('err', file=sys.stderr)\n6*7"], &s.base);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{out}\n{err}");
+    assert_eq!(out, "hi\n42\n");
+    assert!(err.starts_with("err\n") && err.contains("airlock: ok"), "{err}");
+    // The run went through the server: it is in the server's audit log.
+    let list = s.get("/v1/executions").json();
+    assert!(list.to_string().contains("print('hi')"), "{list}");
+    // A failing run keeps its exit code; a bad template is the server's clear refusal.
+    let o = run(&["-c", "import sys; sys.exit(3)"], &s.base);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["--template", "nope", "-c", "1"], &s.base);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("nope"), "{err}");
+    // Nothing listening: a clear error naming the way back to local runs.
+    let o = run(&["-c", "1"], "http://127.0.0.1:9");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("AIRLOCK_URL"), "{err}");
+}
