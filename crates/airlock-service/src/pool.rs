@@ -646,6 +646,42 @@ fn describe_failure(t: &Template, o: &Outcome) -> String {
     )
 }
 
+/// Starts the zygote of a configured template, forks one sandbox from it, runs an
+/// empty cell and stops both (`airlock doctor`). `None`: its backend has no zygote.
+/// `Some(Ok)`: the timings; `Some(Err)`: why the zygote does not work here (the pool
+/// then makes that template's sandboxes cold).
+pub fn check_zygote(registry: &crate::Registry, t: &crate::settings::TemplateSpec) -> Option<Result<String, String>> {
+    let backend = registry.resolve(t.backend).ok()?;
+    let recipe = Recipe {
+        name: t.name.clone(),
+        modules: t.modules.clone(),
+        optional_modules: t.optional_modules,
+        limits: t.limits,
+    };
+    let started = Instant::now();
+    let factory = match backend.factory(&recipe) {
+        Ok(None) => return None,
+        Ok(Some(f)) => f,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let start_ms = started.elapsed().as_millis();
+    let forked = Instant::now();
+    let r = factory.create(&SandboxSpec::new(t.limits)).and_then(|mut sb| {
+        let fork_ms = forked.elapsed().as_secs_f64() * 1000.0;
+        let o = sb.execute(&Cell::new(Language::Python, "pass", &t.limits), &mut |_| {});
+        let _ = sb.destroy();
+        match o {
+            Ok(o) if o.status == Status::Ok => Ok(fork_ms),
+            Ok(o) => Err(Error::host(format!("a forked sandbox failed an empty cell: {}", o.status))),
+            Err(e) => Err(e),
+        }
+    });
+    Some(match r {
+        Ok(fork_ms) => Ok(format!("zygote ready in {start_ms} ms; a fork took {fork_ms:.1} ms")),
+        Err(e) => Err(format!("the zygote started but forking failed: {e}")),
+    })
+}
+
 /// Prepares one sandbox of a configured template cold and destroys it (`airlock
 /// doctor`): the modules it imported, or why the template cannot work here.
 pub fn check_template(registry: &crate::Registry, t: &crate::settings::TemplateSpec) -> Result<Vec<String>, String> {

@@ -29,6 +29,9 @@ struct TemplateCheck {
     ms: u64,
     /// The modules imported, or why preparing failed.
     detail: String,
+    /// The template's zygote (jail): its start and one fork, or why it fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zygote: Option<String>,
 }
 
 fn check_templates(registry: &Registry, config: Option<&std::path::Path>) -> anyhow::Result<Vec<TemplateCheck>> {
@@ -45,6 +48,10 @@ fn check_templates(registry: &Registry, config: Option<&std::path::Path>) -> any
         let started = Instant::now();
         let r = airlock_service::pool::check_template(registry, &t);
         let ms = started.elapsed().as_millis() as u64;
+        let zygote = airlock_service::pool::check_zygote(registry, &t).map(|z| match z {
+            Ok(s) => s,
+            Err(e) => format!("FAILED: {e} (the pool makes this template's sandboxes cold instead)"),
+        });
         out.push(match r {
             Ok(imported) => TemplateCheck {
                 name: t.name,
@@ -55,8 +62,9 @@ fn check_templates(registry: &Registry, config: Option<&std::path::Path>) -> any
                 } else {
                     format!("imports {}", imported.join(", "))
                 },
+                zygote,
             },
-            Err(e) => TemplateCheck { name: t.name, ok: false, ms, detail: e },
+            Err(e) => TemplateCheck { name: t.name, ok: false, ms, detail: e, zygote },
         });
     }
     Ok(out)
@@ -147,6 +155,9 @@ pub fn main(a: DoctorArgs) -> anyhow::Result<i32> {
     }
     for t in &templates {
         println!("template {}: {} in {} ms: {}", t.name, if t.ok { "prepared" } else { "FAILED" }, t.ms, t.detail);
+        if let Some(z) = &t.zygote {
+            println!("template {}: {z}", t.name);
+        }
     }
     match default {
         Some(k) => println!(
