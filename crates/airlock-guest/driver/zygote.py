@@ -29,6 +29,7 @@ import struct
 import sys
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
@@ -262,6 +263,8 @@ def _child(cfg, req, fds, driver, mpl):
         go = ctl.recv(16)
         if go != b"G":
             os._exit(125)  # the host gave up
+        # In its own cgroup now: a cgroup namespace rooted there, as a cold sandbox has.
+        _check(_libc.unshare(CLONE_NEWCGROUP), "enter a new cgroup namespace")
         _drop_capabilities(cfg)
         _prctl(PR_SET_NO_NEW_PRIVS, 1, "set no_new_privs")
         if cfg["landlock"] is not None:

@@ -17,8 +17,9 @@
 //!    learns the child's host pid from the socket's credentials (`SO_PASSCRED`),
 //!    checks it against the zygote's report, and moves it into a new cgroup with the
 //!    sandbox's memory, pids and CPU limits;
-//! 4. on the host's go-ahead: every capability dropped, `no_new_privs`, Landlock, and
-//!    the same seccomp filters as a cold sandbox; then the guest driver greets the host.
+//! 4. on the host's go-ahead: a cgroup namespace rooted at its cgroup, every capability
+//!    dropped, `no_new_privs`, Landlock, and the same seccomp filters as a cold
+//!    sandbox; then the guest driver greets the host.
 //!
 //! The zygote itself runs without Landlock and seccomp (they would forbid its
 //! children's mounts and namespaces) but with every other mechanism of a cold sandbox

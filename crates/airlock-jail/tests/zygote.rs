@@ -100,6 +100,7 @@ print('ws', writable('/workspace/x'))
 print('cwd', os.getcwd())
 print('env', sorted(os.environ).count('HOME'), os.environ.get('TMPDIR'))
 print('fds', ','.join(sorted(os.listdir('/proc/self/fd'), key=int)))
+print('cgroups', ','.join(sorted(set(l.strip().split(':')[2] for l in open('/proc/self/cgroup')))))
 "#;
 
 fn facts(sb: &mut dyn Sandbox) -> std::collections::BTreeMap<String, String> {
@@ -131,6 +132,9 @@ fn a_forked_sandbox_is_confined_like_a_cold_one() {
     assert_eq!(f["env"], "1 /tmp");
     // stdin, stdout, stderr, the channel, and 4: the listing's own descriptor.
     assert_eq!(f["fds"], "0,1,2,3,4", "no descriptor of the zygote's leaks: {f:?}");
+    if airlock_jail::cgroup::Driver::detect().is_ok() {
+        assert_eq!(f["cgroups"], "/", "a cgroup namespace rooted at its own cgroup: {f:?}");
+    }
     sb.destroy().unwrap();
 }
 

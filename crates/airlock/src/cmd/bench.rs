@@ -408,16 +408,23 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
                         Err(e) => skipped.push(format!("{}/{kind}/{mode}: failed: {e:#}", w.name)),
                     }
                 }
+                let mut bursts = Vec::new();
                 if bursting && super::bench_server::POOLED.contains(&kind) {
-                    match srv.burst(kind, w.code, a.burst, a.concurrency) {
+                    bursts.push((format!("pool-{kind}"), "http-burst"));
+                }
+                if bursting && kind == BackendKind::Jail {
+                    bursts.push(("lean-jail".to_string(), "http-burst-lean"));
+                }
+                for (template, label) in bursts {
+                    match srv.burst(&template, w.code, a.burst, a.concurrency) {
                         Ok(s) => rows.push(Row {
                             workload: w.name.into(),
                             target: kind.to_string(),
-                            mode: format!("http-burst x{}", a.concurrency),
+                            mode: format!("{label} x{}", a.concurrency),
                             ratio_to_baseline: Some(s.median_ms / base_median),
                             stats: s,
                         }),
-                        Err(e) => skipped.push(format!("{}/{kind}/burst: failed: {e:#}", w.name)),
+                        Err(e) => skipped.push(format!("{}/{kind}/{label}: failed: {e:#}", w.name)),
                     }
                 }
             }
@@ -501,7 +508,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
     println!("ratio = median / median of the baseline (bare `python3 -c` of the same code) measured in this run");
     if a.server {
         println!(
-            "modes: cold/cell = in-process library calls; cli = `airlock run` as a new process; http-oneshot = POST /v1/execute; http-cell = POST /v1/sandboxes/{{id}}/execute in a live session (request to result, over loopback TCP); http-pool = POST /v1/execute taking a ready sandbox from the warm pool (template pool-<backend>, pre-imported; the bench waits, untimed, for one to be ready before each run; its runs/s is 1/mean latency); burst / http-burst = the same runs sent {} at a time for as long as they take, fresh sandbox each (runs/s is the sustained rate)",
+            "modes: cold/cell = in-process library calls; cli = `airlock run` as a new process; http-oneshot = POST /v1/execute; http-cell = POST /v1/sandboxes/{{id}}/execute in a live session (request to result, over loopback TCP); http-pool = POST /v1/execute taking a ready sandbox from the warm pool (template pool-<backend>, pre-imported; the bench waits, untimed, for one to be ready before each run; its runs/s is 1/mean latency); burst / http-burst = the same runs sent {} at a time for as long as they take, fresh sandbox each (runs/s is the sustained rate; http-burst-lean on a template that imports nothing)",
             a.concurrency
         );
     }

@@ -50,6 +50,11 @@ impl LocalServer {
                 "[[templates]]\nname = \"pool-{kind}\"\nbackend = \"{kind}\"\nmodules = {modules}\npool_size = {POOL_SIZE}\n"
             ));
         }
+        // For bursts of short programs: a template that imports nothing (on jail, a
+        // small zygote, so each fork copies little).
+        config.push_str(&format!(
+            "[[templates]]\nname = \"lean-jail\"\nbackend = \"jail\"\nmodules = []\npool_size = {POOL_SIZE}\n"
+        ));
         let config_path = dir.path().join("airlock.toml");
         std::fs::write(&config_path, config).context("writing the server's settings")?;
         let mut child = Command::new(exe)
@@ -166,8 +171,14 @@ impl LocalServer {
     /// a time, as fast as the server answers: fresh sandboxes per second, sustained
     /// (the pool empties after its first few; the zygote forks the rest, or, without
     /// one, they are created cold). Latencies are per request.
-    pub fn burst(&self, kind: BackendKind, code: &str, total: usize, concurrency: usize) -> anyhow::Result<Stats> {
-        let name = format!("pool-{kind}");
+    pub fn burst(
+        &self,
+        template: &str,
+        code: &str,
+        total: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<Stats> {
+        let name = template.to_string();
         self.wait_ready(&name, POOL_SIZE)?;
         let body = json!({"code": code, "template": name, "limits": {"timeout_ms": 120_000, "cpu_ms": 120_000}});
         concurrently(total, concurrency, || {
@@ -202,7 +213,7 @@ impl LocalServer {
             let made = made?;
             std::thread::sleep(Duration::from_secs(1));
             let avail_after = meminfo("MemAvailable:");
-            let zygotes = self.zygote_pids(&name)?;
+            let zygotes = self.zygote_pids(Some(&name))?;
             let children: Vec<u32> = zygotes.iter().flat_map(|z| descendants(*z)).collect();
             let uss: Vec<u64> = children.iter().filter_map(|p| uss_bytes(*p)).collect();
             let per = uss.iter().sum::<u64>() as f64 / uss.len().max(1) as f64;
@@ -241,15 +252,15 @@ impl LocalServer {
         result
     }
 
-    /// The pids of template `name`'s zygote (from `GET /v1/templates`), if it has one.
-    fn zygote_pids(&self, name: &str) -> anyhow::Result<Vec<u32>> {
+    /// The pid of template `name`'s zygote (from `GET /v1/templates`), if it has one;
+    /// every template's with `None`.
+    fn zygote_pids(&self, name: Option<&str>) -> anyhow::Result<Vec<u32>> {
         let v: Value = self.agent.get(&format!("{}/v1/templates", self.base)).call()?.body_mut().read_json()?;
-        let t = v["templates"].as_array().and_then(|a| a.iter().find(|t| t["name"] == name)).cloned();
-        let z = t.and_then(|t| t["zygote"].as_str().map(str::to_string)).unwrap_or_default();
-        Ok(z.strip_prefix("zygote pid ")
-            .and_then(|r| r.split(',').next())
-            .and_then(|p| p.trim().parse().ok())
-            .into_iter()
+        let all = v["templates"].as_array().cloned().unwrap_or_default();
+        Ok(all
+            .iter()
+            .filter(|t| name.is_none_or(|n| t["name"] == n))
+            .filter_map(|t| t["zygote"].as_str()?.strip_prefix("zygote pid ")?.split(',').next()?.trim().parse().ok())
             .collect())
     }
 
@@ -287,24 +298,25 @@ impl LocalServer {
         }
         // A zygote's children are the pooled sandboxes of its template; the zygote
         // itself is paid once per template, however many sandboxes it forks.
-        let zygotes = self.zygote_pids(&name)?;
+        let zygotes = self.zygote_pids(Some(&name))?;
         let mut lines = Vec::new();
         if let Some(&z) = zygotes.first() {
-            let children: Vec<u64> = descendants(z).into_iter().filter_map(uss_bytes).collect();
+            let pids = descendants(z);
+            let mean = |v: Vec<u64>| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64 / 1048576.0;
             lines.push(format!(
-                "memory: {:.1} MiB USS per idle pooled {kind} sandbox (mean of {} forked by the zygote; pool holds {} imports); the zygote itself: {:.1} MiB USS, once per template",
-                children.iter().sum::<u64>() as f64 / children.len().max(1) as f64 / 1048576.0,
-                children.len(),
+                "memory: {:.1} MiB USS per idle pooled {kind} sandbox (mean of {} forked by the zygote; pool holds {} imports; PSS {:.1} MiB each); the zygote: {:.1} MiB USS, {:.1} MiB PSS, once per template",
+                mean(pids.iter().filter_map(|p| uss_bytes(*p)).collect()),
+                pids.len(),
                 if self.pandas { "pandas" } else { "no" },
-                uss_bytes(z).unwrap_or(0) as f64 / 1048576.0
+                mean(pids.iter().filter_map(|p| pss_bytes(*p)).collect()),
+                uss_bytes(z).unwrap_or(0) as f64 / 1048576.0,
+                pss_bytes(z).unwrap_or(0) as f64 / 1048576.0
             ));
         }
         let root = self.child.id();
-        let others: Vec<u64> = descendants(root)
-            .into_iter()
-            .filter(|p| !zygotes.iter().any(|z| *z == *p || descendants(*z).contains(p)))
-            .filter_map(uss_bytes)
-            .collect();
+        let forked: Vec<u32> = self.zygote_pids(None)?.into_iter().flat_map(|z| descendants(z).into_iter().chain([z])).collect();
+        let others: Vec<u64> =
+            descendants(root).into_iter().filter(|p| !forked.contains(p)).filter_map(uss_bytes).collect();
         let unforked = POOLED.len() as u64 * POOL_SIZE - if zygotes.is_empty() { 0 } else { POOL_SIZE };
         if unforked > 0 {
             lines.push(format!(
@@ -411,10 +423,20 @@ fn descendants(root: u32) -> Vec<u32> {
 
 /// Private_Clean + Private_Dirty of a process, in bytes.
 fn uss_bytes(pid: u32) -> Option<u64> {
+    smaps(pid, &["Private_Clean:", "Private_Dirty:"])
+}
+
+/// The proportional set size of a process (shared pages divided among their users).
+fn pss_bytes(pid: u32) -> Option<u64> {
+    smaps(pid, &["Pss:"])
+}
+
+/// The sum of `fields` of `/proc/<pid>/smaps_rollup`, in bytes.
+fn smaps(pid: u32, fields: &[&str]) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let mut kib = 0;
     for line in text.lines() {
-        if line.starts_with("Private_Clean:") || line.starts_with("Private_Dirty:") {
+        if fields.iter().any(|f| line.starts_with(f)) {
             kib += line.split_whitespace().nth(1)?.parse::<u64>().ok()?;
         }
     }
