@@ -18,6 +18,7 @@
 //! | [`contain`] | the order |
 //! | [`spawn`] | `clone` and the setup handshake |
 //! | [`sys`] | the system-call seam (real or recorded) |
+//! | [`zygote`] | fast start: a template's zygote forks sandboxes ([`Backend::factory`]) |
 //!
 //! See `docs/jail.md` for what each mechanism covers and what it does not.
 
