@@ -16,15 +16,18 @@
 //! 6. build the new root and `pivot_root` into it (`mount.rs`);
 //! 7. set the host name (UTS namespace);
 //! 8. bring loopback up (own network namespace only; `net.rs`);
-//! 9. set rlimits (`rlimit.rs`);
-//! 10. install stdin (`/dev/null`), stdout, stderr and the channel as fds 0-3; mark
-//!     every other descriptor close-on-exec;
-//! 11. new session (`setsid`): no controlling terminal to inject into;
-//! 12. `chdir("/workspace")`;
-//! 13. drop every capability (`caps.rs`);
-//! 14. `no_new_privs`;
-//! 15. Landlock (`landlock.rs`, best effort);
-//! 16. hand the workspace directory to the host (an fd over the setup socket);
+//! 9. install stdin (`/dev/null`), stdout, stderr and the channel as fds 0-3; mark
+//!    every other descriptor close-on-exec;
+//! 10. new session (`setsid`): no controlling terminal to inject into;
+//! 11. `chdir("/workspace")`;
+//! 12. drop every capability (`caps.rs`);
+//! 13. `no_new_privs`;
+//! 14. Landlock (`landlock.rs`, best effort);
+//! 15. hand the workspace directory to the host (an fd over the setup socket);
+//! 16. set rlimits (`rlimit.rs`) — after every step that opens a descriptor: until
+//!     `execve` the child still holds copies of airlock's descriptors (close-on-exec),
+//!     and with `RLIMIT_NOFILE` lowered first, a busy server's numbers would leave it
+//!     none below the limit;
 //! 17. unblock signals;
 //! 18. seccomp (`seccomp.rs`), last, so nothing above needs an exception in it;
 //! 19. `execve` the interpreter with an environment rebuilt from scratch.
@@ -185,7 +188,6 @@ pub fn plan(setup: Setup) -> Plan {
     if setup.own_network {
         steps.push(Step::LoopbackUp);
     }
-    steps.extend(setup.rlimits.into_iter().map(Step::Rlimit));
     steps.push(Step::Stdio(setup.stdio));
     steps.push(Step::NewSession);
     steps.push(Step::Chdir(workspace.clone()));
@@ -196,6 +198,7 @@ pub fn plan(setup: Setup) -> Plan {
     }
     // As late as possible: the parent's next wake-up is then usually the exec itself.
     steps.push(Step::SendWorkspace(workspace));
+    steps.extend(setup.rlimits.into_iter().map(Step::Rlimit));
     steps.push(Step::UnblockSignals);
     if setup.confine {
         steps.push(Step::Seccomp(setup.seccomp));
@@ -325,7 +328,6 @@ mod tests {
             "umount_detach .",
             "sethostname airlock",
             "loopback_up",
-            "setrlimit",
             "dup2",
             "cloexec_from 4",
             "setsid",
@@ -334,6 +336,7 @@ mod tests {
             "prctl 38 1", // PR_SET_NO_NEW_PRIVS
             "landlock_restrict_self",
             "send 20 \"W\"",
+            "setrlimit",
             "unblock_signals",
             "seccomp",
             "execve /usr/bin/python3",

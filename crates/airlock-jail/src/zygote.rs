@@ -54,6 +54,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const FORK_TIMEOUT: Duration = Duration::from_secs(15);
 /// The zygote's own pids limit: its children pass through its cgroup briefly.
 const ZYGOTE_PROCESSES: u32 = 4096;
+/// Memory the zygote's cgroup may use beyond the template's limit: the kernel charges
+/// it for its live children's page tables and the pages they touch before they are
+/// moved into their own cgroups (about 1.5 MiB per live child with pandas imported).
+const ZYGOTE_MEMORY_HEADROOM: u64 = 8 << 30;
 
 /// A connected `SOCK_SEQPACKET` pair, both close-on-exec: the zygote's control socket
 /// (one message per frame, descriptors attached to spawn requests).
@@ -226,6 +230,7 @@ impl Zygote {
         let p = backend.prepared()?;
         let mut limits = recipe.limits;
         limits.processes = limits.processes.max(ZYGOTE_PROCESSES);
+        limits.memory_bytes = limits.memory_bytes.saturating_add(ZYGOTE_MEMORY_HEADROOM);
         let mut spec = SandboxSpec::new(limits);
         spec.id = airlock_core::new_id("zyg");
         let l = backend.launch(&p, &spec, Role::Zygote)?;

@@ -587,3 +587,16 @@ fn rootless_mode_runs_as_an_unprivileged_user() {
     let n: u32 = fork.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(n < 16, "{n} forks under a limit of 16");
 }
+
+/// A busy server holds thousands of descriptors; the sandbox's `RLIMIT_NOFILE` (256 by
+/// default) must not leave its setup without a free descriptor number.
+#[test]
+fn a_host_with_many_open_descriptors_still_starts_sandboxes() {
+    let Some(b) = backend() else { return };
+    let held: Vec<std::fs::File> = (0..1500).filter_map(|_| std::fs::File::open("/dev/null").ok()).collect();
+    assert!(held.len() > 1000, "could not open enough descriptors to test ({})", held.len());
+    let o = run(&b, "import os\nprint(len(os.listdir('/proc/self/fd')))");
+    assert_eq!(o.status, Status::Ok, "{}\n{:?}", o.stderr, o.reason);
+    assert_eq!(o.stdout, "5\n", "only fds 0-3 (and the listing's own) reach the guest");
+    drop(held);
+}
