@@ -271,33 +271,3 @@ fn a_host_network_sandbox_is_refused() {
     assert!(e.to_string().contains("network"), "{e}");
 }
 
-/// Not a test: times the phases of fork, run, destroy (`cargo test -- --ignored timing --nocapture`).
-#[test]
-#[ignore]
-fn timing() {
-    let Some(b) = backend() else { return };
-    let mods: Vec<String> =
-        std::env::var("ZMODS").unwrap_or_default().split(",").filter(|s| !s.is_empty()).map(String::from).collect();
-    let z = Zygote::start(b, &recipe(&mods.iter().map(String::as_str).collect::<Vec<_>>())).expect("zygote");
-    let (mut f, mut r, mut d) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let n = 50;
-    let t0 = std::time::Instant::now();
-    for _ in 0..n {
-        let t = std::time::Instant::now();
-        let mut sb: Box<dyn Sandbox> = Box::new(z.fork(&SandboxSpec::new(Limits::default())).unwrap());
-        f += t.elapsed();
-        let t = std::time::Instant::now();
-        cell(sb.as_mut(), "print(1)");
-        r += t.elapsed();
-        let t = std::time::Instant::now();
-        sb.destroy().unwrap();
-        d += t.elapsed();
-    }
-    eprintln!(
-        "per sandbox: fork {:?}, run {:?}, destroy {:?}; {:.0}/s",
-        f / n,
-        r / n,
-        d / n,
-        n as f64 / t0.elapsed().as_secs_f64()
-    );
-}
