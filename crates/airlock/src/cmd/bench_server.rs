@@ -171,13 +171,7 @@ impl LocalServer {
     /// a time, as fast as the server answers: fresh sandboxes per second, sustained
     /// (the pool empties after its first few; the zygote forks the rest, or, without
     /// one, they are created cold). Latencies are per request.
-    pub fn burst(
-        &self,
-        template: &str,
-        code: &str,
-        total: usize,
-        concurrency: usize,
-    ) -> anyhow::Result<Stats> {
+    pub fn burst(&self, template: &str, code: &str, total: usize, concurrency: usize) -> anyhow::Result<Stats> {
         let name = template.to_string();
         self.wait_ready(&name, POOL_SIZE)?;
         let body = json!({"code": code, "template": name, "limits": {"timeout_ms": 120_000, "cpu_ms": 120_000}});
@@ -314,7 +308,8 @@ impl LocalServer {
             ));
         }
         let root = self.child.id();
-        let forked: Vec<u32> = self.zygote_pids(None)?.into_iter().flat_map(|z| descendants(z).into_iter().chain([z])).collect();
+        let forked: Vec<u32> =
+            self.zygote_pids(None)?.into_iter().flat_map(|z| descendants(z).into_iter().chain([z])).collect();
         let others: Vec<u64> =
             descendants(root).into_iter().filter(|p| !forked.contains(p)).filter_map(uss_bytes).collect();
         let unforked = POOLED.len() as u64 * POOL_SIZE - if zygotes.is_empty() { 0 } else { POOL_SIZE };
