@@ -38,6 +38,19 @@ pub const CAP_SETFCAP: u64 = 1 << 31;
 pub fn drop_all_but<S: Sys>(sys: &mut S, last_cap: u32, keep: u64) -> SysResult<()> {
     let bits = SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
     sys.prctl(libc::PR_SET_SECUREBITS, bits, 0)?;
+    drop_bounding_and_ambient(sys, last_cap, keep)
+}
+
+/// Drops every capability for good.
+pub fn drop_all<S: Sys>(sys: &mut S, last_cap: u32) -> SysResult<()> {
+    sys.prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0)?;
+    drop_bounding_and_ambient(sys, last_cap, 0)?;
+    sys.clear_capabilities()
+}
+
+/// Every capability not in `keep` out of the bounding set, and the ambient set cleared
+/// (a kernel that does not know a capability or ambient sets is not an error).
+fn drop_bounding_and_ambient<S: Sys>(sys: &mut S, last_cap: u32, keep: u64) -> SysResult<()> {
     for cap in (0..=last_cap.min(63)).filter(|c| keep & (1u64 << c) == 0) {
         match sys.prctl(libc::PR_CAPBSET_DROP, cap.into(), 0) {
             Ok(_) | Err(libc::EINVAL) => {}
@@ -45,24 +58,7 @@ pub fn drop_all_but<S: Sys>(sys: &mut S, last_cap: u32, keep: u64) -> SysResult<
         }
     }
     match sys.prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as u64, 0) {
-        Ok(_) | Err(libc::EINVAL) => {}
-        Err(e) => return Err(e),
+        Ok(_) | Err(libc::EINVAL) => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(())
-}
-
-/// Drops every capability for good.
-pub fn drop_all<S: Sys>(sys: &mut S, last_cap: u32) -> SysResult<()> {
-    sys.prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0)?;
-    for cap in 0..=last_cap.min(63) {
-        match sys.prctl(libc::PR_CAPBSET_DROP, cap.into(), 0) {
-            Ok(_) | Err(libc::EINVAL) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    match sys.prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as u64, 0) {
-        Ok(_) | Err(libc::EINVAL) => {}
-        Err(e) => return Err(e),
-    }
-    sys.clear_capabilities()
 }
