@@ -352,6 +352,23 @@ mod tests {
         assert!(c[n - 2].starts_with("seccomp") && c[n - 3].starts_with("seccomp"), "{:?}", &c[n - 4..]);
     }
 
+    /// A zygote's plan is a sandbox's without Landlock and seccomp, keeping only
+    /// `CAP_SETFCAP` in its bounding set (see `zygote.rs`).
+    #[test]
+    fn a_zygote_plan_differs_only_where_its_children_need_it() {
+        let p = plan(Setup { confine: false, keep_caps: crate::caps::CAP_SETFCAP, ..setup() });
+        let mut r = Recorder::default();
+        run(&p, &mut r, &Ctx { sync_fd: 20 });
+        let c = r.calls;
+        assert!(!c.iter().any(|l| l.starts_with("seccomp") || l.starts_with("landlock")), "{c:#?}");
+        assert!(c.iter().any(|l| l.starts_with("prctl 38 1")), "no_new_privs is still set");
+        let dropped: Vec<&String> = c.iter().filter(|l| l.starts_with("prctl 24 ")).collect();
+        assert!(!dropped.iter().any(|l| *l == "prctl 24 31 0"), "CAP_SETFCAP stays in the bounding set");
+        assert!(dropped.iter().any(|l| *l == "prctl 24 21 0"), "CAP_SYS_ADMIN is dropped");
+        assert!(!c.iter().any(|l| l.starts_with("capset")), "the permitted set is left for execve to cut");
+        assert!(c.last().unwrap().starts_with("execve"));
+    }
+
     #[test]
     fn ids_and_pdeathsig_come_before_any_mount() {
         let c = recorded();
