@@ -364,6 +364,13 @@ def main(driver_source):
     except BaseException as e:  # noqa: BLE001
         _send(ctl, {"type": "failed", "error": "%s: %s" % (type(e).__name__, e)})
         return 1
+    # What the driver and the children's setup import on first use, imported here
+    # once, so each child shares them instead of importing (and writing) its own.
+    for name in ("io", "binascii", "traceback", "linecache", "resource", "fcntl", "_thread", "_signal"):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
     mpl = None
     if cfg.get("mpl"):
         try:
