@@ -467,6 +467,29 @@ fn rootless_report() {
     );
     fork.limits = Limits { processes: 16, ..Limits::default() };
     let forked = run_once(&b, &fork, None, &mut |_| {}).unwrap();
+    // A template's zygote and one sandbox forked from it, unprivileged too.
+    let recipe = airlock_core::Recipe {
+        name: "rootless".into(),
+        modules: vec!["json".into()],
+        optional_modules: false,
+        limits: Limits::default(),
+    };
+    let zygote = match airlock_jail::zygote::Zygote::start(&b, &recipe) {
+        Ok(z) => match z.fork(&SandboxSpec::new(Limits::default())) {
+            Ok(mut sb) => {
+                let code = "import os\nprint(os.getpid(), os.getuid(), open('/proc/self/status').read().count('Seccomp:\\t2'))";
+                let o = airlock_core::Sandbox::execute(
+                    &mut sb,
+                    &Cell::new(Language::Python, code, &Limits::default()),
+                    &mut |_| {},
+                )
+                .unwrap();
+                o.stdout
+            }
+            Err(e) => format!("fork failed: {e}"),
+        },
+        Err(e) => format!("start failed: {e}"),
+    };
     let v = serde_json::json!({
         "available": probe.available,
         "identity": probe.checks.get("identity"),
@@ -474,6 +497,7 @@ fn rootless_report() {
         "facts_status": facts.status,
         "warnings": facts.warnings,
         "fork": forked.stdout,
+        "zygote": zygote,
     });
     println!("HELPER:{v}");
 }
@@ -586,6 +610,8 @@ fn rootless_mode_runs_as_an_unprivileged_user() {
     assert!(fork.starts_with("stopped ") && fork.contains("BlockingIOError"), "{fork}");
     let n: u32 = fork.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(n < 16, "{n} forks under a limit of 16");
+    // The zygote works without root: its child is PID 1, root of its own namespace, under seccomp.
+    assert_eq!(v["zygote"], "1 0 1\n", "{v}");
 }
 
 /// A busy server holds thousands of descriptors; the sandbox's `RLIMIT_NOFILE` (256 by
