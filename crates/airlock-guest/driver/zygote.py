@@ -27,6 +27,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -252,7 +253,6 @@ def _child(cfg, req, fds, driver, mpl):
         socket.sethostname(cfg["hostname"])
         if cfg["own_network"]:
             _loopback_up()
-        _rlimits(req)
         _descriptors(chan, out, err, setup)
         os.setsid()
         os.chdir("/workspace")
@@ -260,9 +260,14 @@ def _child(cfg, req, fds, driver, mpl):
         ctl = socket.socket(fileno=setup)
         socket.send_fds(ctl, [b"W"], [ws])
         os.close(ws)
-        go = ctl.recv(16)
-        if go != b"G":
+        # After every step that opens a descriptor, as in a cold sandbox.
+        _rlimits(req)
+        # The go-ahead carries the environment: it reaches this child only, never the
+        # zygote, whose freed memory every later sibling inherits.
+        go = ctl.recv(1 << 20)
+        if go[:1] != b"G":
             os._exit(125)  # the host gave up
+        env = json.loads(go[1:])
         # In its own cgroup now: a cgroup namespace rooted there, as a cold sandbox has.
         _check(_libc.unshare(CLONE_NEWCGROUP), "enter a new cgroup namespace")
         _drop_capabilities(cfg)
@@ -271,7 +276,7 @@ def _child(cfg, req, fds, driver, mpl):
             _landlock(cfg["landlock"])
         _seccomp(cfg["seccomp"])
         os.environ.clear()
-        os.environ.update(req["env"])
+        os.environ.update(env)
         _reseed(driver)
         ctl.close()
     except BaseException as e:  # noqa: BLE001 - every failure is reported, then exit
@@ -297,8 +302,18 @@ def _spawn(cfg, req, fds, driver, mpl):
     """Forks C1, which makes C2 and writes C2's pid (`P<pid>`, or `E<why>`) to the
     pipe whose read end is returned with C1's pid. The zygote does not wait: it serves
     the next request while C1 and C2 set up."""
-    r, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    try:
+        r, w = os.pipe2(os.O_CLOEXEC)
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in list(fds) + [r, w]:
+            os.close(fd)
+        raise
     if pid == 0:
         try:
             os.close(r)
@@ -407,7 +422,7 @@ def main(driver_source):
                 exit_msg["id"] = children.pop(pid)
                 _send(ctl, exit_msg)
             else:
-                early[pid] = exit_msg
+                early[pid] = (exit_msg, time.monotonic())
         try:
             ready, _, _ = select.select([ctl, wake_r] + list(forking), [], [])
         except InterruptedError:
@@ -420,14 +435,16 @@ def main(driver_source):
         for r in ready:
             if r not in forking:
                 continue
-            rid = forking.pop(r)
+            rid, forked_at = forking.pop(r)
             data = os.read(r, 4096)
             os.close(r)
             if data[:1] == b"P":
                 pid = int(data[1:])
                 _send(ctl, {"type": "spawned", "id": rid, "pid": pid})
-                if pid in early:
-                    exit_msg = early.pop(pid)
+                exit_msg, reaped_at = early.pop(pid, (None, 0.0))
+                # An exit reaped before this fork belongs to an orphan that had the
+                # same pid (its C1 died before naming it), not to this child.
+                if exit_msg is not None and reaped_at >= forked_at:
                     exit_msg["id"] = rid
                     _send(ctl, exit_msg)
                 else:
@@ -437,21 +454,27 @@ def main(driver_source):
                 _send(ctl, {"type": "spawned", "id": rid, "error": why})
         if ctl not in ready:
             continue
-        msg, fds, _, _ = socket.recv_fds(ctl, 1 << 16, 8)
-        if not msg:
+        msg, fds, flags, _ = socket.recv_fds(ctl, 1 << 16, 8)
+        if not msg and not fds:
             return 0  # the host closed the control socket
-        req = json.loads(msg)
-        if req.get("type") != "spawn" or len(fds) != 4:
+        req = None
+        try:
+            req = json.loads(msg)
+            truncated = flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
+            if truncated or not isinstance(req, dict) or req.get("type") != "spawn" or len(fds) != 4:
+                raise ValueError("malformed spawn request")
+        except ValueError as e:  # a bad frame fails that request, never the zygote
             for fd in fds:
                 os.close(fd)
-            _send(ctl, {"type": "spawned", "id": req.get("id"), "error": "malformed spawn request"})
+            rid = req.get("id") if isinstance(req, dict) else None
+            _send(ctl, {"type": "spawned", "id": rid, "error": str(e)})
             continue
         try:
             r, c1 = _spawn(cfg, req, fds, driver, mpl)
         except OSError as e:
             _send(ctl, {"type": "spawned", "id": req["id"], "error": "fork failed: %s" % e})
             continue
-        forking[r] = req["id"]
+        forking[r] = (req["id"], time.monotonic())
         intermediates.add(c1)
 
 

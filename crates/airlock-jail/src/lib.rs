@@ -469,6 +469,7 @@ impl JailBackend {
             file_bytes: spec.limits.file_bytes,
             fs_ids: (!l.ids.rootless).then_some((l.ids.host_uid, l.ids.host_gid)),
             cgroup: l.cgroup,
+            _keepalive: None,
         })
     }
 }

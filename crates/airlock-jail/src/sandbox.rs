@@ -81,6 +81,9 @@ pub struct JailSandbox {
     /// Host ids to act as when touching the workspace (root mode only).
     pub(crate) fs_ids: Option<(u32, u32)>,
     pub(crate) cgroup: CgroupGuard,
+    /// What must outlive this sandbox: for a zygote's child, the zygote (killing it
+    /// would kill the child), released after the child is torn down.
+    pub(crate) _keepalive: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl JailSandbox {

@@ -192,6 +192,8 @@ pub struct ExitBoard {
 #[derive(Debug, Default)]
 struct BoardState {
     exits: HashMap<u64, ExitInfo>,
+    /// Requests whose child never became a sandbox: their exits are not kept.
+    abandoned: std::collections::HashSet<u64>,
     /// The zygote is gone, and with it (the init of their PID namespace) every child.
     closed: bool,
 }
@@ -203,13 +205,21 @@ impl ExitBoard {
 
     /// Records that the child made by request `id` exited.
     pub fn record(&self, id: u64, info: ExitInfo) {
-        self.lock().exits.insert(id, info);
+        let mut st = self.lock();
+        if !st.abandoned.remove(&id) {
+            st.exits.insert(id, info);
+        }
+        drop(st);
         self.changed.notify_all();
     }
 
-    /// Forgets the report for request `id` (a child that never became a sandbox).
+    /// Forgets the report for request `id`, now or when it comes (a child that never
+    /// became a sandbox).
     pub fn forget(&self, id: u64) {
-        self.lock().exits.remove(&id);
+        let mut st = self.lock();
+        if st.exits.remove(&id).is_none() {
+            st.abandoned.insert(id);
+        }
     }
 
     /// The zygote is gone: every child not yet reported died with it.

@@ -52,8 +52,28 @@ use crate::{JailBackend, Prepared, Role, STARTUP_TIMEOUT, caps, mount, rlimit, s
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a fork may take, from request to the child's workspace descriptor.
 const FORK_TIMEOUT: Duration = Duration::from_secs(15);
-/// The zygote's own pids limit: its children pass through its cgroup briefly.
-const ZYGOTE_PROCESSES: u32 = 4096;
+/// The zygote's process limit, both its pids cgroup (its children pass through it
+/// briefly) and `RLIMIT_NPROC`, at most: the kernel counts every sibling's processes
+/// against the `RLIMIT_NPROC` the zygote had when their user namespaces were made, so
+/// it must not be a per-sandbox figure (each child sets its own). Below the pids
+/// cgroup's maximum (`PID_MAX_LIMIT`); lowered to airlock's own hard limit, which an
+/// unprivileged process cannot exceed.
+const ZYGOTE_PROCESSES: u32 = 4_000_000;
+
+/// [`ZYGOTE_PROCESSES`], or airlock's own hard `RLIMIT_NPROC` when that is lower.
+fn zygote_processes() -> u32 {
+    // SAFETY: getrlimit writes only the local struct.
+    let hard = unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NPROC, &mut r) == 0 { r.rlim_max } else { libc::RLIM_INFINITY }
+    };
+    u32::try_from(hard).unwrap_or(u32::MAX).min(ZYGOTE_PROCESSES)
+}
+/// How long a message to the zygote may wait for room in its control socket.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most environment a sandbox forked from a zygote takes, in bytes (it travels in
+/// one message on the setup socket).
+const MAX_ENV_BYTES: usize = 128 << 10;
 /// Memory the zygote's cgroup may use beyond the template's limit: the kernel charges
 /// it for its live children's page tables and the pages they touch before they are
 /// moved into their own cgroups (about 1.5 MiB per live child with pandas imported).
@@ -66,10 +86,34 @@ pub(crate) fn control_pair() -> Result<(OwnedFd, OwnedFd), Error> {
         .map_err(|e| Error::host(format!("socketpair: {}", e.desc())))
 }
 
-/// A running zygote for one recipe.
+/// A running zygote for one recipe. Dropping it lets the zygote go once the last
+/// sandbox it forked is gone (each holds it alive: killing it would kill them).
 pub struct Zygote {
     inner: Arc<Inner>,
-    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
+    process: Arc<Process>,
+}
+
+/// The zygote process (our child) and its cgroup; killed when the last holder goes.
+struct Process(Mutex<Option<(JailSupervisor, CgroupGuard)>>);
+
+impl Process {
+    fn kill(&self) {
+        if let Some((mut sup, mut cg)) = lock(&self.0).take() {
+            sup.kill();
+            let _ = sup.wait(Duration::from_secs(5));
+            let _ = cg.release();
+        }
+    }
+
+    fn is_alive(&self) -> bool {
+        lock(&self.0).as_mut().is_some_and(|(sup, _)| sup.try_wait().is_none())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 struct Inner {
@@ -86,8 +130,6 @@ struct Inner {
     imported: Vec<String>,
     ids: IdMap,
     host_pid: i32,
-    /// The zygote's own supervisor (our child) and cgroup; killed on drop.
-    process: Mutex<Option<(JailSupervisor, CgroupGuard)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -142,13 +184,14 @@ fn drain(fd: OwnedFd, tail: Arc<Mutex<String>>, name: &'static str) {
 }
 
 /// Receives one message (and descriptors, and the sender's credentials when the
-/// socket has `SO_PASSCRED`) within `timeout`. `Ok(None)`: end of file.
-fn recv_msg(fd: &OwnedFd, timeout: Duration, buf: &mut [u8]) -> Result<Option<Received>, Error> {
-    let deadline = Instant::now() + timeout;
+/// socket has `SO_PASSCRED`) within `timeout` (`None`: no limit). `Ok(None)`: end of
+/// file.
+fn recv_msg(fd: &OwnedFd, timeout: Option<Duration>, buf: &mut [u8]) -> Result<Option<Received>, Error> {
+    let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(3600));
         if left.is_zero() {
-            return Err(Error::host("timed out"));
+            return Err(Error::host("no answer in time"));
         }
         let mut pfd = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
         let ms =
@@ -192,17 +235,32 @@ struct Received {
     pid: Option<i32>,
 }
 
-fn send_json(fd: &OwnedFd, v: &serde_json::Value, fds: &[RawFd]) -> Result<(), Error> {
-    let bytes = v.to_string().into_bytes();
-    let iov = [std::io::IoSlice::new(&bytes)];
+/// Sends one message (with descriptors), waiting at most [`SEND_TIMEOUT`] for room.
+fn send_msg(fd: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> Result<(), Error> {
+    let iov = [std::io::IoSlice::new(bytes)];
     let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(fds)] };
+    let deadline = Instant::now() + SEND_TIMEOUT;
     loop {
-        match sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+        match sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT, None) {
             Ok(_) => return Ok(()),
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(Error::host(format!("the zygote's control socket: {}", e.desc()))),
+            Err(nix::errno::Errno::EAGAIN) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::host("the other end took no message for 10 s"));
+                }
+                let mut pfd = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLOUT)];
+                let ms = nix::poll::PollTimeout::try_from(left.as_millis().max(1) as u64)
+                    .unwrap_or(nix::poll::PollTimeout::MAX);
+                let _ = nix::poll::poll(&mut pfd, ms);
+            }
+            Err(e) => return Err(Error::host(format!("sending to the zygote: {}", e.desc()))),
         }
     }
+}
+
+fn send_json(fd: &OwnedFd, v: &serde_json::Value, fds: &[RawFd]) -> Result<(), Error> {
+    send_msg(fd, v.to_string().as_bytes(), fds)
 }
 
 /// The child's pid in its parent PID namespace, from `/proc/<pid>/status` (`NSpid`:
@@ -229,7 +287,7 @@ impl Zygote {
     pub fn start(backend: &JailBackend, recipe: &Recipe) -> Result<Zygote, Error> {
         let p = backend.prepared()?;
         let mut limits = recipe.limits;
-        limits.processes = limits.processes.max(ZYGOTE_PROCESSES);
+        limits.processes = limits.processes.max(zygote_processes());
         limits.memory_bytes = limits.memory_bytes.saturating_add(ZYGOTE_MEMORY_HEADROOM);
         let mut spec = SandboxSpec::new(limits);
         spec.id = airlock_core::new_id("zyg");
@@ -276,7 +334,7 @@ impl Zygote {
             return Err(failed(&mut process, e.to_string()));
         }
         let mut buf = vec![0u8; 1 << 16];
-        let ready = match recv_msg(&l.channel, READY_TIMEOUT, &mut buf) {
+        let ready = match recv_msg(&l.channel, Some(READY_TIMEOUT), &mut buf) {
             Ok(Some(r)) => serde_json::from_slice::<serde_json::Value>(&buf[..r.len]).unwrap_or_default(),
             Ok(None) => return Err(failed(&mut process, "it exited while importing its modules".into())),
             Err(e) => {
@@ -309,17 +367,17 @@ impl Zygote {
             imported,
             ids: l.ids,
             host_pid,
-            process: Mutex::new(process),
         });
-        let reader = {
-            let inner = inner.clone();
-            std::thread::Builder::new()
-                .name("airlock-zygote".into())
-                .spawn(move || inner.read_loop())
-                .map_err(|e| Error::host(format!("cannot start the zygote's reader thread: {e}")))?
-        };
+        let process = Arc::new(Process(Mutex::new(process)));
+        // The reader runs as long as the zygote does (it holds no reference to the
+        // process, so the zygote goes when its last holder does, and then it ends).
+        let reader = inner.clone();
+        std::thread::Builder::new()
+            .name("airlock-zygote".into())
+            .spawn(move || reader.read_loop())
+            .map_err(|e| Error::host(format!("cannot start the zygote's reader thread: {e}")))?;
         tracing::info!(template = %recipe.name, pid = host_pid, "zygote ready");
-        Ok(Zygote { inner, reader: Mutex::new(Some(reader)) })
+        Ok(Zygote { inner, process })
     }
 
     /// The zygote's pid on the host.
@@ -329,26 +387,14 @@ impl Zygote {
 
     /// Forks a new sandbox.
     pub fn fork(&self, spec: &SandboxSpec) -> Result<JailSandbox, Error> {
-        self.inner.fork(spec)
+        self.inner.fork(spec, &self.process)
     }
 
-    /// Kills the zygote (its children die with it: it is their PID namespace's init).
+    /// Kills the zygote now (its children die with it: it is their PID namespace's
+    /// init), whoever else holds it.
     pub fn kill(&self) {
         self.inner.alive.store(false, Ordering::SeqCst);
-        if let Some((mut sup, mut cg)) = lock(&self.inner.process).take() {
-            sup.kill();
-            let _ = sup.wait(Duration::from_secs(5));
-            let _ = cg.release();
-        }
-        if let Some(h) = lock(&self.reader).take() {
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for Zygote {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 }
 
@@ -357,11 +403,9 @@ impl Inner {
     fn read_loop(&self) {
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            let r = match recv_msg(&self.ctl, Duration::from_secs(3600), &mut buf) {
+            let r = match recv_msg(&self.ctl, None, &mut buf) {
                 Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err(e) if e.to_string() == "timed out" => continue,
-                Err(_) => break,
+                Ok(None) | Err(_) => break,
             };
             let v: serde_json::Value = serde_json::from_slice(&buf[..r.len]).unwrap_or_default();
             match v["type"].as_str() {
@@ -389,7 +433,7 @@ impl Inner {
         tracing::info!(template = %self.recipe.name, "zygote gone");
     }
 
-    fn fork(&self, spec: &SandboxSpec) -> Result<JailSandbox, Error> {
+    fn fork(&self, spec: &SandboxSpec, process: &Arc<Process>) -> Result<JailSandbox, Error> {
         let t0 = Instant::now();
         if spec.network != NetworkPolicy::None {
             return Err(Error::invalid(
@@ -410,11 +454,22 @@ impl Inner {
         let memory_cgroup = p.cgroups.as_ref().is_some_and(|d| d.enforced().memory);
         let rlimits: Vec<[u64; 2]> =
             rlimit::for_limits(&limits, memory_cgroup).iter().map(|r| [u64::from(r.resource), r.value]).collect();
+        // The environment goes to the child alone, with its go-ahead: never through the
+        // zygote, whose freed memory every later sibling would inherit.
         let env: serde_json::Map<String, serde_json::Value> =
             guest_env(airlock_core::paths::WORKSPACE_MOUNT, "/tmp", Some(mount::MPL_CONFIG_DIR), &spec.env)
                 .into_iter()
                 .map(|(k, v)| (k, serde_json::Value::String(v)))
                 .collect();
+        let mut go = b"G".to_vec();
+        go.extend_from_slice(serde_json::Value::Object(env).to_string().as_bytes());
+        if go.len() > MAX_ENV_BYTES {
+            return Err(Error::invalid(format!(
+                "the environment is {} KiB; a sandbox takes at most {} KiB of environment variables",
+                go.len() >> 10,
+                MAX_ENV_BYTES >> 10
+            )));
+        }
         // The cgroup is made while the zygote forks; only the move waits for the child.
         let cgroup = p.new_cgroup(&spec.id, &limits)?;
         let t_mk = t0.elapsed();
@@ -422,7 +477,6 @@ impl Inner {
         let req = json!({
             "type": "spawn",
             "id": id,
-            "env": env,
             "rlimits": rlimits,
             "tmp_options": mount::tmpfs_options(limits.file_bytes, 0o1777),
             "workspace_options": mount::tmpfs_options(limits.file_bytes, 0o755),
@@ -451,30 +505,10 @@ impl Inner {
             }
         };
         let t_fork = t0.elapsed();
-        // The child's own report: its workspace, with its host pid in the credentials.
-        let mut buf = [0u8; 4096];
-        let first = recv_msg(&setup, FORK_TIMEOUT, &mut buf)
-            .map_err(|e| Error::host(format!("the new sandbox did not report ({e})")))?;
-        let (ws, host_pid) = match first {
-            Some(mut r) if r.len == 1 && buf[0] == b'W' && r.fds.len() == 1 && r.pid.is_some() => {
-                (r.fds.remove(0), r.pid.unwrap_or(0))
-            }
-            Some(r) if r.len > 0 && buf[0] == b'E' => {
-                return Err(Error::host(format!(
-                    "the zygote's child failed its setup: {}",
-                    String::from_utf8_lossy(&buf[1..r.len])
-                )));
-            }
-            _ => return Err(Error::host("the zygote's child ended before its setup was done")),
-        };
+        // From here on, a failure drops `setup`, which makes the child exit; its exit
+        // report is not kept.
+        let (ws, host_pid, pidfd) = self.await_report(&setup, zpid).inspect_err(|_| self.board.forget(id))?;
         let t_report = t0.elapsed();
-        // The pid from the credentials must be the child the zygote forked.
-        if zygote_ns_pid(host_pid) != Some(zpid) {
-            return Err(Error::host(format!(
-                "the zygote's child reported host pid {host_pid}, which is not its fork {zpid}"
-            )));
-        }
-        let pidfd = spawn::pidfd_open(host_pid)?;
         let discard = |pidfd: &OwnedFd| {
             spawn::pidfd_signal(pidfd, libc::SIGKILL);
             self.board.forget(id);
@@ -484,12 +518,13 @@ impl Inner {
             return Err(e);
         }
         let t_cgroup = t0.elapsed();
-        if let Err(e) = nix::sys::socket::send(setup.as_raw_fd(), b"G", MsgFlags::MSG_NOSIGNAL) {
+        if let Err(e) = send_msg(&setup, &go, &[]) {
             discard(&pidfd);
-            return Err(Error::host(format!("the new sandbox died before its confinement ({})", e.desc())));
+            return Err(Error::host(format!("the new sandbox died before its confinement ({e})")));
         }
         // End of file: confined and running the driver; `E`: a step failed.
-        match recv_msg(&setup, FORK_TIMEOUT, &mut buf) {
+        let mut buf = [0u8; 4096];
+        match recv_msg(&setup, Some(FORK_TIMEOUT), &mut buf) {
             Ok(None) => {}
             Ok(Some(r)) if r.len > 0 && buf[0] == b'E' => {
                 discard(&pidfd);
@@ -542,7 +577,37 @@ impl Inner {
             file_bytes: limits.file_bytes,
             fs_ids: (!self.ids.rootless).then_some((self.ids.host_uid, self.ids.host_gid)),
             cgroup,
+            _keepalive: Some(process.clone()),
         })
+    }
+
+    /// The child's first report on its setup socket: its workspace, with its host pid
+    /// in the credentials. The pid is pinned with a pidfd, then checked to be the
+    /// zygote's fork `zpid`.
+    fn await_report(&self, setup: &OwnedFd, zpid: i32) -> Result<(OwnedFd, i32, OwnedFd), Error> {
+        let mut buf = [0u8; 4096];
+        let first = recv_msg(setup, Some(FORK_TIMEOUT), &mut buf)
+            .map_err(|e| Error::host(format!("the new sandbox did not report ({e})")))?;
+        let (ws, host_pid) = match first {
+            Some(mut r) if r.len == 1 && buf[0] == b'W' && r.fds.len() == 1 && r.pid.is_some() => {
+                (r.fds.remove(0), r.pid.unwrap_or(0))
+            }
+            Some(r) if r.len > 0 && buf[0] == b'E' => {
+                return Err(Error::host(format!(
+                    "the zygote's child failed its setup: {}",
+                    String::from_utf8_lossy(&buf[1..r.len])
+                )));
+            }
+            _ => return Err(Error::host("the zygote's child ended before its setup was done")),
+        };
+        let pidfd = spawn::pidfd_open(host_pid)?;
+        if zygote_ns_pid(host_pid) != Some(zpid) {
+            spawn::pidfd_signal(&pidfd, libc::SIGKILL);
+            return Err(Error::host(format!(
+                "the zygote's child reported host pid {host_pid}, which is not its fork {zpid}"
+            )));
+        }
+        Ok((ws, host_pid, pidfd))
     }
 }
 
@@ -559,10 +624,7 @@ impl Factory for Zygote {
         if !self.inner.alive.load(Ordering::SeqCst) {
             return false;
         }
-        match lock(&self.inner.process).as_mut() {
-            Some((sup, _)) => sup.try_wait().is_none(),
-            None => false,
-        }
+        self.process.is_alive()
     }
 
     fn describe(&self) -> String {

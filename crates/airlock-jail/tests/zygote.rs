@@ -113,6 +113,16 @@ fn facts(sb: &mut dyn Sandbox) -> std::collections::BTreeMap<String, String> {
 fn a_forked_sandbox_is_confined_like_a_cold_one() {
     let Some(z) = zygote() else { return };
     let mut sb = fork(&z);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", z.host_pid())).unwrap();
+    let nproc = limits.lines().find(|l| l.starts_with("Max processes")).unwrap().to_string();
+    let ours = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let ours =
+        ours.lines().find(|l| l.starts_with("Max processes")).unwrap().split_whitespace().nth(3).unwrap().to_string();
+    let theirs = nproc.split_whitespace().nth(2).unwrap();
+    assert!(
+        theirs == ours || theirs == "unlimited" || theirs.parse::<u64>().is_ok_and(|n| n >= 4_000_000),
+        "siblings share the zygote's RLIMIT_NPROC at its level, so it stays as high as airlock's ({ours}): {nproc}"
+    );
     let f = facts(sb.as_mut());
     assert_eq!(f["pid"], "1", "PID 1 of its own PID namespace");
     assert_eq!(f["uid"], "0");
@@ -269,4 +279,64 @@ fn a_host_network_sandbox_is_refused() {
     spec.network = airlock_core::NetworkPolicy::Host;
     let e = z.fork(&spec).err().expect("refused");
     assert!(e.to_string().contains("network"), "{e}");
+}
+
+#[test]
+fn a_forked_sandbox_keeps_its_zygote_alive() {
+    let Some(b) = backend() else { return };
+    let z = Zygote::start(b, &recipe(&[])).expect("zygote");
+    let zpid = z.host_pid();
+    let mut child = fork(&z);
+    drop(z);
+    assert_eq!(cell(child.as_mut(), "print('still here')").stdout, "still here\n");
+    assert!(std::path::Path::new(&format!("/proc/{zpid}")).exists(), "the zygote lives while its child does");
+    child.destroy().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{zpid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(std::time::Instant::now() < deadline, "the zygote outlived its last child");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads every writable private mapping of `pid` (as root) and says whether `needle`
+/// occurs in it.
+fn memory_contains(pid: i32, needle: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (range, perms) = (f.next().unwrap(), f.next().unwrap());
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+        let mut buf = vec![0u8; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        if buf.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_sandboxs_environment_never_passes_through_the_zygote() {
+    let Some(b) = backend() else { return };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: reading the zygote's memory needs root");
+        return;
+    }
+    let z = Zygote::start(b, &recipe(&[])).expect("zygote");
+    let token = format!("airlock-secret-{}-{}", std::process::id(), airlock_core::new_id("t"));
+    let mut spec = SandboxSpec::new(Limits::default());
+    spec.env.insert("API_TOKEN".into(), token.clone());
+    let mut sb: Box<dyn Sandbox> = Box::new(z.fork(&spec).expect("fork"));
+    assert_eq!(cell(sb.as_mut(), "import os\nprint(os.environ['API_TOKEN'])").stdout, format!("{token}\n"));
+    // Later siblings are forked from the zygote's memory: the token must not be in it.
+    assert!(!memory_contains(z.host_pid(), token.as_bytes()), "the environment reached the zygote's memory");
+    sb.destroy().unwrap();
 }
