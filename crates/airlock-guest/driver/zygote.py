@@ -124,11 +124,9 @@ def _prctl(option, arg, what):
 # -- the child's containment, in order --
 
 
-def _own_namespaces(cfg):
+def _own_namespaces():
     """C1: new namespaces; root of the new user namespace maps to the zygote's root."""
-    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
-    if cfg["own_network"]:
-        flags |= CLONE_NEWNET
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET
     _check(_libc.unshare(flags), "unshare the user, mount, PID, IPC, UTS and network namespaces")
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", "0 0 1")
@@ -251,8 +249,7 @@ def _child(cfg, req, fds, driver, mpl):
     try:
         _own_file_systems(req, mpl)
         socket.sethostname(cfg["hostname"])
-        if cfg["own_network"]:
-            _loopback_up()
+        _loopback_up()
         _descriptors(chan, out, err, setup)
         os.setsid()
         os.chdir("/workspace")
@@ -320,7 +317,7 @@ def _spawn(cfg, req, fds, driver, mpl):
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             try:
-                _own_namespaces(cfg)
+                _own_namespaces()
                 c2 = os.fork()
             except BaseException as e:  # noqa: BLE001
                 os.write(w, b"E" + str(e).encode("utf-8", "replace")[:4000])

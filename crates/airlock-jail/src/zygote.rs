@@ -327,7 +327,6 @@ impl Zygote {
             "last_cap": p.last_cap,
             "securebits": caps::SECUREBITS,
             "hostname": crate::contain::HOSTNAME,
-            "own_network": true,
             "mpl": mpl,
         });
         if let Err(e) = send_json(&l.channel, &cfg, &[]) {

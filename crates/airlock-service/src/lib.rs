@@ -89,13 +89,7 @@ impl Registry {
         let jail = airlock_jail::JailConfig { python: config.python.clone(), ..config.jail.clone() };
         backends.insert(BackendKind::Jail, Arc::new(airlock_jail::JailBackend::new(jail)));
         backends.insert(BackendKind::Wasm, Arc::new(airlock_wasm::WasmBackend::new(config.data_dir.clone())));
-        Registry {
-            config,
-            backends,
-            probes: Mutex::new(BTreeMap::new()),
-            pool: OnceLock::new(),
-            destroying: Arc::default(),
-        }
+        Registry::with_backends(config, backends.into_values().collect())
     }
 
     /// A registry with exactly these backends (tests, embedding).
