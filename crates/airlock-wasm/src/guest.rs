@@ -491,6 +491,27 @@ fn memory_of(caller: &mut Caller<'_, GuestState>) -> Option<Memory> {
     }
 }
 
+/// Before a write to `fd` (`fd_write`, `fd_pwrite`): whether the file counts against
+/// the file-size cap and, if so, that the iovecs' total fits it. `Err`: the errno to
+/// refuse the write with.
+fn admit_write(caller: &mut Caller<'_, GuestState>, fd: i32, iovs: i32, n: i32) -> Result<bool, i32> {
+    if !caller.data().files.open.contains(&(fd as u32)) {
+        return Ok(false);
+    }
+    let mem = memory_of(caller).ok_or(ERRNO_FAULT)?;
+    let want = iovec_total(mem.data(&*caller), iovs, n).ok_or(ERRNO_FAULT)?;
+    if !caller.data_mut().files.admit(want) {
+        return Err(ERRNO_FBIG);
+    }
+    Ok(true)
+}
+
+/// After a counted write succeeded: adds the bytes it wrote (read from `nwritten`).
+fn count_written(caller: &mut Caller<'_, GuestState>, nwritten: i32) {
+    let done = memory_of(caller).and_then(|m| read_u32(m.data(&*caller), nwritten as u32 as usize)).unwrap_or(0);
+    caller.data_mut().files.written_since_bytes += u64::from(done);
+}
+
 fn read_u32(mem: &[u8], at: usize) -> Option<u32> {
     let b = mem.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -697,20 +718,13 @@ impl Linkers {
             "fd_write",
             |mut caller: Caller<'_, GuestState>, fd: i32, iovs: i32, n: i32, nwritten: i32| -> wasmtime::Result<i32> {
                 let f = originals(&caller)?;
-                let counted = caller.data().files.open.contains(&(fd as u32));
-                if counted {
-                    let Some(mem) = memory_of(&mut caller) else { return Ok(ERRNO_FAULT) };
-                    let Some(want) = iovec_total(mem.data(&caller), iovs, n) else { return Ok(ERRNO_FAULT) };
-                    if !caller.data_mut().files.admit(want) {
-                        return Ok(ERRNO_FBIG);
-                    }
-                }
+                let counted = match admit_write(&mut caller, fd, iovs, n) {
+                    Ok(c) => c,
+                    Err(errno) => return Ok(errno),
+                };
                 let r = f.fd_write.call(&mut caller, (fd, iovs, n, nwritten))?;
                 if counted && r == ERRNO_SUCCESS {
-                    let done = memory_of(&mut caller)
-                        .and_then(|m| read_u32(m.data(&caller), nwritten as u32 as usize))
-                        .unwrap_or(0);
-                    caller.data_mut().files.written_since_bytes += u64::from(done);
+                    count_written(&mut caller, nwritten);
                 }
                 Ok(r)
             },
@@ -727,20 +741,13 @@ impl Linkers {
              nwritten: i32|
              -> wasmtime::Result<i32> {
                 let f = originals(&caller)?;
-                let counted = caller.data().files.open.contains(&(fd as u32));
-                if counted {
-                    let Some(mem) = memory_of(&mut caller) else { return Ok(ERRNO_FAULT) };
-                    let Some(want) = iovec_total(mem.data(&caller), iovs, n) else { return Ok(ERRNO_FAULT) };
-                    if !caller.data_mut().files.admit(want) {
-                        return Ok(ERRNO_FBIG);
-                    }
-                }
+                let counted = match admit_write(&mut caller, fd, iovs, n) {
+                    Ok(c) => c,
+                    Err(errno) => return Ok(errno),
+                };
                 let r = f.fd_pwrite.call(&mut caller, (fd, iovs, n, offset, nwritten))?;
                 if counted && r == ERRNO_SUCCESS {
-                    let done = memory_of(&mut caller)
-                        .and_then(|m| read_u32(m.data(&caller), nwritten as u32 as usize))
-                        .unwrap_or(0);
-                    caller.data_mut().files.written_since_bytes += u64::from(done);
+                    count_written(&mut caller, nwritten);
                 }
                 Ok(r)
             },
