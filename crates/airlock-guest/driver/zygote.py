@@ -6,17 +6,20 @@
 # frame; the zygote imports the modules and answers `ready` (or `failed`). Then each
 # `spawn` frame carries four descriptors (channel, stdout, stderr, setup socket):
 #
-#   zygote --fork--> C1: unshare(user, mount, PID, IPC, UTS[, net]); uid/gid maps
-#          C1 --fork--> C2: PID 1 of the new PID namespace; C1 exits (C2 is reparented
-#          to the zygote, the init of the zygote's own PID namespace, which reaps it
-#          and reports its exit as an `exit` frame)
+#   zygote: setns(its own PID namespace) + unshare(PID): its next child is PID 1 of a
+#           new PID namespace
+#   zygote --fork--> child: PID 1 there; one fork per sandbox, whose exit the zygote
+#           reaps and reports as an `exit` frame
 #
-# C2 builds its own /proc, /tmp and /workspace, sets rlimits, descriptors and session,
+# The child makes a mount namespace, mounts its own /proc, /tmp and /workspace, then
+# unshares the user, IPC, UTS and network namespaces and maps its root to the
+# zygote's (its mount namespace stays owned by the zygote's user namespace, so the
+# sandbox can never mount or unmount anything). It sets descriptors and session,
 # passes its workspace descriptor to the host over the setup socket (the host reads
-# C2's host pid from the socket's credentials and moves C2 into a new cgroup), waits
-# for the host's go-ahead, then drops every capability, sets no_new_privs, applies
-# Landlock and the seccomp filters -- the same sequence as a cold jail sandbox -- and
-# only then runs the guest driver, which reads the first cell.
+# its host pid from the socket's credentials and moves it into a new cgroup), sets
+# rlimits, waits for the host's go-ahead, then drops every capability, sets
+# no_new_privs, applies Landlock and the seccomp filters -- the same sequence as a cold
+# jail sandbox -- and only then runs the guest driver, which reads the first cell.
 
 import ctypes
 import gc
@@ -27,7 +30,6 @@ import signal
 import socket
 import struct
 import sys
-import time
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -66,6 +68,7 @@ IFF_UP = 0x1
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _libc.syscall.restype = ctypes.c_long
 
@@ -124,17 +127,29 @@ def _prctl(option, arg, what):
 # -- the child's containment, in order --
 
 
+def _next_child_in_new_pid_namespace(own_pid_ns):
+    """The zygote: its next child is PID 1 of a new PID namespace. A process may
+    create a PID namespace for its children only while they would go to its own, so
+    it first points its children back there."""
+    _check(_libc.setns(own_pid_ns, CLONE_NEWPID), "return to the zygote's PID namespace")
+    _check(_libc.unshare(CLONE_NEWPID), "unshare the PID namespace")
+
+
 def _own_namespaces():
-    """C1: new namespaces; root of the new user namespace maps to the zygote's root."""
-    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET
-    _check(_libc.unshare(flags), "unshare the user, mount, PID, IPC, UTS and network namespaces")
+    """The child, after its mounts: new user, IPC, UTS and network namespaces; root of
+    the new user namespace maps to the zygote's root."""
+    flags = CLONE_NEWUSER | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET
+    _check(_libc.unshare(flags), "unshare the user, IPC, UTS and network namespaces")
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", "0 0 1")
     _write("/proc/self/gid_map", "0 0 1")
 
 
 def _own_file_systems(req, mpl):
-    """C2: a fresh /proc for its PID namespace, its own /tmp and /workspace."""
+    """The child: a mount namespace with a fresh /proc for its PID namespace, its own
+    /tmp and /workspace (made while the child still has the zygote's capabilities:
+    its PID namespace belongs to the zygote's user namespace)."""
+    _check(_libc.unshare(CLONE_NEWNS), "unshare the mount namespace")
     _mount(None, "/", None, MS_REC | MS_PRIVATE, None, "make every mount private")
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
     _mount("proc", "/proc", "proc", flags, None, "mount a new /proc")
@@ -219,11 +234,21 @@ def _landlock(policy):
         os.close(rs)
 
 
-def _seccomp(programs):
-    for prog in programs:
+def _seccomp_programs(hex_programs):
+    """The zygote, once: each filter as a ready `sock_fprog` (with the buffer it points
+    to, kept alive beside it), so a child only passes its address to the kernel."""
+    programs = []
+    for h in hex_programs:
+        prog = bytes.fromhex(h)
         buf = ctypes.create_string_buffer(prog, len(prog))
         fprog = _SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
-        _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "install the seccomp filters")
+        programs.append((ctypes.addressof(fprog), fprog, buf))
+    return programs
+
+
+def _seccomp(programs):
+    for address, _, _ in programs:
+        _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, address, 0, 0), "install the seccomp filters")
 
 
 def _send_failure(setup, what):
@@ -244,10 +269,13 @@ def _reseed(driver):
 
 
 def _child(cfg, req, fds, driver, mpl):
-    """C2, PID 1 of its own namespaces. Never returns."""
+    """PID 1 of its own namespaces. Never returns."""
     chan, out, err, setup = fds
     try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _own_file_systems(req, mpl)
+        _own_namespaces()
         socket.sethostname(cfg["hostname"])
         _loopback_up()
         _descriptors(chan, out, err, setup)
@@ -295,43 +323,24 @@ def _child(cfg, req, fds, driver, mpl):
     os._exit(code or 0)
 
 
-def _spawn(cfg, req, fds, driver, mpl):
-    """Forks C1, which makes C2 and writes C2's pid (`P<pid>`, or `E<why>`) to the
-    pipe whose read end is returned with C1's pid. The zygote does not wait: it serves
-    the next request while C1 and C2 set up."""
+def _spawn(cfg, req, fds, driver, mpl, own_pid_ns):
+    """Forks the sandbox, PID 1 of a new PID namespace, and returns its pid. The
+    zygote does not wait: it serves the next request while the child sets up."""
     try:
-        r, w = os.pipe2(os.O_CLOEXEC)
-    except OSError:
-        for fd in fds:
-            os.close(fd)
-        raise
-    try:
+        _next_child_in_new_pid_namespace(own_pid_ns)
         pid = os.fork()
-    except OSError:
-        for fd in list(fds) + [r, w]:
+    except (OSError, StepFailed):
+        for fd in fds:
             os.close(fd)
         raise
     if pid == 0:
         try:
-            os.close(r)
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            try:
-                _own_namespaces()
-                c2 = os.fork()
-            except BaseException as e:  # noqa: BLE001
-                os.write(w, b"E" + str(e).encode("utf-8", "replace")[:4000])
-                os._exit(0)
-            if c2 == 0:
-                os.close(w)
-                _child(cfg, req, fds, driver, mpl)
-            os.write(w, b"P%d" % c2)
+            _child(cfg, req, fds, driver, mpl)
         finally:
-            os._exit(0)
-    os.close(w)
+            os._exit(126)
     for fd in fds:
         os.close(fd)
-    return r, pid
+    return pid
 
 
 def _send(ctl, obj):
@@ -361,7 +370,7 @@ def _threads():
 def main(driver_source):
     ctl = socket.socket(fileno=3)
     cfg = json.loads(ctl.recv(1 << 20))
-    cfg["seccomp"] = [bytes.fromhex(p) for p in cfg["seccomp"]]
+    cfg["seccomp"] = _seccomp_programs(cfg["seccomp"])
     # The driver's code, loaded once as a module namespace (not as __main__).
     driver = {"__name__": "__airlock_driver__", "__builtins__": __builtins__}
     exec(compile(driver_source, "<airlock-driver>", "exec"), driver)
@@ -396,13 +405,11 @@ def main(driver_source):
     gc.freeze()
     _send(ctl, {"type": "ready", "imported": imported, "missing": missing, "pid": os.getpid()})
 
+    own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    forking = {}  # C1's pipe -> the request id
-    intermediates = set()  # C1 pids: reaped silently
-    children = {}  # C2 pid -> the request id: its exit is reported under the id
-    early = {}  # exits of C2s reaped before C1's pipe named them
+    children = {}  # pid -> the request id: its exit is reported under the id
     while True:
         while True:
             try:
@@ -411,17 +418,12 @@ def main(driver_source):
                 break
             if pid == 0:
                 break
-            if pid in intermediates:
-                intermediates.discard(pid)
-                continue
-            exit_msg = {"type": "exit", "status": status, "cpu_ms": int((ru.ru_utime + ru.ru_stime) * 1000), "maxrss_kb": ru.ru_maxrss}
-            if pid in children:
-                exit_msg["id"] = children.pop(pid)
-                _send(ctl, exit_msg)
-            else:
-                early[pid] = (exit_msg, time.monotonic())
+            rid = children.pop(pid, None)
+            if rid is not None:
+                cpu_ms = int((ru.ru_utime + ru.ru_stime) * 1000)
+                _send(ctl, {"type": "exit", "id": rid, "status": status, "cpu_ms": cpu_ms, "maxrss_kb": ru.ru_maxrss})
         try:
-            ready, _, _ = select.select([ctl, wake_r] + list(forking), [], [])
+            ready, _, _ = select.select([ctl, wake_r], [], [])
         except InterruptedError:
             continue
         if wake_r in ready:
@@ -429,26 +431,6 @@ def main(driver_source):
                 os.read(wake_r, 4096)
             except BlockingIOError:
                 pass
-        for r in ready:
-            if r not in forking:
-                continue
-            rid, forked_at = forking.pop(r)
-            data = os.read(r, 4096)
-            os.close(r)
-            if data[:1] == b"P":
-                pid = int(data[1:])
-                _send(ctl, {"type": "spawned", "id": rid, "pid": pid})
-                exit_msg, reaped_at = early.pop(pid, (None, 0.0))
-                # An exit reaped before this fork belongs to an orphan that had the
-                # same pid (its C1 died before naming it), not to this child.
-                if exit_msg is not None and reaped_at >= forked_at:
-                    exit_msg["id"] = rid
-                    _send(ctl, exit_msg)
-                else:
-                    children[pid] = rid
-            else:
-                why = (data[1:] or b"the intermediate process died").decode("utf-8", "replace")
-                _send(ctl, {"type": "spawned", "id": rid, "error": why})
         if ctl not in ready:
             continue
         msg, fds, flags, _ = socket.recv_fds(ctl, 1 << 16, 8)
@@ -467,12 +449,13 @@ def main(driver_source):
             _send(ctl, {"type": "spawned", "id": rid, "error": str(e)})
             continue
         try:
-            r, c1 = _spawn(cfg, req, fds, driver, mpl)
-        except OSError as e:
+            pid = _spawn(cfg, req, fds, driver, mpl, own_pid_ns)
+        except (OSError, StepFailed) as e:
             _send(ctl, {"type": "spawned", "id": req["id"], "error": "fork failed: %s" % e})
             continue
-        forking[r] = (req["id"], time.monotonic())
-        intermediates.add(c1)
+        # Recorded before the next wait4, so its exit always finds its request.
+        children[pid] = req["id"]
+        _send(ctl, {"type": "spawned", "id": req["id"], "pid": pid})
 
 
 sys.exit(main(sys.argv[2]))

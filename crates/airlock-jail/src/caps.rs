@@ -28,8 +28,18 @@ pub fn last_cap() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(63)
 }
 
-/// `CAP_SETFCAP`, the one capability a zygote keeps (see `contain::Setup::keep_caps`).
+/// `CAP_SETFCAP`: since Linux 5.12 the kernel lets a process map a new user
+/// namespace's root to its parent's root only with it.
 pub const CAP_SETFCAP: u64 = 1 << 31;
+
+/// `CAP_SYS_ADMIN`: needed to create a PID namespace, and to mount a `/proc` for it.
+pub const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+/// What a zygote keeps, in its own user namespace only, so that it can make each
+/// child PID 1 of a new PID namespace (`CAP_SYS_ADMIN`) and the child can mount that
+/// namespace's `/proc` and map its new user namespace's root (`CAP_SETFCAP`). Its
+/// children drop both, with everything else, before any user code runs.
+pub const ZYGOTE_CAPS: u64 = CAP_SETFCAP | CAP_SYS_ADMIN;
 
 /// Drops every capability but those in `keep` from the bounding set (a zygote's). uid 0
 /// keeps exactly `keep` through its `execve` (no `SECBIT_NOROOT`; the permitted set is

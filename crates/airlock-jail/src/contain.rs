@@ -78,7 +78,7 @@ pub enum Step {
         /// `/proc/sys/kernel/cap_last_cap`.
         last_cap: u32,
         /// Capabilities kept in the bounding set, regained by uid 0 at `execve`
-        /// (0 for every sandbox; `CAP_SETFCAP` for a zygote, see [`Setup::keep_caps`]).
+        /// (0 for every sandbox; `caps::ZYGOTE_CAPS` for a zygote, see [`Setup::keep_caps`]).
         keep: u64,
     },
     /// `PR_SET_NO_NEW_PRIVS`.
@@ -158,9 +158,9 @@ pub struct Setup {
     /// children's mounts and the filter their namespaces; each child applies both
     /// itself before any user code runs.
     pub confine: bool,
-    /// Capabilities a zygote keeps (0 for sandboxes): `CAP_SETFCAP`, without which
-    /// the kernel refuses to let its children map their root to the zygote's root
-    /// (Linux 5.12+). It is a capability in the zygote's own user namespace only.
+    /// Capabilities a zygote keeps (0 for sandboxes): `caps::ZYGOTE_CAPS`, which its
+    /// children need to make their own namespaces. They are capabilities in the
+    /// zygote's own user namespace only.
     pub keep_caps: u64,
     /// The interpreter.
     pub exec: ExecImage,
@@ -353,10 +353,10 @@ mod tests {
     }
 
     /// A zygote's plan is a sandbox's without Landlock and seccomp, keeping only
-    /// `CAP_SETFCAP` in its bounding set (see `zygote.rs`).
+    /// `CAP_SETFCAP` and `CAP_SYS_ADMIN` in its bounding set (see `zygote.rs`).
     #[test]
     fn a_zygote_plan_differs_only_where_its_children_need_it() {
-        let p = plan(Setup { confine: false, keep_caps: crate::caps::CAP_SETFCAP, ..setup() });
+        let p = plan(Setup { confine: false, keep_caps: crate::caps::ZYGOTE_CAPS, ..setup() });
         let mut r = Recorder::default();
         run(&p, &mut r, &Ctx { sync_fd: 20 });
         let c = r.calls;
@@ -364,7 +364,8 @@ mod tests {
         assert!(c.iter().any(|l| l.starts_with("prctl 38 1")), "no_new_privs is still set");
         let dropped: Vec<&String> = c.iter().filter(|l| l.starts_with("prctl 24 ")).collect();
         assert!(!dropped.iter().any(|l| *l == "prctl 24 31 0"), "CAP_SETFCAP stays in the bounding set");
-        assert!(dropped.iter().any(|l| *l == "prctl 24 21 0"), "CAP_SYS_ADMIN is dropped");
+        assert!(!dropped.iter().any(|l| *l == "prctl 24 21 0"), "CAP_SYS_ADMIN stays in the bounding set");
+        assert!(dropped.iter().any(|l| *l == "prctl 24 12 0"), "CAP_NET_ADMIN is dropped");
         assert!(!c.iter().any(|l| l.starts_with("capset")), "the permitted set is left for execve to cut");
         assert!(c.last().unwrap().starts_with("execve"));
     }

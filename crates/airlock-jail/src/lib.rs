@@ -408,7 +408,7 @@ impl JailBackend {
             landlock: p.landlock.clone(),
             seccomp: p.seccomp,
             confine: role == Role::Driver,
-            keep_caps: if role == Role::Zygote { caps::CAP_SETFCAP } else { 0 },
+            keep_caps: if role == Role::Zygote { caps::ZYGOTE_CAPS } else { 0 },
             exec,
         });
         let flags = libc::CLONE_NEWUSER

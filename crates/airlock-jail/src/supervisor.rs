@@ -182,7 +182,7 @@ impl Drop for JailSupervisor {
 }
 
 /// Exits of a zygote's children, as the zygote reports them (it reaps them: they are
-/// its children once their intermediate parent is gone, not airlock's).
+/// its children, not airlock's).
 #[derive(Debug, Default)]
 pub struct ExitBoard {
     state: Mutex<BoardState>,

@@ -148,6 +148,29 @@ fn a_forked_sandbox_is_confined_like_a_cold_one() {
     sb.destroy().unwrap();
 }
 
+/// The namespaces a sandbox reports, `kind -> id` (`net:[4026532...]`).
+fn namespaces(sb: &mut dyn Sandbox) -> std::collections::BTreeMap<String, String> {
+    let code = "import os\nfor k in ('user','mnt','pid','net','ipc','uts','cgroup'): print(k, os.readlink('/proc/self/ns/' + k))";
+    let o = cell(sb, code);
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    o.stdout.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn every_forked_sandbox_has_namespaces_of_its_own() {
+    let Some(z) = zygote() else { return };
+    let (mut a, mut b) = (fork(&z), fork(&z));
+    let (na, nb) = (namespaces(a.as_mut()), namespaces(b.as_mut()));
+    assert_eq!(na.len(), 7, "{na:?}");
+    for (kind, id) in &na {
+        let zygote = std::fs::read_link(format!("/proc/{}/ns/{kind}", z.host_pid())).unwrap();
+        assert_ne!(id, &zygote.to_string_lossy(), "{kind}: not the zygote's");
+        assert_ne!(Some(id), nb.get(kind), "{kind}: not a sibling's");
+    }
+    a.destroy().unwrap();
+    b.destroy().unwrap();
+}
+
 #[test]
 fn seccomp_and_landlock_hold_in_a_forked_sandbox() {
     let Some(z) = zygote() else { return };
