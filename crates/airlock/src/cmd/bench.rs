@@ -331,6 +331,20 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
                 }),
                 Err(e) => skipped.push(format!("{}/baseline/burst: failed: {e:#}", w.name)),
             }
+            // What the kernel and a forking interpreter alone allow: the ceiling for the
+            // jail bursts below (lean-jail imports nothing; pool-jail imports pandas).
+            for (modules, label) in [(&[][..], "fork+namespaces"), (&["pandas"][..], "fork+namespaces pandas")] {
+                match super::bench_server::fork_floor(&python, a.burst, c, modules) {
+                    Ok(s) => rows.push(Row {
+                        workload: w.name.into(),
+                        target: "floor".into(),
+                        mode: format!("{label} x{c}"),
+                        ratio_to_baseline: Some(s.median_ms / base_median),
+                        stats: s,
+                    }),
+                    Err(e) => skipped.push(format!("{}/floor/{label}: skipped: {e:#}", w.name)),
+                }
+            }
         }
         if let Some(bwrap) = find_bwrap() {
             match measure(a.iterations, || bwrap_baseline(&bwrap, &python, w.code)) {
@@ -508,7 +522,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
     println!("ratio = median / median of the baseline (bare `python3 -c` of the same code) measured in this run");
     if a.server {
         println!(
-            "modes: cold/cell = in-process library calls; cli = `airlock run` as a new process; http-oneshot = POST /v1/execute; http-cell = POST /v1/sandboxes/{{id}}/execute in a live session (request to result, over loopback TCP); http-pool = POST /v1/execute taking a ready sandbox from the warm pool (template pool-<backend>, pre-imported; the bench waits, untimed, for one to be ready before each run; its runs/s is 1/mean latency); burst / http-burst = the same runs sent {} at a time for as long as they take, fresh sandbox each (runs/s is the sustained rate; http-burst-lean on a template that imports nothing)",
+            "modes: cold/cell = in-process library calls; cli = `airlock run` as a new process; http-oneshot = POST /v1/execute; http-cell = POST /v1/sandboxes/{{id}}/execute in a live session (request to result, over loopback TCP); http-pool = POST /v1/execute taking a ready sandbox from the warm pool (template pool-<backend>, pre-imported; the bench waits, untimed, for one to be ready before each run; its runs/s is 1/mean latency); burst / http-burst = the same runs sent {} at a time for as long as they take, fresh sandbox each (runs/s is the sustained rate; http-burst-lean on a template that imports nothing); floor fork+namespaces = a bare interpreter forking children into a zygote child's namespaces with its mounts, doing nothing else (no cgroup, Landlock, seccomp, program): the ceiling for http-burst-lean (and, with pandas imported, for http-burst)",
             a.concurrency
         );
     }
@@ -598,5 +612,19 @@ mod tests {
         assert!((s.throughput_per_s - 333.33).abs() < 0.1);
         let d: Vec<Duration> = [4, 1, 3, 2].iter().map(|&m| Duration::from_millis(m)).collect();
         assert_eq!(Stats::of(&d, Duration::from_millis(10)).median_ms, 2.5);
+    }
+
+    /// The floor row's program forks every child it is asked for, or says why not.
+    #[test]
+    fn the_fork_floor_counts_every_child() {
+        let python = airlock_guest::launch::default_python();
+        match super::super::bench_server::fork_floor(&python, 5, 2, &["json"]) {
+            Ok(s) => assert_eq!(s.n, 5, "{s:?}"),
+            Err(e) => {
+                let why = format!("{e:#}");
+                assert!(!why.is_empty() && !why.contains("Traceback"), "a clear reason, not a crash: {why}");
+                eprintln!("skipped: the floor cannot run here: {why}");
+            }
+        }
     }
 }

@@ -455,3 +455,30 @@ impl Drop for LocalServer {
         let _ = self.child.wait();
     }
 }
+
+/// The floor under a zygote's bursts (`fork_floor.py`): `total` children of an
+/// interpreter that imported `modules`, `concurrency` at a time, each forked into the
+/// namespaces a zygote's child makes and doing nothing else.
+pub fn fork_floor(
+    python: &std::path::Path,
+    total: usize,
+    concurrency: usize,
+    modules: &[&str],
+) -> anyhow::Result<Stats> {
+    let out = Command::new(python)
+        .args(["-c", include_str!("fork_floor.py"), &total.to_string(), &concurrency.to_string(), &modules.join(",")])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!("{} ({})", String::from_utf8_lossy(&out.stderr).trim(), out.status);
+    }
+    #[derive(serde::Deserialize)]
+    struct Floor {
+        samples_ms: Vec<f64>,
+        elapsed_s: f64,
+    }
+    let f: Floor = serde_json::from_slice(&out.stdout).context("reading the floor's result")?;
+    let samples: Vec<Duration> = f.samples_ms.iter().map(|ms| Duration::from_secs_f64(ms / 1000.0)).collect();
+    Ok(Stats::of(&samples, Duration::from_secs_f64(f.elapsed_s)))
+}
