@@ -321,29 +321,21 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
         let bursting = server.is_some() && a.burst > 0 && w.name == "print";
         if bursting {
             let c = a.concurrency;
-            match super::bench_server::concurrently(a.burst, c, || baseline(&python, w.code)) {
+            let mut add = |target: &str, label: &str, r: anyhow::Result<Stats>| match r {
                 Ok(s) => rows.push(Row {
                     workload: w.name.into(),
-                    target: "baseline".into(),
-                    mode: format!("burst x{c}"),
+                    target: target.into(),
+                    mode: format!("{label} x{c}"),
                     ratio_to_baseline: Some(s.median_ms / base_median),
                     stats: s,
                 }),
-                Err(e) => skipped.push(format!("{}/baseline/burst: failed: {e:#}", w.name)),
-            }
+                Err(e) => skipped.push(format!("{}/{target}/{label}: failed: {e:#}", w.name)),
+            };
+            add("baseline", "burst", super::bench_server::concurrently(a.burst, c, || baseline(&python, w.code)));
             // What the kernel and a forking interpreter alone allow: the ceiling for the
             // jail bursts below (lean-jail imports nothing; pool-jail imports pandas).
             for (modules, label) in [(&[][..], "fork+namespaces"), (&["pandas"][..], "fork+namespaces pandas")] {
-                match super::bench_server::fork_floor(&python, a.burst, c, modules) {
-                    Ok(s) => rows.push(Row {
-                        workload: w.name.into(),
-                        target: "floor".into(),
-                        mode: format!("{label} x{c}"),
-                        ratio_to_baseline: Some(s.median_ms / base_median),
-                        stats: s,
-                    }),
-                    Err(e) => skipped.push(format!("{}/floor/{label}: skipped: {e:#}", w.name)),
-                }
+                add("floor", label, super::bench_server::fork_floor(&python, a.burst, c, modules));
             }
         }
         if let Some(bwrap) = find_bwrap() {
