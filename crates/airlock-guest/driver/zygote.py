@@ -131,8 +131,14 @@ def _next_child_in_new_pid_namespace(own_pid_ns):
     """The zygote: its next child is PID 1 of a new PID namespace. A process may
     create a PID namespace for its children only while they would go to its own, so
     it first points its children back there."""
-    _check(_libc.setns(own_pid_ns, CLONE_NEWPID), "return to the zygote's PID namespace")
+    _children_in_own_pid_namespace(own_pid_ns)
     _check(_libc.unshare(CLONE_NEWPID), "unshare the PID namespace")
+
+
+def _children_in_own_pid_namespace(own_pid_ns):
+    """The zygote: its children go to its own PID namespace again (so nothing it might
+    fork later lands in a sandbox's)."""
+    _check(_libc.setns(own_pid_ns, CLONE_NEWPID), "return to the zygote's PID namespace")
 
 
 def _own_namespaces():
@@ -340,6 +346,7 @@ def _spawn(cfg, req, fds, driver, mpl, own_pid_ns):
             os._exit(126)
     for fd in fds:
         os.close(fd)
+    _children_in_own_pid_namespace(own_pid_ns)
     return pid
 
 
@@ -382,6 +389,11 @@ def main(driver_source):
                 "the template's modules started %d threads in the zygote; forking would copy them "
                 "half-made (set OPENBLAS_NUM_THREADS=1 and similar, or remove the module)" % (n - 1)
             )
+        # What every fork needs, tried once now, so a zygote that cannot fork says so
+        # instead of answering ready.
+        own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        _next_child_in_new_pid_namespace(own_pid_ns)
+        _children_in_own_pid_namespace(own_pid_ns)
     except BaseException as e:  # noqa: BLE001
         _send(ctl, {"type": "failed", "error": "%s: %s" % (type(e).__name__, e)})
         return 1
@@ -405,7 +417,6 @@ def main(driver_source):
     gc.freeze()
     _send(ctl, {"type": "ready", "imported": imported, "missing": missing, "pid": os.getpid()})
 
-    own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -440,7 +451,8 @@ def main(driver_source):
         try:
             req = json.loads(msg)
             truncated = flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
-            if truncated or not isinstance(req, dict) or req.get("type") != "spawn" or len(fds) != 4:
+            well_formed = isinstance(req, dict) and req.get("type") == "spawn" and isinstance(req.get("id"), int)
+            if truncated or not well_formed or len(fds) != 4:
                 raise ValueError("malformed spawn request")
         except ValueError as e:  # a bad frame fails that request, never the zygote
             for fd in fds:

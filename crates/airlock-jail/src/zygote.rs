@@ -9,11 +9,13 @@
 //! Each child ends up as isolated as a cold sandbox, with these steps before any user
 //! code runs:
 //!
-//! 1. its own user, mount, PID, IPC, UTS and network namespaces, nested in the
-//!    zygote's (`unshare`, then a second fork to become PID 1 of the new PID namespace);
-//! 2. its own `/proc` (with `/proc/sys` read-only), `/tmp` and `/workspace` tmpfs;
-//!    the host name; loopback up; rlimits; descriptors 0-3; a new session;
-//! 3. it hands its workspace directory to the host over a setup socket; the host
+//! 1. it is forked as PID 1 of a new PID namespace (the zygote `setns`es back to its
+//!    own PID namespace and unshares a new one for its next child before each fork);
+//! 2. a mount namespace with its own `/proc` (with `/proc/sys` read-only), `/tmp` and
+//!    `/workspace` tmpfs; then its own user, IPC, UTS and network namespaces; the host
+//!    name; loopback up; descriptors 0-3; a new session;
+//! 3. it hands its workspace directory to the host over a setup socket (then sets its
+//!    rlimits); the host
 //!    learns the child's host pid from the socket's credentials (`SO_PASSCRED`),
 //!    checks it against the zygote's report, and moves it into a new cgroup with the
 //!    sandbox's memory, pids and CPU limits;
@@ -22,9 +24,10 @@
 //!    sandbox; then the guest driver greets the host.
 //!
 //! The zygote itself runs without Landlock and seccomp (they would forbid its
-//! children's mounts and namespaces) but with every other mechanism of a cold sandbox
-//! (namespaces, read-only root, no capabilities, no network, a cgroup), and it never
-//! runs user code. Trade-offs are in SECURITY.md ("Fast start").
+//! children's mounts and namespaces), keeps `CAP_SYS_ADMIN` and `CAP_SETFCAP` in its
+//! own user namespace (`caps::ZYGOTE_CAPS`), and otherwise has every mechanism of a
+//! cold sandbox (namespaces, read-only root, no network, a cgroup); it never runs user
+//! code. Trade-offs are in SECURITY.md ("Fast start").
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -496,6 +499,8 @@ impl Inner {
             Ok(Err(e)) => return Err(Error::host(format!("the zygote could not fork a sandbox: {e}"))),
             Err(_) => {
                 lock(&self.pending).remove(&id);
+                // A fork that comes later still reports its child's exit: drop it then.
+                self.board.forget(id);
                 return Err(Error::host(format!(
                     "the zygote of template '{}' did not answer a fork request{}",
                     self.recipe.name,

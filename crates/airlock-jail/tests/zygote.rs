@@ -150,7 +150,7 @@ fn a_forked_sandbox_is_confined_like_a_cold_one() {
 
 /// The namespaces a sandbox reports, `kind -> id` (`net:[4026532...]`).
 fn namespaces(sb: &mut dyn Sandbox) -> std::collections::BTreeMap<String, String> {
-    let code = "import os\nfor k in ('user','mnt','pid','net','ipc','uts','cgroup'): print(k, os.readlink('/proc/self/ns/' + k))";
+    let code = "import os\nfor k in ('user','mnt','pid','pid_for_children','net','ipc','uts','cgroup'): print(k, os.readlink('/proc/self/ns/' + k))";
     let o = cell(sb, code);
     assert_eq!(o.status, Status::Ok, "{o:?}");
     o.stdout.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -161,12 +161,16 @@ fn every_forked_sandbox_has_namespaces_of_its_own() {
     let Some(z) = zygote() else { return };
     let (mut a, mut b) = (fork(&z), fork(&z));
     let (na, nb) = (namespaces(a.as_mut()), namespaces(b.as_mut()));
-    assert_eq!(na.len(), 7, "{na:?}");
+    assert_eq!(na.len(), 8, "{na:?}");
+    assert_eq!(na["pid_for_children"], na["pid"], "its children stay in its PID namespace");
+    let zygote = |kind: &str| std::fs::read_link(format!("/proc/{}/ns/{kind}", z.host_pid())).unwrap();
     for (kind, id) in &na {
-        let zygote = std::fs::read_link(format!("/proc/{}/ns/{kind}", z.host_pid())).unwrap();
-        assert_ne!(id, &zygote.to_string_lossy(), "{kind}: not the zygote's");
+        assert_ne!(id, &zygote(kind).to_string_lossy(), "{kind}: not the zygote's");
         assert_ne!(Some(id), nb.get(kind), "{kind}: not a sibling's");
     }
+    // Between forks the zygote's children would go to its own PID namespace, never
+    // to the last sandbox's.
+    assert_eq!(zygote("pid_for_children"), zygote("pid"));
     a.destroy().unwrap();
     b.destroy().unwrap();
 }

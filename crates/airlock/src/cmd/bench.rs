@@ -284,6 +284,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
 
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
+    let mut notes = Vec::new();
     let server = if a.server {
         if !a.json {
             eprintln!("starting a local airlock serve ...");
@@ -335,7 +336,14 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             // What the kernel and a forking interpreter alone allow: the ceiling for the
             // jail bursts below (lean-jail imports nothing; pool-jail imports pandas).
             for (modules, label) in [(&[][..], "fork+namespaces"), (&["pandas"][..], "fork+namespaces pandas")] {
-                add("floor", label, super::bench_server::fork_floor(&python, a.burst, c, modules));
+                let floor = super::bench_server::fork_floor(&python, a.burst, c, modules).map(|(s, cpu_ms)| {
+                    notes.push(format!(
+                        "floor {label}: {cpu_ms:.1} ms of CPU per child, all processes counted (the kernel workers' \
+                         later namespace teardown not)"
+                    ));
+                    s
+                });
+                add("floor", label, floor);
             }
         }
         if let Some(bwrap) = find_bwrap() {
@@ -436,7 +444,6 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    let mut notes = Vec::new();
     if let Some(srv) = &server {
         match srv.pool_uss(BackendKind::Jail) {
             Ok(line) => notes.push(line),
@@ -514,7 +521,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<i32> {
     println!("ratio = median / median of the baseline (bare `python3 -c` of the same code) measured in this run");
     if a.server {
         println!(
-            "modes: cold/cell = in-process library calls; cli = `airlock run` as a new process; http-oneshot = POST /v1/execute; http-cell = POST /v1/sandboxes/{{id}}/execute in a live session (request to result, over loopback TCP); http-pool = POST /v1/execute taking a ready sandbox from the warm pool (template pool-<backend>, pre-imported; the bench waits, untimed, for one to be ready before each run; its runs/s is 1/mean latency); burst / http-burst = the same runs sent {} at a time for as long as they take, fresh sandbox each (runs/s is the sustained rate; http-burst-lean on a template that imports nothing); floor fork+namespaces = a bare interpreter forking children into a zygote child's namespaces with its mounts, doing nothing else (no cgroup, Landlock, seccomp, program): the ceiling for http-burst-lean (and, with pandas imported, for http-burst)",
+            "modes: cold/cell = in-process library calls; cli = `airlock run` as a new process; http-oneshot = POST /v1/execute; http-cell = POST /v1/sandboxes/{{id}}/execute in a live session (request to result, over loopback TCP); http-pool = POST /v1/execute taking a ready sandbox from the warm pool (template pool-<backend>, pre-imported; the bench waits, untimed, for one to be ready before each run; its runs/s is 1/mean latency); burst / http-burst = the same runs sent {} at a time for as long as they take, fresh sandbox each (runs/s is the sustained rate; http-burst-lean on a template that imports nothing); floor fork+namespaces = a bare interpreter forking children into a zygote child's namespaces, with /proc and a tmpfs mounted, doing nothing else (no cgroup, Landlock, seccomp, program): the ceiling for http-burst-lean (and, with pandas imported, for http-burst)",
             a.concurrency
         );
     }
@@ -611,7 +618,10 @@ mod tests {
     fn the_fork_floor_counts_every_child() {
         let python = airlock_guest::launch::default_python();
         match super::super::bench_server::fork_floor(&python, 5, 2, &["json"]) {
-            Ok(s) => assert_eq!(s.n, 5, "{s:?}"),
+            Ok((s, cpu_ms)) => {
+                assert_eq!(s.n, 5, "{s:?}");
+                assert!(cpu_ms > 0.0, "the children's CPU time is counted: {cpu_ms}");
+            }
             Err(e) => {
                 let why = format!("{e:#}");
                 assert!(!why.is_empty() && !why.contains("Traceback"), "a clear reason, not a crash: {why}");

@@ -458,15 +458,20 @@ impl Drop for LocalServer {
 
 /// The floor under a zygote's bursts (`fork_floor.py`): `total` children of an
 /// interpreter that imported `modules`, `concurrency` at a time, each forked into the
-/// namespaces a zygote's child makes and doing nothing else.
+/// namespaces a zygote's child makes and doing nothing else. Returns their statistics
+/// and the CPU time spent per child (by the forking processes and the children).
 pub fn fork_floor(
     python: &std::path::Path,
     total: usize,
     concurrency: usize,
     modules: &[&str],
-) -> anyhow::Result<Stats> {
+) -> anyhow::Result<(Stats, f64)> {
+    // A guest's environment, as a zygote has (one BLAS thread, so pandas starts none).
+    let env = airlock_guest::launch::guest_env("/tmp", "/tmp", None, &Default::default());
     let out = Command::new(python)
         .args(["-c", include_str!("fork_floor.py"), &total.to_string(), &concurrency.to_string(), &modules.join(",")])
+        .env_clear()
+        .envs(env)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running {}", python.display()))?;
@@ -477,8 +482,10 @@ pub fn fork_floor(
     struct Floor {
         samples_ms: Vec<f64>,
         elapsed_s: f64,
+        cpu_s: f64,
     }
     let f: Floor = serde_json::from_slice(&out.stdout).context("reading the floor's result")?;
     let samples: Vec<Duration> = f.samples_ms.iter().map(|ms| Duration::from_secs_f64(ms / 1000.0)).collect();
-    Ok(Stats::of(&samples, Duration::from_secs_f64(f.elapsed_s)))
+    let cpu_ms = f.cpu_s * 1000.0 / samples.len().max(1) as f64;
+    Ok((Stats::of(&samples, Duration::from_secs_f64(f.elapsed_s)), cpu_ms))
 }

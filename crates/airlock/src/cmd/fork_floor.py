@@ -2,7 +2,8 @@
 # bare interpreter can fork into the namespaces a zygote's child makes, when each child
 # does nothing else. No airlock code runs: no cgroup, capabilities, Landlock, seccomp,
 # program or result. Run as `python -c THIS TOTAL CONCURRENCY [MODULE,...]`; prints one
-# JSON line {"samples_ms": [...], "elapsed_s": ...} or exits non-zero with why.
+# JSON line {"samples_ms": [...], "elapsed_s": ..., "cpu_s": ...} (cpu_s: the CPU time
+# of the workers and their children) or exits non-zero with why.
 #
 # Each worker is a copy of an interpreter that has imported MODULES (as a template's
 # zygote has) and, per child, does what the zygote does: points its next child at a
@@ -14,6 +15,7 @@ import ctypes
 import gc
 import json
 import os
+import resource
 import sys
 import time
 
@@ -119,14 +121,25 @@ def run(total, concurrency):
             samples.extend(json.loads(data))
     if failed or not samples:
         return 1
-    print(json.dumps({"samples_ms": samples, "elapsed_s": time.perf_counter() - start}), flush=True)
+    elapsed = time.perf_counter() - start
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers and children, all reaped
+    cpu = ru.ru_utime + ru.ru_stime
+    print(json.dumps({"samples_ms": samples, "elapsed_s": elapsed, "cpu_s": cpu}), flush=True)
     return 0
 
 
 def main():
     total, concurrency = int(sys.argv[1]), max(1, int(sys.argv[2]))
     for name in filter(None, (sys.argv[3] if len(sys.argv) > 3 else "").split(",")):
-        __import__(name)
+        try:
+            __import__(name)
+        except ImportError as e:
+            print("%s is not importable: %s" % (name, e), file=sys.stderr)
+            return 1
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:  # as a zygote refuses to fork with threads
+        print("the imports started %d threads" % (threads - 1), file=sys.stderr)
+        return 1
     try:
         become_root()
         check(libc.unshare(CLONE_NEWPID | CLONE_NEWNS), "unshare the PID and mount namespaces")
