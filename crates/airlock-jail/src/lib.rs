@@ -17,6 +17,7 @@
 //! | [`process`] | descriptors, session, `execve` |
 //! | [`contain`] | the order |
 //! | [`spawn`] | `clone` and the setup handshake |
+//! | [`upload`] | files the host writes into a workspace, charged to the sandbox's memory |
 //! | [`sys`] | the system-call seam (real or recorded) |
 //! | [`zygote`] | fast start: a template's zygote forks sandboxes ([`Backend::factory`]) |
 //!
@@ -36,6 +37,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod supervisor;
 pub mod sys;
+pub mod upload;
 pub mod user;
 pub mod zygote;
 

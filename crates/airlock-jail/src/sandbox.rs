@@ -44,13 +44,13 @@ impl Drop for CgroupGuard {
 /// Makes the calling thread act as the sandbox's owner for file access (root mode):
 /// a file system mounted in the sandbox's user namespace refuses files owned by ids it
 /// cannot map, and the host then has exactly the guest's permissions, no more.
-struct ActAs {
+pub(crate) struct ActAs {
     uid: libc::c_long,
     gid: libc::c_long,
 }
 
 impl ActAs {
-    fn new(ids: Option<(u32, u32)>) -> Option<ActAs> {
+    pub(crate) fn new(ids: Option<(u32, u32)>) -> Option<ActAs> {
         let (uid, gid) = ids?;
         // SAFETY: setfsgid/setfsuid change only this thread's file-system ids and
         // return the previous ones; they are restored in Drop.
@@ -120,7 +120,21 @@ impl Sandbox for JailSandbox {
         self.guest.execute(cell, events)
     }
 
+    /// Written by a process in the sandbox's memory cgroup, so that the file is charged
+    /// to the sandbox (see [`crate::upload`]); without a memory cgroup (rootless on a
+    /// host without delegation), by airlock itself, bounded by the tmpfs size alone.
     fn write_file(&mut self, path: &WorkspacePath, data: &[u8]) -> Result<(), Error> {
+        if let Some(g) = &self.cgroup.0
+            && let Some(memory) = g.memory_state()
+        {
+            let target = crate::upload::Target { cgroup: g, memory, fs_ids: self.fs_ids };
+            let r = crate::upload::write(&self.workspace, path, data, self.file_bytes, &target, true);
+            if r.is_err() && self.guest.is_alive() {
+                // A writer the OOM killer took is not the guest's death.
+                self.guest.supervisor().forget_oom_kills();
+            }
+            return r;
+        }
         let _as = ActAs::new(self.fs_ids);
         self.workspace.write(path, data, self.file_bytes)
     }
