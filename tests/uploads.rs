@@ -80,7 +80,8 @@ fn jail_uploads_are_charged_and_bounded_by_memory(make: &dyn Fn(&SandboxSpec) ->
     let (before, own_before) = (usage(&group), own_shmem());
     sb.write_file(&p("up/0"), &chunk).unwrap();
     let after = usage(&group);
-    assert!(after >= before + 16 * MIB, "the upload was not charged to the sandbox: {before} -> {after}");
+    // (The kernel charges in batches, so the counter may trail by a few pages.)
+    assert!(after >= before + 15 * MIB, "the upload was not charged to the sandbox: {before} -> {after}");
     if let (Some(a), Some(b)) = (own_before, own_shmem()) {
         assert!(b < a + 8 * MIB, "the upload was charged to airlock's own cgroup: shmem {a} -> {b}");
     }
