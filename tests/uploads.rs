@@ -53,6 +53,15 @@ fn usage(group: &Path) -> u64 {
         .unwrap()
 }
 
+fn limit(group: &Path) -> u64 {
+    std::fs::read_to_string(group.join("memory.limit_in_bytes"))
+        .or_else(|_| std::fs::read_to_string(group.join("memory.max")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// tmpfs pages charged to this process's own memory cgroup, not counting its
 /// children's (cgroup v1's local `shmem`; `None` elsewhere).
 fn own_shmem() -> Option<u64> {
@@ -76,6 +85,14 @@ fn jail_uploads_are_charged_and_bounded_by_memory(make: &dyn Fn(&SandboxSpec) ->
         eprintln!("skipped: sandbox {id} has no memory cgroup here (rootless without delegation)");
         return;
     };
+    // Small files are written by airlock at once, and the sandbox's cap shrinks by
+    // what they hold (pages, and 4 KiB per path component), so the two together stay
+    // within memory_bytes.
+    let cap = limit(&group);
+    for i in 0..3 {
+        sb.write_file(&p(&format!("small/{i}")), b"a,b\n1,2\n").unwrap();
+    }
+    assert_eq!(limit(&group), cap - 3 * (4096 + 2 * 4096), "small files are not counted against the sandbox");
     let chunk = vec![7u8; 16 << 20];
     let (before, own_before) = (usage(&group), own_shmem());
     sb.write_file(&p("up/0"), &chunk).unwrap();

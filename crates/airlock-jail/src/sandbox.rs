@@ -15,9 +15,19 @@ use crate::supervisor::JailSupervisor;
 
 /// Removes a sandbox's cgroup when dropped (after killing anything left in it).
 #[derive(Debug)]
-pub struct CgroupGuard(pub Option<Arc<Cgroup>>);
+pub struct CgroupGuard(
+    pub Option<Arc<Cgroup>>,
+    /// Bytes taken off the group's memory cap for small files airlock wrote itself
+    /// (see [`crate::upload`]).
+    pub(crate) u64,
+);
 
 impl CgroupGuard {
+    /// Guards `group` (or nothing).
+    pub fn new(group: Option<Arc<Cgroup>>) -> Self {
+        CgroupGuard(group, 0)
+    }
+
     /// Kills what is left and removes the group; idempotent.
     pub fn release(&mut self) -> Result<(), Error> {
         let Some(g) = self.0.take() else { return Ok(()) };
@@ -121,12 +131,20 @@ impl Sandbox for JailSandbox {
     }
 
     /// Written by a process in the sandbox's memory cgroup, so that the file is charged
-    /// to the sandbox (see [`crate::upload`]); without a memory cgroup (rootless on a
-    /// host without delegation), by airlock itself, bounded by the tmpfs size alone.
+    /// to the sandbox, or, if small, by airlock with the sandbox's cap lowered by as
+    /// much (see [`crate::upload`]); without a memory cgroup (rootless on a host without
+    /// delegation), by airlock itself, bounded by the tmpfs size alone.
     fn write_file(&mut self, path: &WorkspacePath, data: &[u8]) -> Result<(), Error> {
-        if let Some(g) = &self.cgroup.0
+        if let Some(g) = self.cgroup.0.clone()
             && let Some(memory) = g.memory_state()
         {
+            // A small file is written at once, its cost taken off the group's cap.
+            if let Some(cost) = crate::upload::take_for_small_file(&g, &memory, path, data.len(), self.cgroup.1) {
+                self.cgroup.1 += cost;
+                let _as = ActAs::new(self.fs_ids);
+                return self.workspace.write(path, data, self.file_bytes);
+            }
+            let g = &g;
             let target = crate::upload::Target { cgroup: g, memory, fs_ids: self.fs_ids };
             let r = crate::upload::write(&self.workspace, path, data, self.file_bytes, &target, true);
             if r.is_err() && self.guest.is_alive() {

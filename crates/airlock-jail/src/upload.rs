@@ -44,6 +44,46 @@ use nix::sys::socket::{AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, S
 use crate::cgroup::{Cgroup, CgroupOps, MemoryState};
 use crate::spawn::{pidfd_open, pidfd_signal};
 
+/// Files up to this size may be written by airlock itself, without a writer process
+/// (whose placement in a cgroup v1 group costs an RCU grace period, ~10 ms here): a
+/// one-shot run's small inputs stay on the fast path.
+pub(crate) const SMALL_FILE_BYTES: usize = 64 << 10;
+/// How much of a sandbox's memory cap small files may take, in all.
+pub(crate) const SMALL_FILES_ALLOWANCE: u64 = 1 << 20;
+/// What a small file costs beyond its pages, per component of its path: an inode and
+/// a dentry (parents may be created), generously.
+const PER_COMPONENT_BYTES: u64 = 4096;
+/// Room left between the group's usage and its lowered cap: a v2 cap set below the
+/// usage makes the kernel reclaim, then OOM-kill.
+const SMALL_FILE_MARGIN: u64 = 1 << 20;
+
+/// For a small file that airlock may write itself: lowers the group's memory cap by
+/// what the file will hold (its pages, rounded up, and its path's inodes) and returns
+/// that cost. airlock's own memory then holds the file, and the sandbox's cap is
+/// smaller by as much, so the two together stay within `memory_bytes`. `None` (the
+/// writer process must do it) for a larger file, once the sandbox's allowance
+/// (`taken` so far) is spent, or when the group has not that much room to give now.
+/// A cap lowered for a file that is later removed stays lowered: the allowance bounds
+/// what that can cost.
+pub(crate) fn take_for_small_file(
+    cgroup: &Cgroup,
+    memory: &MemoryState,
+    path: &WorkspacePath,
+    len: usize,
+    taken: u64,
+) -> Option<u64> {
+    if len > SMALL_FILE_BYTES {
+        return None;
+    }
+    let cost = (len as u64).div_ceil(4096) * 4096 + PER_COMPONENT_BYTES * path.components().count() as u64;
+    let free = memory.limit.saturating_sub(memory.usage);
+    if taken + cost > SMALL_FILES_ALLOWANCE || cost + SMALL_FILE_MARGIN > free {
+        return None;
+    }
+    cgroup.set_memory_limit(memory.limit - cost).ok()?;
+    Some(cost)
+}
+
 const GO: u8 = b'g';
 const OPENED: u8 = b'o';
 const FAILED: u8 = b'e';
@@ -83,15 +123,18 @@ pub(crate) fn write(
     }
     let (mine, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
         .map_err(|e| Error::host(format!("socketpair: {}", e.desc())))?;
+    let t0 = Instant::now();
     let placement = t.cgroup.placement_fd();
     let (pid, placed) = fork_writer(&w, &mine, &theirs, ws, placement.as_ref().map(|f| f.as_raw_fd()), t.fs_ids)?;
     let mut writer = Writer::new(pid)?;
     drop(theirs);
+    let t_fork = t0.elapsed();
     if !placed {
         t.cgroup
             .add_for_memory(pid)
             .map_err(|e| Error::host(format!("placing the workspace writer in the sandbox's memory cgroup: {e}")))?;
     }
+    let t_place = t0.elapsed();
     send(&mine, GO)?;
     let file = match recv(&mine, Instant::now() + OPEN_TIMEOUT, path)? {
         Reply::Opened(fd) => fd,
@@ -112,6 +155,12 @@ pub(crate) fn write(
     } else {
         writer.reap();
     }
+    tracing::debug!(
+        "workspace write of {len} bytes: fork {t_fork:?}, placement {:?} (moved: {}), open to exit {:?}",
+        t_place - t_fork,
+        !placed,
+        t0.elapsed() - t_place
+    );
     result
 }
 
@@ -508,5 +557,16 @@ mod tests {
         assert!(!outside.path().join("x").exists() && !outside.path().join("y").exists());
         let e = write(&ws, &p("a/b/one/x"), b"x", 1 << 30, &target(g), true).unwrap_err();
         assert!(e.to_string().contains("not a directory"), "{e}");
+
+        // A small file airlock writes itself costs the group its pages and its path's
+        // inodes off the cap, within an allowance, and only while there is room.
+        let m = g.memory_state().unwrap();
+        let cost = take_for_small_file(g, &m, &p("s/a"), 10, 0).unwrap();
+        assert_eq!(cost, 4096 + 2 * 4096);
+        assert_eq!(g.memory_state().unwrap().limit, m.limit - cost);
+        assert_eq!(take_for_small_file(g, &m, &p("s/a"), 10, SMALL_FILES_ALLOWANCE - 4096), None);
+        assert_eq!(take_for_small_file(g, &m, &p("s/a"), SMALL_FILE_BYTES + 1, 0), None);
+        let full = MemoryState { usage: m.limit - SMALL_FILE_MARGIN, ..m };
+        assert_eq!(take_for_small_file(g, &full, &p("s/a"), 10, 0), None, "no room to give");
     }
 }

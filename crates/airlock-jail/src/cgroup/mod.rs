@@ -103,6 +103,8 @@ pub trait CgroupOps {
     /// The group's memory cap, usage and reclaimable cache (`None` without a memory
     /// controller).
     fn memory_state(&self) -> Option<MemoryState>;
+    /// Changes the memory cap alone (swap stays at 0).
+    fn set_memory_limit(&self, bytes: u64) -> io::Result<()>;
     /// CPU time of every task so far, in nanoseconds.
     fn cpu_usage_ns(&self) -> Option<u64>;
     /// Peak memory so far, in bytes.
@@ -159,6 +161,12 @@ impl CgroupOps for Cgroup {
         match self {
             Cgroup::V1(g) => g.memory_state(),
             Cgroup::V2(g) => g.memory_state(),
+        }
+    }
+    fn set_memory_limit(&self, bytes: u64) -> io::Result<()> {
+        match self {
+            Cgroup::V1(g) => g.set_memory_limit(bytes),
+            Cgroup::V2(g) => g.set_memory_limit(bytes),
         }
     }
     fn cpu_usage_ns(&self) -> Option<u64> {

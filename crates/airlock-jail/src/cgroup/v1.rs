@@ -217,6 +217,19 @@ impl CgroupOps for Group {
         }
     }
 
+    /// Lowering: the cap first (memory + swap may not be below it), then memory + swap.
+    fn set_memory_limit(&self, bytes: u64) -> io::Result<()> {
+        let Some(m) = &self.memory else {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "no memory hierarchy"));
+        };
+        write(&m.join("memory.limit_in_bytes"), &bytes.to_string())?;
+        let memsw = m.join("memory.memsw.limit_in_bytes");
+        if memsw.exists() {
+            write(&memsw, &bytes.to_string())?;
+        }
+        Ok(())
+    }
+
     fn memory_state(&self) -> Option<MemoryState> {
         let m = self.memory.as_ref()?;
         let num = |f: &str| parse_u64(&std::fs::read_to_string(m.join(f)).ok()?);

@@ -232,6 +232,10 @@ impl CgroupOps for Group {
         write(&self.f("cgroup.procs"), &pid.to_string())
     }
 
+    fn set_memory_limit(&self, bytes: u64) -> io::Result<()> {
+        write(&self.f("memory.max"), &bytes.to_string())
+    }
+
     fn memory_state(&self) -> Option<MemoryState> {
         let num = |f: &str| parse_u64(&std::fs::read_to_string(self.f(f)).ok()?);
         let stat = std::fs::read_to_string(self.f("memory.stat")).ok()?;
