@@ -17,6 +17,7 @@
 //! | [`process`] | descriptors, session, `execve` |
 //! | [`contain`] | the order |
 //! | [`spawn`] | `clone` and the setup handshake |
+//! | [`upload`] | files the host writes into a workspace, charged to the sandbox's memory |
 //! | [`sys`] | the system-call seam (real or recorded) |
 //! | [`zygote`] | fast start: a template's zygote forks sandboxes ([`Backend::factory`]) |
 //!
@@ -36,6 +37,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod supervisor;
 pub mod sys;
+pub mod upload;
 pub mod user;
 pub mod zygote;
 
@@ -151,7 +153,7 @@ impl Prepared {
     /// A new cgroup for sandbox `id` with `limits` (none when cgroups are unusable).
     pub(crate) fn new_cgroup(&self, id: &str, limits: &airlock_core::Limits) -> Result<CgroupGuard, Error> {
         static CLEANUP: Once = Once::new();
-        let Some(driver) = &self.cgroups else { return Ok(CgroupGuard(None)) };
+        let Some(driver) = &self.cgroups else { return Ok(CgroupGuard::new(None)) };
         CLEANUP.call_once(|| {
             let r = cgroup::cleanup_stale(driver);
             if !r.removed.is_empty() || !r.failed.is_empty() {
@@ -161,7 +163,7 @@ impl Prepared {
         let name = cgroup::group_name(id);
         let quota = (self.cpu_cores > 0.0).then(|| ((self.cpu_cores * cgroup::CPU_PERIOD_US as f64) as u64).max(1000));
         let g = driver.create(&name, quota.is_some()).map_err(|e| cgroup_error(driver, e))?;
-        let guard = CgroupGuard(Some(Arc::new(g)));
+        let guard = CgroupGuard::new(Some(Arc::new(g)));
         let cl = CgroupLimits { memory_bytes: limits.memory_bytes, pids: limits.processes.into(), cpu_quota_us: quota };
         if let Some(g) = &guard.0 {
             g.apply(&cl).map_err(|e| cgroup_error(driver, e))?;

@@ -319,6 +319,36 @@ async fn file_size_caps() {
     assert!(r.message().contains("file_bytes"), "{}", r.message());
 }
 
+/// On `jail`, files PUT into a session are held in the sandbox's memory: beyond its
+/// `memory_bytes` they are refused with a 413 that names the limit, even though the
+/// workspace (`file_bytes`) would have room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_beyond_a_jail_sessions_memory_get_413() {
+    let reg = Registry::new(Config::from_env());
+    if let Err(e) = reg.resolve(Some(BackendKind::Jail)) {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let h = harness(ServerSettings { default_backend: Some(BackendKind::Jail), pool_size: 0, ..settings() });
+    let id = h.sandbox(json!({"limits": {"memory_bytes": 64 << 20, "file_bytes": 512 << 20}})).await;
+    let base = format!("/v1/sandboxes/{id}/files");
+    let mut refused = None;
+    for i in 0..8 {
+        let r = h.req(Method::PUT, &format!("{base}/f{i}"), &[], Body::from(vec![b'x'; 16 << 20])).await;
+        if r.status != StatusCode::OK {
+            refused = Some((i, r));
+            break;
+        }
+    }
+    let Some((i, r)) = refused else { panic!("128 MiB of files accepted into a session of 64 MiB") };
+    assert!((1..=4).contains(&i), "refused after {i} files of 16 MiB");
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"), "{}", r.message());
+    assert!(r.message().contains("limits.memory_bytes"), "{}", r.message());
+    // The session is intact and holds what was accepted.
+    let o = h.cell(&id, "import os\nlen(os.listdir('.'))").await;
+    assert_eq!(main_text(&o), Some(i.to_string()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streaming_delivers_events_in_order_as_they_happen() {
     let h = harness(settings());
