@@ -232,10 +232,13 @@ fn origin_allowed(origin: &str, host: &str, allowed: &[String]) -> bool {
 /// Cross-site request forgery: a web page on another site can make a browser send
 /// requests to this server carrying its ambient trust (a loopback address that needs
 /// no key). Refused: any request whose `Origin` is not this server's own or an
-/// allowed one; and any POST, PUT, PATCH or DELETE a browser would send without
-/// asking first: without a `Content-Type` other than the HTML form types (JSON bodies
-/// need `application/json`, uploads e.g. `application/octet-stream`) or an
-/// `Mcp-Session-Id` header (MCP clients end their session with a bare `DELETE`).
+/// allowed one; and any POST a browser would send without asking first: without a
+/// `Content-Type` other than the HTML form types (JSON bodies need
+/// `application/json`). POST is the only state-changing method a page may send to
+/// another site without a CORS preflight (forms and `fetch(..., {mode: "no-cors"})`
+/// allow only GET, HEAD and POST); PUT, PATCH and DELETE are always preflighted, and
+/// this server grants no preflight, so they need no such check (a bare
+/// `curl -X DELETE` keeps working).
 async fn browser_guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
@@ -251,17 +254,15 @@ async fn browser_guard(State(st): State<AppState>, req: Request, next: Next) -> 
             .into_response();
         }
     }
-    let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
-    if changes_state {
+    if req.method() == Method::POST {
         let ct = req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
         let non_form = ct.is_some_and(|ct| !ct.trim().is_empty() && !is_form_type(ct));
-        if !non_form && !req.headers().contains_key("mcp-session-id") {
+        if !non_form {
             return ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 format!(
-                    "a {} must carry `Content-Type: application/json` (file uploads: `application/octet-stream`), so that no web page can send it from another site (got {})",
-                    req.method(),
+                    "a POST must carry `Content-Type: application/json`, so that no web page can send it from another site (got {})",
                     match ct {
                         Some(ct) => format!("'{ct}'"),
                         None => "no Content-Type".into(),
