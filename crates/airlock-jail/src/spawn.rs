@@ -241,6 +241,9 @@ fn discard(pid: i32, pidfd: Option<&OwnedFd>) -> String {
 
 fn hint(errno: i32, step: &str) -> &'static str {
     match errno {
+        libc::EACCES if step.starts_with("take ") || step.starts_with("attach ") => {
+            "; the sandbox reaches this path as its host uid (yours, rootless), which cannot search a directory above it"
+        }
         libc::EPERM | libc::EACCES if step.contains("/proc") => {
             "; the host's /proc is partly hidden (overmounted) or this container forbids mounting proc; run on a host or a privileged container"
         }

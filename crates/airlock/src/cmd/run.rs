@@ -88,11 +88,13 @@ pub struct RunArgs {
     #[arg(long, env = "AIRLOCK_PYTHON")]
     python: Option<PathBuf>,
     /// jail: a root file system directory to run in instead of the host's /usr and
-    /// /etc allow-list (--python is then a path inside it). Also $AIRLOCK_JAIL_ROOTFS.
+    /// /etc allow-list (--python is then a path inside it); anywhere on the host, /tmp
+    /// included. Also $AIRLOCK_JAIL_ROOTFS.
     #[arg(long, value_name = "DIR")]
     rootfs: Option<PathBuf>,
-    /// jail: a site-packages directory to make importable, read-only. Repeatable; also
-    /// $AIRLOCK_JAIL_SITE_PACKAGES (colon-separated).
+    /// jail: a site-packages directory to make importable, read-only, at its own path
+    /// (below /airlock when that path is the sandbox's own, such as /tmp/...).
+    /// Repeatable; also $AIRLOCK_JAIL_SITE_PACKAGES (colon-separated).
     #[arg(long = "site-packages", value_name = "DIR")]
     site_packages: Vec<PathBuf>,
     /// Run on this `airlock serve` (e.g. http://127.0.0.1:8787) instead of in a new
