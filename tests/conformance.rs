@@ -137,6 +137,18 @@ mod cases {
         assert!(err.contains("more than once"), "{err}");
     }
 
+    pub fn forged_frames_get_a_short_reason(b: &dyn Backend) {
+        // Raw frames written to the driver's channel (or the wasm door) are the guest's
+        // words: a `done` carrying a long `protocol_error` must not make a long reason.
+        let o = run(
+            b,
+            "import json, os, time\nf = json.dumps({'type': 'done', 'status': 'error', 'protocol_error': 'P' * 900_000}).encode()\ntry:\n    import _host\n    _host.call(f)\nexcept ImportError:\n    os.write(3, len(f).to_bytes(4, 'big') + f)\ntime.sleep(2)",
+        );
+        assert_status(&o, Status::Killed);
+        let reason = o.reason.as_deref().unwrap_or("");
+        assert!(reason.contains("protocol") && reason.len() < 1024, "{} bytes of reason", reason.len());
+    }
+
     pub fn memory_cap(b: &dyn Backend) {
         let limits = Limits { memory_bytes: 256 << 20, ..quick() };
         let o = run_limited(
@@ -334,6 +346,7 @@ macro_rules! conformance_suite {
                 result_cap,
                 huge_exception_is_bounded,
                 outputs_together_are_capped,
+                forged_frames_get_a_short_reason,
                 memory_cap,
                 files_in_and_out,
                 workspace_file_api,

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use airlock_core::backend::{Canceller, EventSink};
+use airlock_core::outcome::cut_text;
 use airlock_core::units::{format_duration_ms, format_size};
 use airlock_core::{BackendKind, Cell, Error, ErrorInfo, Event, Isolation, Outcome, ResultBundle, Status};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -24,6 +25,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use crate::capture::{ResultBudget, Stream, accept, emit, output_limit_reason, relabel_interrupt};
 use crate::protocol::{Decoded, FrameDecoder, GuestFrame, HostFrame, PROTOCOL_VERSION, encode};
 
+/// The most bytes of a protocol violation's description an outcome's reason carries.
+pub const PROTOCOL_REASON_BYTES: usize = 512;
 /// How long an interrupted cell may take to stop before the sandbox is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
 /// How often the loop wakes to check CPU use and whether the guest is still alive.
@@ -714,6 +717,8 @@ impl<S: Supervisor> Guest<S> {
             }
             End::Protocol(p) => {
                 self.alive = false;
+                // The guest's own words (a `protocol_error`) are kept short.
+                let p = cut_text(p, PROTOCOL_REASON_BYTES, false);
                 (Status::Killed, Some(format!("the guest broke the airlock protocol ({p}); the sandbox was killed")))
             }
             End::Exited(e, true) => {

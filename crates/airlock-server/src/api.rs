@@ -172,9 +172,9 @@ pub async fn delete_sandbox(
 /// Runs a cell in a sandbox; variables persist between cells.
 ///
 /// The body is an `ExecRequest` without `env`, `network` or `backend` (fixed at
-/// creation); omitted limits take the sandbox's, and only `timeout_ms`, `cpu_ms` and
-/// `output_bytes` may differ from them. One cell runs at a time: a second call while
-/// one runs gets `409 busy`.
+/// creation); omitted limits take the sandbox's, and only `timeout_ms`, `cpu_ms`,
+/// `output_bytes` and `result_bytes` may differ from them. One cell runs at a time: a
+/// second call while one runs gets `409 busy`.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/execute", tag = "sandboxes", request_body = ExecRequest,
     params(("id" = String, Path, description = "Sandbox id")),
     responses(

@@ -236,7 +236,9 @@ impl Sandbox for WasmSandbox {
             Msg::Frame(GuestFrame::Done {
                 status, exit_code, execution_count, memory_error, protocol_error, ..
             }) => {
-                done = Some(Done { status, exit_code, count: execution_count, memory_error, protocol_error });
+                // The first `done` ends the cell, as in the shared loop; later ones
+                // (code writing frames of its own) change nothing.
+                done.get_or_insert(Done { status, exit_code, count: execution_count, memory_error, protocol_error });
             }
             Msg::Frame(other) => {
                 protocol.get_or_insert_with(|| format!("unexpected frame {other:?}"));
@@ -356,6 +358,7 @@ fn classify(
             if e.downcast_ref::<ProtocolViolation>().is_some()
                 && let Some(p) = protocol
             {
+                let p = airlock_core::outcome::cut_text(p, airlock_guest::host::PROTOCOL_REASON_BYTES, false);
                 return (
                     Status::Killed,
                     Some(format!("the guest broke the airlock protocol ({p}); the sandbox was stopped")),
@@ -410,6 +413,7 @@ fn classify(
         }
         TurnEnd::Returned(code) => {
             if let Some(p) = protocol.or_else(|| done.and_then(|d| d.protocol_error.clone())) {
+                let p = airlock_core::outcome::cut_text(p, airlock_guest::host::PROTOCOL_REASON_BYTES, false);
                 return (
                     Status::Killed,
                     Some(format!("the guest broke the airlock protocol ({p}); the sandbox was stopped")),
