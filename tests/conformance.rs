@@ -94,6 +94,12 @@ mod cases {
         assert_eq!(o.error.as_ref().map(|e| e.name.as_str()), Some("OutputLimitError"), "{:?}", o.error);
         assert!(!o.stdout.contains("not reached"), "the cell was stopped");
         assert_eq!(s.cell("x * 6").text(), Some("42"), "the interpreter survived the stopped cell");
+        // One result far past the budget: skipped unread, and the interrupt that follows
+        // must not cut the driver's frame in half (the session would be lost).
+        let o = s.cell("display('B' * 8_000_000)\nprint('not reached')");
+        assert_status(&o, Status::OutputLimit);
+        assert!(o.results.is_empty() && o.results_truncated);
+        assert_eq!(s.cell("x * 6").text(), Some("42"), "the interpreter survived a skipped frame");
     }
 
     pub fn huge_exception_is_bounded(b: &dyn Backend) {
