@@ -18,6 +18,7 @@
 use std::convert::Infallible;
 
 use airlock_core::{ErrorInfo, Event, Outcome, ResultBundle};
+use airlock_service::events::event_channel;
 use airlock_service::{Pending, ServiceError};
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
@@ -25,8 +26,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorDetail};
@@ -139,13 +139,15 @@ pub async fn respond(pending: Pending, mode: Mode) -> Response {
             Err(e) => ApiError::from(e).into_response(),
         },
         Mode::Ndjson | Mode::Sse => {
-            let (tx, rx) = mpsc::unbounded_channel::<Event>();
+            // Bounded: a client that reads slowly slows the run (up to its wall-clock
+            // limit) instead of making the server buffer its output.
+            let (tx, rx) = event_channel();
             let (end_tx, end_rx) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
                 let r = pending.run(Some(tx)).await;
                 let _ = end_tx.send(r);
             });
-            let events = UnboundedReceiverStream::new(rx).map(move |e| encode(mode, &StreamEvent::from(e)));
+            let events = ReceiverStream::new(rx).map(move |e| encode(mode, &StreamEvent::from(e)));
             let end = futures_util::stream::once(async move {
                 let r = end_rx.await.unwrap_or_else(|_| Err(ServiceError::internal("the run ended without a result")));
                 encode(mode, &StreamEvent::end(r))

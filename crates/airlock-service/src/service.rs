@@ -4,9 +4,8 @@
 //! render what they return; nothing here knows about HTTP.
 //!
 //! Backends are synchronous: every backend call runs on a blocking thread
-//! (`spawn_blocking`), and events a running cell produces are forwarded to an
-//! unbounded channel whose contents are bounded by the cell's output limit (the
-//! same data the outcome keeps anyway).
+//! (`spawn_blocking`), and events a running cell produces are forwarded through a
+//! bounded queue with back-pressure (`events.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -19,14 +18,15 @@ use airlock_core::paths::WorkspacePath;
 use airlock_core::request::validate_env;
 use airlock_core::units::format_size;
 use airlock_core::{
-    BackendKind, CellRequest, Error, Event, ExecRequest, FileEntry, Isolation, Limits, NetworkPolicy, Outcome,
+    BackendKind, CellRequest, Error, ErrorInfo, ExecRequest, FileEntry, Isolation, Limits, NetworkPolicy, Outcome,
     SandboxSpec,
 };
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::Registry;
 use crate::admission::{Admission, Rejected, Slot};
+use crate::events::{EventSender, Forwarder};
 use crate::keys::{Principal, check_shape, hash_key};
 use crate::metrics::{Gauges, Metrics};
 use crate::session::{
@@ -1218,9 +1218,11 @@ impl Pending {
     }
 
     /// Runs the execution: records it, runs it on a blocking thread, forwards its
-    /// events to `events` as they happen, records the end, and returns the outcome.
-    /// The run continues to its end even if the caller stops waiting.
-    pub async fn run(mut self, events: Option<mpsc::UnboundedSender<Event>>) -> Result<Outcome, ServiceError> {
+    /// events to `events` as they happen (a bounded queue from
+    /// [`crate::events::event_channel`]: a reader that falls behind slows the run, up
+    /// to its wall-clock limit), records the end, and returns the outcome. The run
+    /// continues to its end even if the caller stops waiting or reading.
+    pub async fn run(mut self, events: Option<EventSender>) -> Result<Outcome, ServiceError> {
         let work = self.work.take().expect("a pending execution runs once");
         let permit = self.permit.take();
         let svc = self.service.clone();
@@ -1249,7 +1251,7 @@ impl Service {
         backend: BackendKind,
         accepted: Instant,
         accepted_ms: u64,
-        events: Option<mpsc::UnboundedSender<Event>>,
+        events: Option<EventSender>,
     ) -> Result<Outcome, ServiceError> {
         let svc = self.clone();
         let (id, principal) = (id.to_string(), principal.clone());
@@ -1267,7 +1269,7 @@ impl Service {
         backend: BackendKind,
         accepted: Instant,
         accepted_ms: u64,
-        events: Option<mpsc::UnboundedSender<Event>>,
+        events: Option<EventSender>,
     ) -> Result<Outcome, ServiceError> {
         let (kind, req, sandbox_id) = match &work {
             Work::Oneshot { req } => (ExecutionKind::Oneshot, req, None),
@@ -1293,11 +1295,8 @@ impl Service {
             )));
         }
 
-        let mut sink = |ev: Event| {
-            if let Some(tx) = &events {
-                let _ = tx.send(ev);
-            }
-        };
+        let mut events = Forwarder::new(events, Instant::now() + Duration::from_millis(req.limits.timeout_ms));
+        let wrap = events.cancel_wrapper();
         let exe = id.to_string();
         let result: Result<Outcome, ServiceError> = match work {
             Work::Oneshot { req } => {
@@ -1305,7 +1304,7 @@ impl Service {
                     let mut running = lock(&self.running);
                     match c {
                         Some(c) => {
-                            running.insert(exe.clone(), Running { backend, oneshot: true, canceller: Some(c) });
+                            running.insert(exe.clone(), Running { backend, oneshot: true, canceller: Some(wrap(c)) });
                         }
                         None => {
                             running.remove(&exe);
@@ -1313,7 +1312,7 @@ impl Service {
                     }
                 };
                 let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    self.registry.execute(&req, Some(exe.clone()), &mut on_start, &mut sink)
+                    self.registry.execute(&req, Some(exe.clone()), &mut on_start, &mut |ev| events.send(ev))
                 }));
                 lock(&self.running).remove(&exe);
                 match r {
@@ -1324,7 +1323,7 @@ impl Service {
             Work::Cell { mut lease, req, .. } => {
                 let sess = lease.session.clone();
                 let mut sandbox = lease.sandbox.take().expect("a lease holds its sandbox");
-                let c = sandbox.canceller();
+                let c = sandbox.canceller().map(wrap);
                 sess.set_canceller(c.clone());
                 lock(&self.running).insert(exe.clone(), Running { backend, oneshot: false, canceller: c });
                 // The session may have been deleted between admission and now.
@@ -1332,6 +1331,7 @@ impl Service {
                     Ok(Err(ServiceError::gone(format!("sandbox {} was deleted before the cell started", sess.id))))
                 } else {
                     std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        let mut sink = |ev| events.send(ev);
                         crate::screen_then_run(&req, &exe, (sess.backend, sess.isolation), &mut sink, |sink| {
                             run_in(sandbox.as_mut(), &req, Some(exe.clone()), Instant::now(), sink)
                         })
@@ -1362,7 +1362,10 @@ impl Service {
                     stdout,
                     stderr,
                     output_truncated: c1 || c2 || o.stdout_truncated || o.stderr_truncated,
-                    error: o.error.clone(),
+                    error: o.error.clone().map(|e| {
+                        let cap = usize::try_from(self.settings.audit_output_bytes).unwrap_or(usize::MAX);
+                        e.cut_to(ErrorInfo::NAME_BYTES, cap, cap)
+                    }),
                     usage: Some(o.usage),
                     finished_at_ms: now_ms(),
                 }

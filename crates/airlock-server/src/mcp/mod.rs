@@ -192,15 +192,23 @@ impl AirlockMcp {
     }
 
     async fn run(&self, pending: Pending) -> CallToolResult {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let outcome = match pending.run(Some(tx)).await {
+        let (tx, mut rx) = airlock_service::events::event_channel();
+        // Read while it runs (the queue is bounded); only the output's order is needed
+        // beyond the outcome, so results are not kept twice.
+        let collect = async move {
+            let mut events: Vec<Event> = Vec::new();
+            while let Some(e) = rx.recv().await {
+                if matches!(e, Event::Stdout { .. } | Event::Stderr { .. }) {
+                    events.push(e);
+                }
+            }
+            events
+        };
+        let (outcome, events) = tokio::join!(pending.run(Some(tx)), collect);
+        let outcome = match outcome {
             Ok(o) => o,
             Err(e) => return tool_error(e),
         };
-        let mut events: Vec<Event> = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            events.push(e);
-        }
         let mut content = vec![Content::text(format::render(self.mode, &outcome, &events))];
         content.extend(images(&outcome));
         // A failing run is still a successful tool call: the text says what happened.
