@@ -347,7 +347,7 @@ pub struct Finished {
 /// A write the audit store refused, kept to be retried.
 enum PendingWrite {
     /// An execution's end.
-    End { id: String, end: ExecutionEnd },
+    End { id: String, end: Box<ExecutionEnd> },
     /// A session's end.
     SandboxEnd { id: String, cause: &'static str, at_ms: u64 },
 }
@@ -1845,7 +1845,7 @@ impl Service {
             Err(e) => {
                 tracing::error!(execution = %id, "the audit log could not record the end (kept to retry): {e}");
                 self.store_fault(&e);
-                self.keep_pending(PendingWrite::End { id: id.to_string(), end })
+                self.keep_pending(PendingWrite::End { id: id.to_string(), end: Box::new(end) })
             }
         };
         if let (AuditState::Pending | AuditState::Unrecorded, Ok(o)) = (audit, &mut result) {
