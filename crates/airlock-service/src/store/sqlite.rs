@@ -8,8 +8,8 @@
 //! is free (their process died) and that are still `running` are marked `lost`.
 //!
 //! Schema 2 added what is remembered of sessions (`sandboxes`), idempotency keys
-//! (`idempotency`), the kept answer of an idempotent execution (`executions.response`)
-//! and an index for pruning by age. New databases use incremental auto-vacuum, so
+//! (`idempotency`) and the kept answer of an idempotent execution
+//! (`executions.response`). New databases use incremental auto-vacuum, so
 //! pruning gives space back to the file system; a database made by schema 1 keeps its
 //! size and reuses the freed pages instead.
 
@@ -109,11 +109,6 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
-/// Indexes that need the columns of the current schema (created after migrations).
-const INDEXES: &str = "
-CREATE INDEX IF NOT EXISTS executions_done_by_age ON executions(created_at_ms) WHERE status != 'running';
-";
-
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -198,7 +193,6 @@ impl SqliteStore {
                     .map_err(|e| db_err("upgrading the schema to version 2", e))?;
             }
         }
-        conn.execute_batch(INDEXES).map_err(|e| db_err("creating indexes", e))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| db_err("setting the version", e))?;
         Ok(())
     }
@@ -305,30 +299,55 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Deletes up to `limit` finished executions accepted before `cut`, oldest first,
-    /// with the idempotency keys that stood for them. Returns how many.
-    fn prune_executions(&self, cut: u64, limit: i64) -> Result<u64, Error> {
+    /// Deletes up to `limit` finished executions accepted before `cut`, oldest first
+    /// (in the order they were recorded), with the idempotency keys that stood for
+    /// them; running ones are skipped. Returns how many, and whether no older finished
+    /// record is left. No index serves this (one would cost every run a little): it
+    /// reads the oldest rows, which are the ones it deletes.
+    fn prune_executions(&self, cut: u64, limit: i64) -> Result<(u64, bool), Error> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| db_err("pruning executions", e))?;
-        let victims: Vec<(i64, String)> = {
-            let mut st = tx
-                .prepare_cached(
-                    "SELECT seq, id FROM executions WHERE status != 'running' AND created_at_ms < ?1
-                     ORDER BY created_at_ms LIMIT ?2",
-                )
-                .map_err(|e| db_err("pruning executions", e))?;
-            let rows = st
-                .query_map(params![cut.min(i64::MAX as u64) as i64, limit], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(|e| db_err("pruning executions", e))?;
-            rows.collect::<Result<_, _>>().map_err(|e| db_err("pruning executions", e))?
-        };
+        let mut victims: Vec<(i64, String)> = Vec::new();
+        let mut after = 0i64;
+        let mut done = false;
+        'scan: loop {
+            let rows: Vec<(i64, String, String, i64)> = {
+                let mut st = tx
+                    .prepare_cached(
+                        "SELECT seq, id, status, created_at_ms FROM executions WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                    )
+                    .map_err(|e| db_err("pruning executions", e))?;
+                let rows = st
+                    .query_map(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .map_err(|e| db_err("pruning executions", e))?;
+                rows.collect::<Result<_, _>>().map_err(|e| db_err("pruning executions", e))?
+            };
+            if rows.is_empty() {
+                done = true;
+                break;
+            }
+            for (seq, id, status, created) in rows {
+                after = seq;
+                if status == RecordStatus::Running.as_str() {
+                    continue;
+                }
+                if created as u64 >= cut {
+                    done = true;
+                    break 'scan;
+                }
+                victims.push((seq, id));
+                if victims.len() as i64 >= limit {
+                    break 'scan;
+                }
+            }
+        }
         for (seq, id) in &victims {
             tx.execute("DELETE FROM executions WHERE seq = ?1", [seq]).map_err(|e| db_err("pruning executions", e))?;
             tx.execute("DELETE FROM idempotency WHERE resource_id = ?1 AND kind = 'execution'", [id])
                 .map_err(|e| db_err("pruning idempotency keys", e))?;
         }
         tx.commit().map_err(|e| db_err("pruning executions", e))?;
-        Ok(victims.len() as u64)
+        Ok((victims.len() as u64, done))
     }
 
     /// The database file.
@@ -553,9 +572,9 @@ impl AuditStore for SqliteStore {
         let mut out = Pruned { bytes_before: self.data_bytes()?, ..Default::default() };
         if let Some(cut) = r.older_than_ms {
             loop {
-                let n = self.prune_executions(cut, PRUNE_BATCH)?;
+                let (n, done) = self.prune_executions(cut, PRUNE_BATCH)?;
                 out.executions += n;
-                if n < PRUNE_BATCH as u64 {
+                if done || n == 0 {
                     break;
                 }
             }
@@ -604,7 +623,7 @@ impl AuditStore for SqliteStore {
                         .map_err(|e| db_err("measuring the store", e))?;
                     let mean = (data / rows.max(1) as u64).max(1);
                     let batch = ((data - target).div_ceil(mean) as i64).clamp(1, PRUNE_BATCH);
-                    let n = self.prune_executions(u64::MAX, batch)?;
+                    let (n, _) = self.prune_executions(u64::MAX, batch)?;
                     out.executions += n;
                     if n == 0 {
                         break; // everything left is running
@@ -862,8 +881,9 @@ mod tests {
         let s = SqliteStore::in_memory().unwrap();
         let day = 86_400_000;
         let now = now_ms();
+        // Records are pruned in the order they were recorded, which is the order of
+        // their acceptance times.
         finished(&s, "exe_old", now - 40 * day, 10);
-        finished(&s, "exe_new", now - day, 10);
         s.begin(&ExecutionStart { created_at_ms: now - 40 * day, ..start("exe_old_running", None, None) }).unwrap();
         let sbx = |id: &str| SandboxStart {
             id: id.into(),
@@ -881,6 +901,7 @@ mod tests {
             KeyUse::New
         );
         s.end("exe_keyed", &end(RecordStatus::Ok)).unwrap();
+        finished(&s, "exe_new", now - day, 10);
 
         let p = s.prune(&Retention { older_than_ms: Some(now - 30 * day), max_bytes: None }).unwrap();
         assert_eq!((p.executions, p.sandboxes), (2, 1), "{p:?}");
