@@ -13,7 +13,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use airlock_core::{Backend, ExecRequest, Limits, Status};
+use airlock_core::{Backend, Cell, ExecRequest, Language, Limits, Sandbox, SandboxSpec, Status};
 use airlock_tests::run_req;
 
 /// A name no other test or process uses.
@@ -65,10 +65,263 @@ fn survivors(marker: &str) -> Vec<String> {
     found
 }
 
+/// A sandbox kept alive while the host looks at what it holds; destroyed on drop.
+struct Held(Option<Box<dyn Sandbox>>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(sb) = self.0.take() {
+            let _ = sb.destroy();
+        }
+    }
+}
+
+/// Runs `program` (with `vars` set first) as the first cell of a new sandbox and keeps
+/// the sandbox, with whatever the program left open, alive.
+fn hold(b: &dyn Backend, program: &str, vars: serde_json::Value) -> (Held, airlock_core::Outcome) {
+    let limits = Limits::default();
+    let mut sb = b.create(&SandboxSpec::new(limits)).unwrap_or_else(|e| panic!("create on {}: {e}", b.kind()));
+    let mut code = String::new();
+    if let serde_json::Value::Object(m) = vars {
+        for (k, v) in m {
+            code.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    code.push_str(program);
+    let o = sb
+        .execute(&Cell::new(Language::Python, code, &limits), &mut |_| {})
+        .unwrap_or_else(|e| panic!("execute on {}: {e}", b.kind()));
+    (Held(Some(sb)), o)
+}
+
+/// The number after `key` in a program's `key N REASON` line (0 when absent).
+fn count(stdout: &str, key: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn last_errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// What this process (host root, or the test's own user) can still do with the
+/// per-user kernel counters a sandbox might have exhausted.
+mod host {
+    use super::last_errno;
+
+    /// A new inotify instance and one watch on it.
+    pub fn inotify() -> Result<(), String> {
+        // SAFETY: a new descriptor, closed below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("inotify_init1: {}", last_errno()));
+        }
+        // SAFETY: a NUL-terminated path; fd is ours.
+        let w = unsafe { libc::inotify_add_watch(fd, c"/".as_ptr(), libc::IN_ATTRIB) };
+        let e = last_errno();
+        // SAFETY: closes the descriptor opened above.
+        unsafe { libc::close(fd) };
+        if w < 0 { Err(format!("inotify_add_watch: {e}")) } else { Ok(()) }
+    }
+
+    /// A POSIX timer (it reserves one queued signal of the caller's budget), deleted again.
+    pub fn timer() -> Result<(), String> {
+        // SAFETY: a zeroed sigevent asking for no notification; the timer is deleted below.
+        unsafe {
+            let mut ev: libc::sigevent = std::mem::zeroed();
+            ev.sigev_notify = libc::SIGEV_NONE;
+            let mut t: libc::timer_t = std::mem::zeroed();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut t) != 0 {
+                return Err(format!("timer_create: {}", last_errno()));
+            }
+            libc::timer_delete(t);
+        }
+        Ok(())
+    }
+
+    /// A POSIX message queue of the default size, removed again.
+    pub fn mqueue() -> Result<(), String> {
+        let name = std::ffi::CString::new(super::unique("mq")).unwrap();
+        // SAFETY: the raw call takes a NUL-terminated name (no leading slash) and a null
+        // attribute pointer; the descriptor is closed and the queue unlinked below.
+        unsafe {
+            let fd = libc::syscall(
+                libc::SYS_mq_open,
+                name.as_ptr(),
+                libc::O_CREAT | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600,
+                std::ptr::null::<u8>(),
+            );
+            if fd < 0 {
+                return Err(format!("mq_open: {}", last_errno()));
+            }
+            libc::close(fd as i32);
+            libc::syscall(libc::SYS_mq_unlink, name.as_ptr());
+        }
+        Ok(())
+    }
+}
+
 mod cases {
     use super::*;
 
     pub type Verdict = Result<(), String>;
+
+    /// Runs `program` with `greedy` inputs in one sandbox that keeps what it got; then
+    /// the host's `check` must still work, and a second sandbox running it with `modest`
+    /// inputs must still get `key` (when the first got any: a backend where the
+    /// facility does not exist has nothing to share).
+    fn counter_case(
+        b: &dyn Backend,
+        program: &str,
+        greedy: serde_json::Value,
+        modest: serde_json::Value,
+        key: &str,
+        check: Option<fn() -> Result<(), String>>,
+    ) -> Verdict {
+        let (first, o1) = hold(b, program, greedy);
+        if o1.status != Status::Ok {
+            return Err(format!("the program failed: {} {:?}\n{}\n{}", o1.status, o1.reason, o1.stdout, o1.stderr));
+        }
+        let host = check.map(|c| c()).unwrap_or(Ok(()));
+        let (second, o2) = hold(b, program, modest);
+        drop((first, second));
+        let one_line = |s: &str| s.trim().replace('\n', " | ");
+        eprintln!("{} {key}: first sandbox: {}; second: {}", b.kind(), one_line(&o1.stdout), one_line(&o2.stdout));
+        if let Err(e) = host {
+            return Err(format!(
+                "the host was starved while a sandbox held its share: {e}\nthe sandbox: {}",
+                o1.stdout
+            ));
+        }
+        if count(&o1.stdout, key) > 0 && count(&o2.stdout, key) == 0 {
+            return Err(format!(
+                "a second sandbox was starved while the first held its share:\nfirst: {}second: {}{}",
+                o1.stdout, o2.stdout, o2.stderr
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn inotify_instances(b: &dyn Backend) -> Verdict {
+        let program = include_str!("escape/inotify_exhaust.py");
+        let greedy = serde_json::json!({"instances": 1000, "watches": 0});
+        let modest = serde_json::json!({"instances": 1, "watches": 1});
+        counter_case(b, program, greedy, modest, "instances", Some(host::inotify))
+    }
+
+    pub fn inotify_watches(b: &dyn Backend) -> Verdict {
+        let program = include_str!("escape/inotify_exhaust.py");
+        let greedy = serde_json::json!({"instances": 16, "watches": 400_000});
+        let modest = serde_json::json!({"instances": 1, "watches": 1});
+        counter_case(b, program, greedy, modest, "watches", Some(host::inotify))
+    }
+
+    pub fn signal_queue(b: &dyn Backend) -> Verdict {
+        let program = include_str!("escape/signal_queue.py");
+        let greedy = serde_json::json!({"signals": 300_000});
+        let modest = serde_json::json!({"signals": 1});
+        counter_case(b, program, greedy, modest, "signals", Some(host::timer))
+    }
+
+    pub fn mqueue_fill(b: &dyn Backend) -> Verdict {
+        let program = include_str!("escape/mqueue_fill.py");
+        let greedy = serde_json::json!({"queues": 1000});
+        let modest = serde_json::json!({"queues": 1});
+        counter_case(b, program, greedy, modest, "queues", Some(host::mqueue))
+    }
+
+    pub fn shm_lock_fill(b: &dyn Backend) -> Verdict {
+        let program = include_str!("escape/shm_lock_fill.py");
+        let greedy = serde_json::json!({"segments": 4096, "segment_bytes": 65536, "mlock_bytes": 1 << 20});
+        let modest = serde_json::json!({"segments": 1, "segment_bytes": 4096, "mlock_bytes": 0});
+        counter_case(b, program, greedy, modest, "segments", None)
+    }
+
+    /// SysV IPC objects live in the sandbox's IPC namespace: the host sees none under
+    /// the key the sandbox used, and a full table there leaves the host's alone.
+    pub fn sysv_ipc(b: &dyn Backend) -> Verdict {
+        sysv_ipc_with(b, 40_000)
+    }
+
+    pub fn sysv_ipc_with(b: &dyn Backend, queues: u32) -> Verdict {
+        let key = (std::process::id() as i32 & 0xffff) << 12
+            | (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_micros() as i32 & 0xfff)
+            | 0x4000_0000;
+        let vars = serde_json::json!({"key": key, "queues": queues});
+        let (held, o) = hold(b, include_str!("escape/sysv_ipc.py"), vars);
+        // SAFETY: System V lookups by key with no creation; anything found is removed.
+        let (found, table_full) = unsafe {
+            let mut found = Vec::new();
+            let q = libc::msgget(key, 0);
+            if q >= 0 {
+                libc::msgctl(q, libc::IPC_RMID, std::ptr::null_mut());
+                found.push("message queue");
+            }
+            let m = libc::shmget(key, 0, 0);
+            if m >= 0 {
+                libc::shmctl(m, libc::IPC_RMID, std::ptr::null_mut());
+                found.push("shared memory");
+            }
+            let s = libc::semget(key, 0, 0);
+            if s >= 0 {
+                libc::semctl(s, 0, libc::IPC_RMID);
+                found.push("semaphore set");
+            }
+            let mine = libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600);
+            let full = (mine < 0).then(last_errno);
+            if mine >= 0 {
+                libc::msgctl(mine, libc::IPC_RMID, std::ptr::null_mut());
+            }
+            (found, full)
+        };
+        drop(held);
+        if !found.is_empty() {
+            return Err(format!("the sandbox made host SysV objects: {found:?}\n{}", o.stdout));
+        }
+        if let Some(e) = table_full {
+            return Err(format!("the host could not make a message queue: {e}\n{}", o.stdout));
+        }
+        Ok(())
+    }
+
+    /// Files of `/proc` that tell about the host, with what the host itself reads there.
+    fn host_proc_tokens() -> Vec<(String, String)> {
+        let mut t = Vec::new();
+        let mut add = |what: &str, v: Option<String>| {
+            if let Some(v) = v.map(|v| v.trim().to_string()).filter(|v| v.len() >= 8) {
+                t.push((what.to_string(), v));
+            }
+        };
+        add("/proc/cmdline", std::fs::read_to_string("/proc/cmdline").ok().map(|c| c.chars().take(120).collect()));
+        add("boot_id", std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok());
+        let line = |path: &str, prefix: &str| {
+            std::fs::read_to_string(path).ok()?.lines().find(|l| l.starts_with(prefix)).map(str::to_string)
+        };
+        add("/proc/stat btime", line("/proc/stat", "btime "));
+        add("/proc/meminfo MemTotal", line("/proc/meminfo", "MemTotal:"));
+        if let Ok(config) = std::fs::read("/proc/config.gz") {
+            add("/proc/config.gz", Some(sha256_hex(&config)));
+        }
+        t
+    }
+
+    fn sha256_hex(data: &[u8]) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Nothing the host's own `/proc` says about its kernel, boot or memory shows
+    /// through the sandbox's.
+    pub fn proc_leaks(b: &dyn Backend) -> Verdict {
+        let o = run_req(b, &request(include_str!("escape/proc_leaks.py"), serde_json::json!({}), Limits::default()));
+        let leaked: Vec<String> =
+            host_proc_tokens().into_iter().filter(|(_, v)| o.stdout.contains(v.as_str())).map(|(w, _)| w).collect();
+        if leaked.is_empty() { Ok(()) } else { Err(format!("the host's {leaked:?} showed through:\n{}", o.stdout)) }
+    }
 
     pub fn read_host_secret(b: &dyn Backend) -> Verdict {
         let program = include_str!("escape/read_host_secret.py");
@@ -331,6 +584,13 @@ macro_rules! escape_suite {
                 output_flood,
                 leaked_fds,
                 copy_out_tricks,
+                inotify_instances,
+                inotify_watches,
+                signal_queue,
+                mqueue_fill,
+                shm_lock_fill,
+                sysv_ipc,
+                proc_leaks,
             );
         }
     };
@@ -375,6 +635,14 @@ mod checks_detect_escapes {
     }
 
     #[test]
+    fn process_backend_shows_the_host_s_proc_and_sysv_ipc() {
+        let Some(b) = process() else { return };
+        assert!(cases::proc_leaks(b.as_ref()).is_err(), "the check missed the host's /proc");
+        // No extra queues: on `process` they would be the host's.
+        assert!(cases::sysv_ipc_with(b.as_ref(), 0).is_err(), "the check missed a host SysV object");
+    }
+
+    #[test]
     fn symlink_copy_out_is_refused_even_without_isolation() {
         // Copy-out confinement is airlock's own code and holds on every backend.
         let Some(b) = process() else { return };
@@ -396,7 +664,7 @@ mod checks_detect_escapes {
             );
             n += 1;
         }
-        assert!(n >= 14, "corpus has {n} programs");
+        assert!(n >= 20, "corpus has {n} programs");
     }
 }
 
@@ -406,6 +674,14 @@ escape_suite!(jail, airlock_tests::backend(airlock_core::BackendKind::Jail));
 escape_suite!(wasm, airlock_tests::backend(airlock_core::BackendKind::Wasm));
 // Sandboxes forked from a jail zygote claim the same containment as cold ones.
 escape_suite!(jail_zygote, airlock_tests::jail_zygote());
+
+/// True when the host kernel can mount a procfs of processes only (`subset=pid`, 5.8+).
+fn proc_subset_kernel() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v =
+        release.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 8)
+}
 
 /// Cases only a backend sharing the host kernel must answer (its seccomp filter and
 /// PID namespace are what stop them); a VM may legitimately let its guest mount or
@@ -455,6 +731,80 @@ macro_rules! jail_specific {
                 assert!(!o.stdout.contains("/dev/tty opened") && !o.stdout.contains(" OK"), "{}", o.stdout);
                 assert!(o.stdout.contains("session leader True"), "{}", o.stdout);
                 assert_eq!(o.stdout.lines().filter(|l| l.ends_with(" EPERM")).count(), 9, "{}", o.stdout);
+            }
+
+            /// A sandbox's share of each per-user kernel counter is at most half of a
+            /// whole user's budget on the host, so it cannot starve whoever shares that
+            /// counter with it: the operator in rootless mode, its zygote siblings, a
+            /// sandbox that drew the same host uid. (Where the host's own budget is too
+            /// small to tell, that counter is skipped.)
+            #[test]
+            fn a_sandbox_takes_a_small_share_of_each_per_user_counter() {
+                let Some(b) = jail() else { return };
+                let soft = |r| {
+                    // SAFETY: getrlimit writes the live local.
+                    unsafe {
+                        let mut l: libc::rlimit = std::mem::zeroed();
+                        libc::getrlimit(r, &mut l);
+                        l.rlim_cur
+                    }
+                };
+                let instances: u64 = std::fs::read_to_string("/proc/sys/user/max_inotify_instances")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let checks: [(&str, serde_json::Value, &str, u64, u64); 3] = [
+                    (include_str!("escape/inotify_exhaust.py"), serde_json::json!({"instances": 100_000, "watches": 0}), "instances", 1, instances),
+                    (include_str!("escape/signal_queue.py"), serde_json::json!({"signals": 1_000_000}), "signals", 1, soft(libc::RLIMIT_SIGPENDING)),
+                    (
+                        include_str!("escape/shm_lock_fill.py"),
+                        serde_json::json!({"segments": 100_000, "segment_bytes": 4096, "mlock_bytes": 0}),
+                        "segments",
+                        4096,
+                        soft(libc::RLIMIT_MEMLOCK),
+                    ),
+                ];
+                for (program, vars, key, unit, budget) in checks {
+                    if budget < 64 * unit || budget == libc::RLIM_INFINITY {
+                        eprintln!("skipped ({key}): the host's own budget ({budget}) is too small or unlimited to tell");
+                        continue;
+                    }
+                    let (held, o) = hold(b.as_ref(), program, vars);
+                    drop(held);
+                    let got = count(&o.stdout, key) * unit;
+                    assert!(got > 0, "{key}: the sandbox got none at all: {}{}", o.stdout, o.stderr);
+                    assert!(got <= budget / 2, "{key}: one sandbox took {got} of a whole user's {budget}: {}", o.stdout);
+                }
+                // mlock is bounded per process by the same limit.
+                let (held, o) = hold(
+                    b.as_ref(),
+                    include_str!("escape/shm_lock_fill.py"),
+                    serde_json::json!({"segments": 0, "segment_bytes": 4096, "mlock_bytes": 8 << 20}),
+                );
+                drop(held);
+                assert!(o.stdout.contains("mlock 8388608 ") && !o.stdout.contains(" OK"), "{}", o.stdout);
+            }
+
+            /// The sandbox's `/proc` holds its processes only: every host-wide file is
+            /// absent (not merely empty), `/proc/self` works, and so does `os.cpu_count()`.
+            #[test]
+            fn proc_holds_only_the_sandbox_s_processes() {
+                let Some(b) = jail() else { return };
+                if !proc_subset_kernel() {
+                    eprintln!("skipped: this kernel (< 5.8) cannot mount a procfs of processes only");
+                    return;
+                }
+                let o = run_req(b.as_ref(), &request(include_str!("escape/proc_leaks.py"), serde_json::json!({}), Limits::default()));
+                assert_eq!(o.status, Status::Ok, "{}\n{}", o.stdout, o.stderr);
+                let mut n = 0;
+                for l in o.stdout.lines().filter(|l| l.starts_with("/proc/")) {
+                    assert!(l.ends_with(" ERR FileNotFoundError"), "{l}\n{}", o.stdout);
+                    n += 1;
+                }
+                assert!(n >= 30, "{}", o.stdout);
+                assert!(o.stdout.contains("\nself True\n"), "{}", o.stdout);
+                let cpus: u32 = o.stdout.lines().find_map(|l| l.strip_prefix("cpus ")).and_then(|c| c.parse().ok()).unwrap_or(0);
+                assert!(cpus >= 1, "{}", o.stdout);
             }
 
             #[test]

@@ -1,13 +1,15 @@
-# Escape: reach the kernel's dangerous interfaces through ctypes: ptrace (of itself and of a host process), mount, new namespaces (unshare, setns, clone), keyrings, bpf, perf, io_uring, userfaultfd, process_vm_readv, kexec, module loading, the new mount API, clone3, AF_ALG sockets.
+# Escape: reach the kernel's dangerous interfaces through ctypes: ptrace (of itself and of a host process), mount, new namespaces (unshare, setns, clone), keyrings, bpf, perf, io_uring, userfaultfd, process_vm_readv, kexec, module loading, the new mount API, clone3, POSIX message queues, AF_ALG sockets.
 # Expect: every call fails with EPERM (clone3 with ENOSYS, so libc falls back to clone); the host process is not traced and the host's mount table is unchanged.
 import ctypes, errno, os, platform, socket
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 NR = {
     "x86_64": dict(ptrace=101, mount=165, unshare=272, setns=308, clone=56, keyctl=250, add_key=248, bpf=321,
-                   perf_event_open=298, userfaultfd=323, process_vm_readv=310, kexec_load=246, init_module=175, pivot_root=155),
+                   perf_event_open=298, userfaultfd=323, process_vm_readv=310, kexec_load=246, init_module=175, pivot_root=155,
+                   mq_open=240),
     "aarch64": dict(ptrace=117, mount=40, unshare=97, setns=268, clone=220, keyctl=219, add_key=217, bpf=280,
-                    perf_event_open=241, userfaultfd=282, process_vm_readv=270, kexec_load=104, init_module=105, pivot_root=41),
+                    perf_event_open=241, userfaultfd=282, process_vm_readv=270, kexec_load=104, init_module=105, pivot_root=41,
+                    mq_open=180),
 }[platform.machine()]
 NR.update(io_uring_setup=425, open_tree=428, fsopen=430, clone3=435)
 CLONE_NEWUSER, SIGCHLD = 0x10000000, 17
@@ -31,6 +33,7 @@ calls = {
     "open_tree": ("open_tree", -100, b"/", 1),
     "fsopen": ("fsopen", b"tmpfs", 0),
     "clone3": ("clone3", 0, 0),
+    "mq_open": ("mq_open", b"airlock-escape", 0o100 | 0o2, 0o600, 0),
 }
 for name, (fn, *args) in calls.items():
     conv = [ctypes.c_char_p(a) if isinstance(a, bytes) else ctypes.c_long(a) for a in args]

@@ -88,6 +88,18 @@ impl Isolation {
             Isolation::Vm => "virtual machine (own kernel)",
         }
     }
+
+    /// How strong the boundary is, for policies such as "the model may not pick a
+    /// weaker boundary than the operator's default": none (0) < namespaces (1) <
+    /// WebAssembly (2: no system calls reach the host kernel) < a VM (3: its own kernel).
+    pub fn rank(self) -> u8 {
+        match self {
+            Isolation::None => 0,
+            Isolation::Namespaces => 1,
+            Isolation::Wasm => 2,
+            Isolation::Vm => 3,
+        }
+    }
 }
 
 /// What `airlock doctor` reports about one backend on this host.

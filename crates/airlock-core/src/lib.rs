@@ -23,7 +23,7 @@ pub use backend::{
 pub use error::Error;
 pub use guard::{GuardFinding, GuardPolicy, GuardProfile, GuardSettings};
 pub use outcome::{ErrorInfo, Outcome, OutputFile, ResultBundle, Status, Usage};
-pub use request::{ExecRequest, FileInput, Language, Limits, NetworkPolicy};
+pub use request::{CellLimits, CellRequest, ExecRequest, FileInput, Language, Limits, NetworkPolicy, SandboxTerms};
 
 /// A new, time-ordered identifier with a readable prefix, e.g. `exe_0192...`.
 pub fn new_id(prefix: &str) -> String {

@@ -291,6 +291,169 @@ impl ExecRequest {
     }
 }
 
+/// The limits a cell may give: each one omitted takes the sandbox's. `timeout_ms`,
+/// `cpu_ms` and `output_bytes` may differ from the sandbox's; the others are fixed
+/// when the sandbox is created and, when given, must equal its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CellLimits {
+    /// Wall-clock time of this cell, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// CPU time of this cell, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    /// Output of this cell, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    /// Fixed at creation: must equal the sandbox's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Fixed at creation: must equal the sandbox's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u32>,
+    /// Fixed at creation: must equal the sandbox's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_bytes: Option<u64>,
+    /// Fixed at creation: must equal the sandbox's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u32>,
+}
+
+/// What a sandbox fixed when it was created, and a cell inherits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxTerms<'a> {
+    /// The sandbox's id (for messages).
+    pub id: &'a str,
+    /// Its backend.
+    pub backend: BackendKind,
+    /// Its limits (the cells' defaults for the per-cell ones).
+    pub limits: Limits,
+    /// Its network.
+    pub network: NetworkPolicy,
+    /// Its guard.
+    pub guard: &'a GuardSettings,
+}
+
+/// One cell of a session (`POST /v1/sandboxes/{id}/execute`, MCP `run_code`): an
+/// [`ExecRequest`] without what is fixed when the sandbox is created. `backend`,
+/// `network`, `env` and `guard` are accepted only when they repeat the sandbox's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CellRequest {
+    /// `python` (default) or `bash`.
+    #[serde(default)]
+    pub language: Language,
+    /// The code to run.
+    pub code: String,
+    /// Files to place in the workspace before the run.
+    #[serde(default)]
+    pub files: Vec<FileInput>,
+    /// Python globals defined before the code runs (JSON values).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub global_variables: serde_json::Map<String, serde_json::Value>,
+    /// This cell's limits; omitted ones take the sandbox's.
+    #[serde(default)]
+    pub limits: CellLimits,
+    /// Workspace paths to return in [`crate::Outcome::files`] after the run.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    /// Fixed at creation: omit it, or repeat the sandbox's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendKind>,
+    /// Fixed at creation: omit it, or repeat the sandbox's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkPolicy>,
+    /// Fixed at creation: must be empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Fixed at creation (`guard` of `POST /v1/sandboxes`): omit it, or repeat the sandbox's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardSettings>,
+}
+
+impl CellRequest {
+    /// A Python cell with everything else left to the sandbox.
+    pub fn python(code: impl Into<String>) -> Self {
+        CellRequest {
+            language: Language::Python,
+            code: code.into(),
+            files: Vec::new(),
+            global_variables: serde_json::Map::new(),
+            limits: CellLimits::default(),
+            outputs: Vec::new(),
+            backend: None,
+            network: None,
+            env: BTreeMap::new(),
+            guard: None,
+        }
+    }
+
+    /// The full request this cell makes in a sandbox created with `terms`, checked
+    /// against `max`: what the sandbox fixed is inherited, and a cell that tries to
+    /// change it is refused, naming the field and what to do.
+    pub fn resolve(self, terms: &SandboxTerms<'_>, max: &Limits) -> Result<ExecRequest, Error> {
+        let fixed = |what: &str, how: &str| {
+            Error::invalid(format!(
+                "`{what}` is fixed when a sandbox is created (POST /v1/sandboxes); {how} (sandbox {})",
+                terms.id
+            ))
+        };
+        if self.backend.is_some_and(|b| b != terms.backend) {
+            return Err(fixed(
+                "backend",
+                &format!("this one runs on '{}': leave `backend` out of a cell", terms.backend),
+            ));
+        }
+        if self.network.is_some_and(|n| n != terms.network) {
+            return Err(fixed("network", "leave it out of a cell"));
+        }
+        if !self.env.is_empty() {
+            return Err(fixed("env", "leave it out of a cell"));
+        }
+        if self.guard.as_ref().is_some_and(|g| g != terms.guard) {
+            return Err(fixed("guard", "leave it out of a cell, or create a sandbox with the guard you want"));
+        }
+        let base = terms.limits;
+        let l = self.limits;
+        let same: [(&str, Option<u64>, u64); 4] = [
+            ("memory_bytes", l.memory_bytes, base.memory_bytes),
+            ("processes", l.processes.map(u64::from), base.processes.into()),
+            ("file_bytes", l.file_bytes, base.file_bytes),
+            ("open_files", l.open_files.map(u64::from), base.open_files.into()),
+        ];
+        for (name, asked, fixed) in same {
+            if asked.is_some_and(|a| a != fixed) {
+                return Err(Error::invalid(format!(
+                    "limits.{name} is fixed when the sandbox is created ({fixed}); a cell may change only timeout_ms, cpu_ms and output_bytes"
+                )));
+            }
+        }
+        let limits = Limits {
+            timeout_ms: l.timeout_ms.unwrap_or(base.timeout_ms),
+            cpu_ms: l.cpu_ms.unwrap_or(base.cpu_ms),
+            output_bytes: l.output_bytes.unwrap_or(base.output_bytes),
+            ..base
+        };
+        let req = ExecRequest {
+            language: self.language,
+            code: self.code,
+            files: self.files,
+            env: BTreeMap::new(),
+            global_variables: self.global_variables,
+            limits,
+            network: terms.network,
+            backend: Some(terms.backend),
+            outputs: self.outputs,
+            guard: terms.guard.clone(),
+            template: None,
+        };
+        req.validate(max)?;
+        Ok(req)
+    }
+}
+
 /// Rejects environment variable names or values the OS cannot carry.
 pub fn validate_env(env: &BTreeMap<String, String>) -> Result<(), Error> {
     for (k, v) in env {

@@ -11,10 +11,11 @@
 #   zygote --fork--> child: PID 1 there; one fork per sandbox, whose exit the zygote
 #           reaps and reports as an `exit` frame
 #
-# The child makes a mount namespace, mounts its own /proc, /tmp and /workspace, then
-# unshares the user, IPC, UTS and network namespaces and maps its root to the
-# zygote's (its mount namespace stays owned by the zygote's user namespace, so the
-# sandbox can never mount or unmount anything). It sets descriptors and session,
+# The child makes a mount namespace, mounts its own /proc (processes only), /tmp and
+# /workspace, then unshares the user, IPC, UTS and network namespaces and maps its root
+# to the zygote's (its mount namespace stays owned by the zygote's user namespace, so
+# the sandbox can never mount or unmount anything) and sets its own inotify maxima in
+# that user namespace. It sets descriptors and session,
 # passes its workspace descriptor to the host over the setup socket (the host reads
 # its host pid from the socket's credentials and moves it into a new cgroup), sets
 # rlimits, waits for the host's go-ahead, then drops every capability, sets
@@ -151,16 +152,21 @@ def _own_namespaces():
     _write("/proc/self/gid_map", "0 0 1")
 
 
-def _own_file_systems(req, mpl):
+def _own_file_systems(cfg, req, mpl):
     """The child: a mount namespace with a fresh /proc for its PID namespace, its own
     /tmp and /workspace (made while the child still has the zygote's capabilities:
-    its PID namespace belongs to the zygote's user namespace)."""
+    its PID namespace belongs to the zygote's user namespace). The /proc shows its
+    processes only (subset=pid: none of the host's global files, no /proc/sys); on
+    kernels without that, the whole procfs with /proc/sys read-only."""
     _check(_libc.unshare(CLONE_NEWNS), "unshare the mount namespace")
     _mount(None, "/", None, MS_REC | MS_PRIVATE, None, "make every mount private")
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    _mount("proc", "/proc", "proc", flags, None, "mount a new /proc")
-    _mount("/proc/sys", "/proc/sys", None, MS_BIND | MS_REC, None, "bind /proc/sys")
-    _mount(None, "/proc/sys", None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, None, "make /proc/sys read-only")
+    if cfg["proc_subset"]:
+        _mount("proc", "/proc", "proc", flags, "subset=pid", "mount a new /proc (processes only)")
+    else:
+        _mount("proc", "/proc", "proc", flags, None, "mount a new /proc")
+        _mount("/proc/sys", "/proc/sys", None, MS_BIND | MS_REC, None, "bind /proc/sys")
+        _mount(None, "/proc/sys", None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, None, "make /proc/sys read-only")
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, req["tmp_options"], "mount a tmpfs at /tmp")
     _mount("tmpfs", "/workspace", "tmpfs", MS_NOSUID | MS_NODEV, req["workspace_options"], "mount a tmpfs at /workspace")
     if mpl is not None:
@@ -169,6 +175,27 @@ def _own_file_systems(req, mpl):
         fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, data)
+        finally:
+            os.close(fd)
+
+
+def _user_limits(cfg):
+    """The child, in its new user namespace (holding CAP_SYS_RESOURCE there): its own
+    inotify maxima. The kernel counts every sibling's inotify use against the zygote's
+    host uid as well, so these keep one sandbox from taking the whole budget. The
+    files are reached through the zygote's /proc/sys/user (opened once, before this
+    child's own /proc hid it); they show the opener's current user namespace."""
+    for name, value in cfg["user_limits"]:
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=cfg["sysctl_dir"])
+        except FileNotFoundError:
+            continue  # no such counter in this kernel (no inotify): nothing to bound
+        except OSError as e:
+            raise StepFailed("open /proc/sys/user/%s: %s" % (name, e.strerror)) from None
+        try:
+            os.write(fd, str(value).encode())
+        except OSError as e:
+            raise StepFailed("limit user.%s to %s: %s" % (name, value, e.strerror)) from None
         finally:
             os.close(fd)
 
@@ -280,8 +307,9 @@ def _child(cfg, req, fds, driver, mpl):
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _own_file_systems(req, mpl)
+        _own_file_systems(cfg, req, mpl)
         _own_namespaces()
+        _user_limits(cfg)
         socket.sethostname(cfg["hostname"])
         _loopback_up()
         _descriptors(chan, out, err, setup)
@@ -291,7 +319,10 @@ def _child(cfg, req, fds, driver, mpl):
         ctl = socket.socket(fileno=setup)
         socket.send_fds(ctl, [b"W"], [ws])
         os.close(ws)
-        # After every step that opens a descriptor, as in a cold sandbox.
+        # After every step that opens a descriptor, as in a cold sandbox, and after the
+        # user namespace is made: the kernel records the rlimits a process has when it
+        # makes one as the most the level above (the zygote's user, shared by every
+        # sibling) may hold; set before, one child's share would be its siblings' cap.
         _rlimits(req)
         # The go-ahead carries the environment: it reaches this child only, never the
         # zygote, whose freed memory every later sibling inherits.
@@ -378,6 +409,7 @@ def main(driver_source):
     ctl = socket.socket(fileno=3)
     cfg = json.loads(ctl.recv(1 << 20))
     cfg["seccomp"] = _seccomp_programs(cfg["seccomp"])
+    cfg["sysctl_dir"] = None
     # The driver's code, loaded once as a module namespace (not as __main__).
     driver = {"__name__": "__airlock_driver__", "__builtins__": __builtins__}
     exec(compile(driver_source, "<airlock-driver>", "exec"), driver)
@@ -394,6 +426,8 @@ def main(driver_source):
         own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         _next_child_in_new_pid_namespace(own_pid_ns)
         _children_in_own_pid_namespace(own_pid_ns)
+        if cfg["user_limits"]:
+            cfg["sysctl_dir"] = os.open("/proc/sys/user", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except BaseException as e:  # noqa: BLE001
         _send(ctl, {"type": "failed", "error": "%s: %s" % (type(e).__name__, e)})
         return 1

@@ -12,25 +12,27 @@
 //! 3. become root of the new user namespace (uid/gid 0 = the unprivileged host ids);
 //! 4. die with the parent (`PR_SET_PDEATHSIG`, `SIGKILL`): if airlock is killed, the
 //!    driver — the PID namespace's init — dies and takes every process with it;
-//! 5. enter a new cgroup namespace (rooted at the sandbox's own cgroup);
-//! 6. build the new root and `pivot_root` into it (`mount.rs`);
-//! 7. set the host name (UTS namespace);
-//! 8. bring loopback up (own network namespace only; `net.rs`);
-//! 9. install stdin (`/dev/null`), stdout, stderr and the channel as fds 0-3; mark
-//!    every other descriptor close-on-exec;
-//! 10. new session (`setsid`): no controlling terminal to inject into;
-//! 11. `chdir("/workspace")`;
-//! 12. drop every capability (`caps.rs`);
-//! 13. `no_new_privs`;
-//! 14. Landlock (`landlock.rs`, best effort);
-//! 15. hand the workspace directory to the host (an fd over the setup socket);
-//! 16. set rlimits (`rlimit.rs`) — after every step that opens a descriptor: until
+//! 5. bound the new user namespace's own inotify counters (`user.rs`), through
+//!    `/proc/sys/user`, which shows the writer's user namespace;
+//! 6. enter a new cgroup namespace (rooted at the sandbox's own cgroup);
+//! 7. build the new root and `pivot_root` into it (`mount.rs`);
+//! 8. set the host name (UTS namespace);
+//! 9. bring loopback up (own network namespace only; `net.rs`);
+//! 10. install stdin (`/dev/null`), stdout, stderr and the channel as fds 0-3; mark
+//!     every other descriptor close-on-exec;
+//! 11. new session (`setsid`): no controlling terminal to inject into;
+//! 12. `chdir("/workspace")`;
+//! 13. drop every capability (`caps.rs`);
+//! 14. `no_new_privs`;
+//! 15. Landlock (`landlock.rs`, best effort);
+//! 16. hand the workspace directory to the host (an fd over the setup socket);
+//! 17. set rlimits (`rlimit.rs`) — after every step that opens a descriptor: until
 //!     `execve` the child still holds copies of airlock's descriptors (close-on-exec),
 //!     and with `RLIMIT_NOFILE` lowered first, a busy server's numbers would leave it
 //!     none below the limit;
-//! 17. unblock signals;
-//! 18. seccomp (`seccomp.rs`), last, so nothing above needs an exception in it;
-//! 19. `execve` the interpreter with an environment rebuilt from scratch.
+//! 18. unblock signals;
+//! 19. seccomp (`seccomp.rs`), last, so nothing above needs an exception in it;
+//! 20. `execve` the interpreter with an environment rebuilt from scratch.
 
 use std::ffi::CString;
 
@@ -55,6 +57,13 @@ pub enum Step {
     BecomeNamespaceRoot,
     /// `PR_SET_PDEATHSIG = SIGKILL` (after the id change, which would clear it).
     DieWithParent,
+    /// Writes a per-user-namespace maximum (`/proc/sys/user/...`, see `user.rs`).
+    LimitUserNamespace {
+        /// The file.
+        path: CString,
+        /// The value, as text.
+        text: Vec<u8>,
+    },
     /// `unshare(CLONE_NEWCGROUP)`.
     EnterCgroupNamespace,
     /// One mount-namespace operation.
@@ -101,6 +110,11 @@ impl Step {
             Step::AwaitParent => "wait for the host to set up ids and cgroups".into(),
             Step::BecomeNamespaceRoot => "become root of the user namespace".into(),
             Step::DieWithParent => "set the parent-death signal".into(),
+            Step::LimitUserNamespace { path, text } => format!(
+                "limit {} to {} in the sandbox's user namespace",
+                path.to_string_lossy(),
+                String::from_utf8_lossy(text)
+            ),
             Step::EnterCgroupNamespace => "enter a new cgroup namespace".into(),
             Step::Mount(m) => m.describe(),
             Step::SendWorkspace(p) => format!("open {} and pass it to the host", p.to_string_lossy()),
@@ -146,6 +160,8 @@ pub struct Setup {
     pub own_network: bool,
     /// Resource limits.
     pub rlimits: Vec<Rlimit>,
+    /// Per-user-namespace maxima `(file, value)` (`user::namespace_limit_files`).
+    pub namespace_limits: Vec<(CString, Vec<u8>)>,
     /// The guest's standard descriptors.
     pub stdio: Stdio,
     /// `/proc/sys/kernel/cap_last_cap`.
@@ -176,13 +192,9 @@ pub struct Plan {
 /// Builds the plan. The order of the lines below is the order of containment.
 pub fn plan(setup: Setup) -> Plan {
     let workspace = CString::new(airlock_core::paths::WORKSPACE_MOUNT).expect("no NUL");
-    let mut steps = vec![
-        Step::ResetSignals,
-        Step::AwaitParent,
-        Step::BecomeNamespaceRoot,
-        Step::DieWithParent,
-        Step::EnterCgroupNamespace,
-    ];
+    let mut steps = vec![Step::ResetSignals, Step::AwaitParent, Step::BecomeNamespaceRoot, Step::DieWithParent];
+    steps.extend(setup.namespace_limits.into_iter().map(|(path, text)| Step::LimitUserNamespace { path, text }));
+    steps.push(Step::EnterCgroupNamespace);
     steps.extend(setup.mounts.into_iter().map(Step::Mount));
     steps.push(Step::SetHostname(HOSTNAME));
     if setup.own_network {
@@ -217,6 +229,7 @@ fn apply<S: Sys>(step: &Step, sys: &mut S, ctx: &Ctx) -> SysResult<()> {
         },
         Step::BecomeNamespaceRoot => crate::user::become_root(sys),
         Step::DieWithParent => sys.prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0).map(drop),
+        Step::LimitUserNamespace { path, text } => crate::user::set_namespace_limit(sys, path, text),
         Step::EnterCgroupNamespace => sys.unshare(libc::CLONE_NEWCGROUP),
         Step::Mount(m) => m.apply(sys),
         Step::SendWorkspace(path) => {
@@ -284,11 +297,13 @@ mod tests {
             resolv_conf: false,
             setattr: true,
             nested_proc: false,
+            proc_subset: true,
         };
         Setup {
             mounts: crate::mount::plan(&spec).unwrap(),
             own_network: true,
             rlimits: crate::rlimit::for_limits(&airlock_core::Limits::default(), true),
+            namespace_limits: crate::user::namespace_limit_files(),
             stdio: Stdio { stdin_path: c"/dev/null".into(), stdout: 11, stderr: 12, channel: 13 },
             last_cap: 40,
             landlock: Some(landlock::Policy::for_abi(6)),
@@ -322,6 +337,10 @@ mod tests {
             "setresgid 0",
             "setresuid 0",
             "prctl 1 9", // PR_SET_PDEATHSIG, SIGKILL
+            "open /proc/sys/user/max_inotify_instances",
+            "write",
+            "open /proc/sys/user/max_inotify_watches",
+            "write",
             "unshare 0x2000000",
             "mount  -> / () flags=0x44000",
             "pivot_root . .",

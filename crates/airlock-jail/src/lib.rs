@@ -127,6 +127,8 @@ struct Prepared {
     extra_ro: Vec<(PathBuf, PathBuf)>,
     staging: PathBuf,
     setattr: bool,
+    /// The kernel mounts a procfs of processes only (`subset=pid`).
+    proc_subset: bool,
     landlock: Option<landlock::Policy>,
     last_cap: u32,
     cgroups: Option<Driver>,
@@ -309,6 +311,7 @@ impl JailBackend {
             extra_ro,
             staging: mount::staging_dir(),
             setattr: self.config.mount_setattr && mount::have_mount_setattr(),
+            proc_subset: mount::have_proc_subset(),
             landlock,
             last_cap: caps::last_cap(),
             cgroups,
@@ -378,6 +381,7 @@ impl JailBackend {
             resolv_conf: spec.network == NetworkPolicy::Host && p.source == RootSource::Host,
             setattr: p.setattr,
             nested_proc: role == Role::Zygote,
+            proc_subset: p.proc_subset,
         };
         let mounts = mount::plan_with(&root, p.system_part(&root)?.as_ref())?;
         let t_plan = t0.elapsed();
@@ -397,7 +401,12 @@ impl JailBackend {
         let plan = contain::plan(contain::Setup {
             mounts,
             own_network: spec.network == NetworkPolicy::None,
-            rlimits: rlimit::for_limits(&limits, memory_cgroup),
+            rlimits: match role {
+                Role::Driver => rlimit::for_limits(&limits, memory_cgroup),
+                Role::Zygote => rlimit::for_zygote(&limits, memory_cgroup),
+            },
+            // A zygote's children set their own: a zygote's maxima would cap them all together.
+            namespace_limits: if role == Role::Driver { user::namespace_limit_files() } else { Vec::new() },
             stdio: process::Stdio {
                 stdin_path: c"/dev/null".into(),
                 stdout: raw(&out_w),
@@ -418,7 +427,7 @@ impl JailBackend {
             | libc::CLONE_NEWUTS
             | net::clone_flag(spec.network);
         let placement = cgroup.0.as_ref().and_then(|g| g.placement_fd());
-        let spawned = spawn::spawn(plan, sync, flags, placement.as_ref(), |pid, placed| {
+        let spawned = spawn::spawn(plan, sync, flags, placement.as_ref(), ids.creator(), |pid, placed| {
             ids.write(pid)?;
             if !placed {
                 p.place(&cgroup, pid)?;
@@ -653,6 +662,16 @@ fn probe(config: &JailConfig) -> Probe {
             "ok: recursive read-only binds (mount_setattr)".into()
         } else {
             "old kernel (< 5.12): binds are made read-only one mount at a time, submounts are not bound".into()
+        },
+    );
+    checks.insert(
+        "proc".into(),
+        if mount::have_proc_subset() {
+            "ok: a sandbox's /proc shows its own processes only (subset=pid), no host-wide file".into()
+        } else {
+            "old kernel (< 5.8): a sandbox's /proc also shows the host's global files (cmdline, stat, meminfo, \
+             config.gz, ...), read-only"
+                .into()
         },
     );
     let python_ok = match &config.rootfs {

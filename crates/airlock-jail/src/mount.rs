@@ -12,7 +12,11 @@
 //!   host file not on the list;
 //! * read-only binds of the interpreter's own prefix, its `sys.path` entries and any
 //!   configured site-packages or virtualenv, when they live outside those directories;
-//! * a new `/proc` for the sandbox's PID namespace, with `/proc/sys` read-only;
+//! * a new `/proc` for the sandbox's PID namespace holding only its processes
+//!   (`subset=pid`, Linux 5.8+): none of the host-wide files (`cmdline`, `config.gz`,
+//!   `kallsyms`, `stat`, `meminfo`, `pressure/`, `sys/`, ...), so nothing of the host's
+//!   kernel, boot or load shows through it; on older kernels the whole procfs, with
+//!   `/proc/sys` read-only;
 //! * a minimal `/dev`: `null`, `zero`, `full`, `random`, `urandom` (bound from the
 //!   host), the `fd`/`stdin`/`stdout`/`stderr` links, `shm` pointing at `/tmp`; no
 //!   `pts`, no `tty`;
@@ -33,6 +37,9 @@ use crate::sys::{Sys, SysResult};
 
 /// `MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV`.
 const ATTR_READ_ONLY: u64 = 0x1 | 0x2 | 0x4;
+
+/// procfs's option for a mount that shows only processes (Linux 5.8+).
+pub const PROC_SUBSET_PID: &std::ffi::CStr = c"subset=pid";
 
 /// One mount-namespace operation, run in the child.
 #[derive(Debug, Clone)]
@@ -97,6 +104,8 @@ pub enum MountOp {
     Proc {
         /// Mount point.
         target: CString,
+        /// Only the processes' part (`subset=pid`): no host-wide file.
+        subset_pid: bool,
     },
     /// Makes `new_root` the root (`pivot_root(".", ".")`) and detaches the old one.
     PivotRoot {
@@ -124,7 +133,10 @@ impl MountOp {
             MountOp::ReadOnly { path, recursive, .. } => {
                 format!("make {} read-only{}", s(path), if *recursive { " (recursively)" } else { "" })
             }
-            MountOp::Proc { target } => format!("mount a new /proc at {}", s(target)),
+            MountOp::Proc { target, subset_pid: false } => format!("mount a new /proc at {}", s(target)),
+            MountOp::Proc { target, subset_pid: true } => {
+                format!("mount a new /proc at {} (processes only: subset=pid)", s(target))
+            }
             MountOp::PivotRoot { new_root } => format!("pivot_root into {}", s(new_root)),
             MountOp::RemountRootReadOnly { .. } => "make the new root read-only".into(),
         }
@@ -163,12 +175,12 @@ impl MountOp {
                     sys.mount(None, path, None, flags | keep_flags, None)
                 }
             }
-            MountOp::Proc { target } => sys.mount(
+            MountOp::Proc { target, subset_pid } => sys.mount(
                 Some(c"proc"),
                 target,
                 Some(c"proc"),
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                None,
+                subset_pid.then_some(PROC_SUBSET_PID),
             ),
             MountOp::PivotRoot { new_root } => {
                 sys.chdir(new_root)?;
@@ -264,6 +276,9 @@ pub struct RootSpec {
     /// while a fully visible procfs exists (a zygote, whose children then make their
     /// own `/proc/sys` read-only).
     pub nested_proc: bool,
+    /// The kernel can mount a procfs with only the processes' part
+    /// ([`have_proc_subset`]); unless `nested_proc`, the sandbox's `/proc` is one.
+    pub proc_subset: bool,
 }
 
 /// Where the guest's matplotlib configuration and font cache live.
@@ -502,11 +517,13 @@ impl<'a> Builder<'a> {
 
     fn proc_dev_tmp(&mut self) -> Result<(), Error> {
         let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-        // /proc, with /proc/sys read-only.
+        // /proc: the processes only where the kernel can (no /proc/sys then), else the
+        // whole procfs with /proc/sys read-only; a zygote's is whole and bare.
         self.mkdir(Path::new("/proc"), 0o555)?;
         let proc_ = self.staged(Path::new("/proc"))?;
-        self.ops.push(MountOp::Proc { target: proc_ });
-        if !self.spec.nested_proc {
+        let subset_pid = self.spec.proc_subset && !self.spec.nested_proc;
+        self.ops.push(MountOp::Proc { target: proc_, subset_pid });
+        if !self.spec.nested_proc && !subset_pid {
             let sys = self.staged(Path::new("/proc/sys"))?;
             self.ops.push(MountOp::Bind { src: sys.clone(), dst: sys.clone(), recursive: true });
             self.ops.push(MountOp::ReadOnly {
@@ -622,6 +639,27 @@ pub fn plan(spec: &RootSpec) -> Result<Vec<MountOp>, Error> {
     plan_with(spec, &system_part(spec)?)
 }
 
+/// True when the kernel can mount a procfs that shows only processes
+/// (`subset=pid`, Linux 5.8+), judged from its release.
+pub fn have_proc_subset() -> bool {
+    // SAFETY: uname fills the zeroed struct it is given.
+    let release = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return false;
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr()).to_string_lossy().into_owned()
+    };
+    proc_subset_in(&release)
+}
+
+fn proc_subset_in(release: &str) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (5, 8)
+}
+
 /// True when the kernel has `mount_setattr(2)` (Linux 5.12+).
 pub fn have_mount_setattr() -> bool {
     // SAFETY: an invalid call (bad fd, null attr) that only reports whether the
@@ -657,6 +695,7 @@ mod tests {
             resolv_conf: false,
             setattr: true,
             nested_proc: false,
+            proc_subset: true,
         }
     }
 
@@ -710,7 +749,28 @@ mod tests {
         assert!(ls[ws].contains("size=2097152"), "{}", ls[ws]);
         assert!(ls.iter().any(|l| l.starts_with("mount a tmpfs at /tmp/tmp (size=1048576")));
         assert!(ls.iter().any(|l| l == "bind /usr at /tmp/usr"));
-        assert!(ls.iter().any(|l| l == "mount a new /proc at /tmp/proc"));
+        assert!(ls.iter().any(|l| l.starts_with("mount a new /proc at /tmp/proc")));
+    }
+
+    /// The sandbox's /proc shows processes only: no host-wide file, and so no
+    /// /proc/sys to make read-only. A zygote keeps a whole /proc (its children mount
+    /// theirs); a kernel before 5.8 gets the whole procfs with /proc/sys read-only.
+    #[test]
+    fn proc_shows_only_processes_where_the_kernel_can() {
+        let ls = lines(&plan(&spec()).unwrap());
+        assert!(ls.contains(&"mount a new /proc at /tmp/proc (processes only: subset=pid)".to_string()), "{ls:?}");
+        assert!(!ls.iter().any(|l| l.contains("/proc/sys")), "{ls:?}");
+        let old = RootSpec { proc_subset: false, ..spec() };
+        let ls = lines(&plan(&old).unwrap());
+        assert!(ls.contains(&"mount a new /proc at /tmp/proc".to_string()), "{ls:?}");
+        assert!(ls.contains(&"make /tmp/proc/sys read-only (recursively)".to_string()), "{ls:?}");
+        let zygote = RootSpec { nested_proc: true, ..spec() };
+        let ls = lines(&plan(&zygote).unwrap());
+        assert!(ls.contains(&"mount a new /proc at /tmp/proc".to_string()), "{ls:?}");
+        assert!(!ls.iter().any(|l| l.contains("/proc/sys")), "{ls:?}");
+        assert!(proc_subset_in("6.18.44-fc-v1252") && proc_subset_in("5.8.0") && proc_subset_in("10.0"));
+        assert!(!proc_subset_in("5.4.0-150-generic") && !proc_subset_in("4.18.0-553.el8_10.x86_64"));
+        assert!(!proc_subset_in("garbage"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | `clone3` | its flags are in memory, where BPF cannot look | `ENOSYS`, so libc falls back to `clone`, whose flags are checked |
 //! | other processes' memory | `ptrace`, `process_vm_readv`, `process_vm_writev`, `kcmp`, `pidfd_getfd` | `EPERM` |
 //! | kernel attack surface | `bpf`, `perf_event_open`, `userfaultfd`, `io_uring_setup/enter/register`, `add_key`, `request_key`, `keyctl`, `open_by_handle_at`, `name_to_handle_at`, `fanotify_init` | `EPERM` |
+//! | POSIX message queues | `mq_open`, `mq_unlink`, `mq_timedsend`, `mq_timedreceive`, `mq_notify`, `mq_getsetattr` (nothing in Python's standard library uses them; their bytes are a per-user kernel counter, and `mq_notify` has a history of exploitable bugs) | `EPERM` |
 //! | host administration | `reboot`, `kexec_load`, `kexec_file_load`, `init_module`, `finit_module`, `delete_module`, `swapon`, `swapoff`, `acct`, `quotactl`, `quotactl_fd`, `syslog`, `vhangup`, `settimeofday`, `clock_settime`, `clock_adjtime`, `iopl`, `ioperm`, `sysfs`, `ustat`, `uselib`, `_sysctl`, the NUMA calls `mbind`, `set_mempolicy`, `get_mempolicy`, `move_pages` | `EPERM` |
 //! | terminal injection | `ioctl` with `TIOCSTI` or `TIOCLINUX` (low 32 bits of the request compared, so high garbage bits do not bypass it) | `EPERM` |
 //! | sockets | `socket(AF_ALG)` (kernel crypto), `socket(AF_VSOCK)` (hypervisor channel) | `EPERM` |
@@ -97,6 +98,12 @@ fn always_denied() -> Vec<i64> {
         SYS_open_by_handle_at,
         SYS_name_to_handle_at,
         SYS_fanotify_init,
+        SYS_mq_open,
+        SYS_mq_unlink,
+        SYS_mq_timedsend,
+        SYS_mq_timedreceive,
+        SYS_mq_notify,
+        SYS_mq_getsetattr,
         SYS_reboot,
         SYS_kexec_load,
         SYS_kexec_file_load,
@@ -362,6 +369,9 @@ mod tests {
             libc::SYS_kexec_load,
             libc::SYS_init_module,
             libc::SYS_reboot,
+            libc::SYS_mq_open,
+            libc::SYS_mq_notify,
+            libc::SYS_mq_timedsend,
             SYS_OPEN_TREE_ATTR,
         ] {
             assert_eq!(check(nr, [0; 6]), errno(libc::EPERM), "syscall {nr}");

@@ -7,7 +7,10 @@
 //!   the child exits, not the process: cloned from a short-lived worker thread (a
 //!   server's blocking pool), a live session would be killed when that worker retires;
 //! * when airlock runs as root, the spawner drops its own supplementary groups (a
-//!   per-thread credential) once, so no sandbox inherits a host group.
+//!   per-thread credential) once, so no sandbox inherits a host group, and it takes
+//!   each sandbox's host uid and gid as its effective ids around that sandbox's
+//!   `clone` (`user::Creator`), so the kernel charges the sandbox's per-user counters
+//!   to that uid instead of root.
 //!
 //! The handshake, over a `SOCK_SEQPACKET` pair whose child end is close-on-exec:
 //!
@@ -19,6 +22,7 @@
 //!    into an error naming the step.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -37,8 +41,25 @@ struct Job {
     flags: i32,
     /// A cgroup v2 directory to create the child in (`CLONE_INTO_CGROUP`).
     cgroup_fd: Option<RawFd>,
-    reply: mpsc::Sender<Result<(i32, bool), i32>>,
+    /// The host uid and gid to create the namespaces as (root mode).
+    creator: Option<(u32, u32)>,
+    reply: mpsc::Sender<Result<(i32, bool), CloneFailure>>,
 }
+
+/// Why the spawner made no child.
+#[derive(Debug)]
+enum CloneFailure {
+    /// `clone` failed with this errno.
+    Clone(i32),
+    /// The spawner could not act as the sandbox's host uid (uid, errno).
+    Creator(u32, i32),
+    /// An earlier sandbox's ids could not be given back: the spawner makes no more.
+    Stuck,
+}
+
+/// Set when the spawner thread could not return to its own ids after a clone; from
+/// then on it refuses to make sandboxes rather than make them with unknown ids.
+static CREDENTIALS_STUCK: AtomicBool = AtomicBool::new(false);
 
 fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
     static TX: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
@@ -63,8 +84,17 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
 }
 
 /// `clone`s the child with all signals blocked (the child unblocks them just before
-/// `execve`), so none of airlock's signal handlers can run in the copy.
-fn clone_child(job: &Job) -> Result<(i32, bool), i32> {
+/// `execve`), so none of airlock's signal handlers can run in the copy, and, in root
+/// mode, with the sandbox's host ids as this thread's effective ids, so that they own
+/// its user namespace (see `user::Creator`).
+fn clone_child(job: &Job) -> Result<(i32, bool), CloneFailure> {
+    if CREDENTIALS_STUCK.load(Ordering::SeqCst) {
+        return Err(CloneFailure::Stuck);
+    }
+    let creator = match job.creator {
+        Some((uid, gid)) => Some(crate::user::Creator::assume(uid, gid).map_err(|e| CloneFailure::Creator(uid, e))?),
+        None => None,
+    };
     // SAFETY: sigset operations on a live local.
     let (full, mut old) = unsafe {
         let mut full: libc::sigset_t = std::mem::zeroed();
@@ -79,7 +109,18 @@ fn clone_child(job: &Job) -> Result<(i32, bool), i32> {
     }
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    r.map(|(pid, placed)| (pid as i32, placed))
+    if let Some(c) = creator {
+        let uid = c.uid();
+        if let Err(e) = c.restore() {
+            CREDENTIALS_STUCK.store(true, Ordering::SeqCst);
+            tracing::error!(
+                "the jail spawner thread cannot return from host uid {uid} to its own ids ({}); \
+                 it makes no more sandboxes",
+                std::io::Error::from_raw_os_error(e)
+            );
+        }
+    }
+    r.map(|(pid, placed)| (pid as i32, placed)).map_err(CloneFailure::Clone)
 }
 
 /// `struct clone_args` of `clone3(2)` (version 2, with `cgroup`).
@@ -215,7 +256,8 @@ fn hint(errno: i32, step: &str) -> &'static str {
 }
 
 /// Clones the child that will run `plan` (inside the cgroup v2 directory `cgroup` when
-/// one is given and the kernel can), runs the parent's part of the handshake
+/// one is given and the kernel can; with the host ids `creator` as the creator of its
+/// namespaces, see `user::Creator`), runs the parent's part of the handshake
 /// (`before_go(pid, placed)` writes id maps and, unless `placed`, moves the child into
 /// its cgroup) and waits until the child has executed the interpreter.
 pub fn spawn(
@@ -223,6 +265,7 @@ pub fn spawn(
     sync: (OwnedFd, OwnedFd),
     flags: i32,
     cgroup: Option<&OwnedFd>,
+    creator: Option<(u32, u32)>,
     before_go: impl FnOnce(i32, bool) -> Result<(), Error>,
 ) -> Result<Spawned, Error> {
     let (parent_end, child_end) = sync;
@@ -233,6 +276,7 @@ pub fn spawn(
         ctx: Ctx { sync_fd: child_end.as_raw_fd() },
         flags,
         cgroup_fd: cgroup.map(|c| c.as_raw_fd()),
+        creator,
         reply: reply_tx,
     };
     spawner()
@@ -242,7 +286,18 @@ pub fn spawn(
         .map_err(|_| Error::host("the jail spawner thread is gone"))?;
     let (pid, placed) = match reply_rx.recv_timeout(Duration::from_secs(10)) {
         Ok(Ok(r)) => r,
-        Ok(Err(errno)) => return Err(clone_error(errno)),
+        Ok(Err(CloneFailure::Clone(errno))) => return Err(clone_error(errno)),
+        Ok(Err(CloneFailure::Creator(uid, errno))) => {
+            return Err(Error::host(format!(
+                "cannot act as the sandbox's host uid {uid} to create its namespaces: {}",
+                std::io::Error::from_raw_os_error(errno)
+            )));
+        }
+        Ok(Err(CloneFailure::Stuck)) => {
+            return Err(Error::host(
+                "the jail spawner thread could not return to its own ids after an earlier sandbox; restart airlock",
+            ));
+        }
         Err(_) => return Err(Error::host("the jail spawner thread did not answer")),
     };
     drop(child_end);
@@ -401,6 +456,103 @@ pub fn namespaces_work(flags: i32) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status_line(status: &str, key: &str) -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Root mode: the spawner acts as the sandbox's host uid around the clone, so the
+    /// new user namespace is that uid's (the kernel charges its per-user counters
+    /// there), the clone keeps its privileges (a child can still be created in a
+    /// root-owned cgroup), and the thread gets its own ids and capabilities back.
+    #[test]
+    fn the_sandbox_s_host_uid_creates_its_user_namespace() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: acting as another uid needs root");
+            return;
+        }
+        let uid = crate::user::JailIds::default().uid_base + 0xF_FFF0;
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let cgroup = crate::cgroup::mounts(&mi).into_iter().find(|(_, t, _)| t == "cgroup2").and_then(|(m, _, _)| {
+            let dir = m.join(format!("airlock-creator-test-{}", std::process::id()));
+            std::fs::create_dir(&dir).ok()?;
+            use nix::fcntl::OFlag;
+            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            Some((nix::fcntl::open(&dir, flags, nix::sys::stat::Mode::empty()).unwrap(), dir))
+        });
+        let before = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let c = crate::user::Creator::assume(uid, uid).unwrap();
+        let acting = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let r = fork_like(libc::CLONE_NEWUSER, cgroup.as_ref().map(|(fd, _)| fd.as_raw_fd()));
+        if let Ok((0, _)) = r {
+            loop {
+                // SAFETY: the child only waits to be killed.
+                unsafe { libc::pause() };
+            }
+        }
+        c.restore().unwrap();
+        let after = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let (pid, placed) = r.unwrap();
+        let owner = {
+            const NS_GET_OWNER_UID: libc::c_ulong = 0xb7 << 8 | 4;
+            let f = std::fs::File::open(format!("/proc/{pid}/ns/user")).unwrap();
+            let mut owner: libc::uid_t = u32::MAX;
+            // SAFETY: the ioctl writes one uid_t into the live local.
+            unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_OWNER_UID as _, &mut owner as *mut libc::uid_t) };
+            owner
+        };
+        let child_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        // SAFETY: kills and reaps our own child.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+            libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+        }
+        if let Some((_, dir)) = &cgroup {
+            let _ = std::fs::remove_dir(dir);
+        }
+        assert_eq!(owner, uid, "the new user namespace belongs to the sandbox's host uid");
+        assert_eq!(status_line(&acting, "Uid:"), format!("0 {uid} 0 {uid}"));
+        assert_eq!(status_line(&acting, "Gid:"), format!("0 {uid} 0 {uid}"));
+        assert_eq!(status_line(&acting, "CapEff:"), status_line(&acting, "CapPrm:"), "privileges kept for the clone");
+        for key in ["Uid:", "Gid:", "CapEff:", "CapPrm:"] {
+            assert_eq!(status_line(&after, key), status_line(&before, key), "{key} is back");
+        }
+        if let Some((_, dir)) = &cgroup {
+            let name = dir.file_name().unwrap().to_string_lossy();
+            if placed {
+                assert!(child_cgroup.lines().any(|l| l == format!("0::/{name}")), "{child_cgroup}");
+            } else {
+                // The plain clone3 test above tells whether this kernel can place at all.
+                let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+                let dir = crate::cgroup::mounts(&mi).into_iter().find(|(_, t, _)| t == "cgroup2").unwrap().0;
+                let probe = dir.join(format!("airlock-creator-probe-{}", std::process::id()));
+                std::fs::create_dir(&probe).unwrap();
+                use nix::fcntl::OFlag;
+                let fd = nix::fcntl::open(
+                    &probe,
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .unwrap();
+                let (pid, could) = match fork_like(0, Some(fd.as_raw_fd())) {
+                    // SAFETY: the child exits at once, running nothing of the test's.
+                    Ok((0, _)) => unsafe { libc::_exit(0) },
+                    r => r.unwrap(),
+                };
+                // SAFETY: reaps our own child, which exits at once.
+                unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+                std::fs::remove_dir(&probe).unwrap();
+                assert!(!could, "root can create a child in {name}, but not while acting as the sandbox's uid");
+                eprintln!("skipped (cgroup part): no clone3 CLONE_INTO_CGROUP here");
+            }
+        }
+    }
 
     /// `clone3(CLONE_INTO_CGROUP)` against the host's cgroup2 mount (on a v1 host, the
     /// controller-less `unified` hierarchy is enough to check the placement).

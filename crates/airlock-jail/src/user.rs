@@ -13,6 +13,22 @@
 //! cannot drop a supplementary group to escape a group-based denial, and the
 //! supplementary groups of the host process are cleared before the clone (see
 //! `spawn.rs`), so the guest carries no host group.
+//!
+//! **Who creates the namespace matters as much as the map.** The kernel charges every
+//! per-user counter a process inside a user namespace uses (inotify instances and
+//! watches, pending signals, POSIX message queue bytes, `SHM_LOCK`ed memory, processes,
+//! namespaces) to its own user in that namespace *and* to the namespace's creator, one
+//! level up, all the way to the host (`kernel/ucount.c`): the top-level counter is the
+//! one of `(host, euid of whoever created the namespace)`. In root mode the spawner
+//! thread therefore takes the sandbox's host uid and gid as its effective ids around the
+//! `clone` ([`Creator`]), so a sandbox's use lands on its own host uid's counters, never
+//! on root's (where it would starve host root and every other sandbox). Rootless, the
+//! creator is your own uid: there the sandbox's own limits below and its rlimits
+//! (`rlimit.rs`) bound what each sandbox takes of your budget.
+//!
+//! The sysctl-type counters (`user.max_inotify_*`) have a maximum per user namespace,
+//! writable with `CAP_SYS_RESOURCE` in it; each sandbox sets small ones for its own
+//! namespace while it still holds its capabilities ([`NAMESPACE_LIMITS`]).
 
 use airlock_core::Error;
 
@@ -73,6 +89,12 @@ impl IdMap {
         Ok(IdMap { host_uid: id, host_gid: id, rootless: false })
     }
 
+    /// The host ids to create the sandbox's namespaces as: its own (root mode), or
+    /// none (rootless: airlock's own ids are the only ones it can act as).
+    pub fn creator(&self) -> Option<(u32, u32)> {
+        (!self.rootless).then_some((self.host_uid, self.host_gid))
+    }
+
     /// The `uid_map` line.
     pub fn uid_map(&self) -> String {
         format!("0 {} 1\n", self.host_uid)
@@ -93,6 +115,170 @@ impl IdMap {
         w("uid_map", &self.uid_map())?;
         w("gid_map", &self.gid_map())
     }
+}
+
+/// A per-user-namespace maximum a sandbox sets for its own namespace (a file under
+/// `/proc/sys/user/`, which always shows the writer's own user namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceLimit {
+    /// The file name under `/proc/sys/user/`.
+    pub name: &'static str,
+    /// The maximum.
+    pub value: u32,
+}
+
+/// What each sandbox may hold of the per-user inotify counters. The host's own maxima
+/// (`/proc/sys/user/max_inotify_*`, 128 instances by default) still cap the sum over
+/// everything charged to the same host uid: one sandbox in root mode, every sibling of
+/// a zygote, or every rootless sandbox and your own processes.
+pub const NAMESPACE_LIMITS: &[NamespaceLimit] = &[
+    NamespaceLimit { name: "max_inotify_instances", value: 8 },
+    NamespaceLimit { name: "max_inotify_watches", value: 4096 },
+];
+
+/// Where a [`NamespaceLimit`] is written, with the text written there (prepared before
+/// the clone: the child must not allocate).
+pub fn namespace_limit_files() -> Vec<(std::ffi::CString, Vec<u8>)> {
+    NAMESPACE_LIMITS
+        .iter()
+        .map(|l| {
+            let path = std::ffi::CString::new(format!("/proc/sys/user/{}", l.name)).expect("no NUL");
+            (path, l.value.to_string().into_bytes())
+        })
+        .collect()
+}
+
+/// Writes one namespace limit (in the child, while it holds `CAP_SYS_RESOURCE` in its
+/// own user namespace). A kernel without the file (no inotify) has nothing to bound.
+pub fn set_namespace_limit<S: crate::sys::Sys>(
+    sys: &mut S,
+    path: &std::ffi::CStr,
+    text: &[u8],
+) -> crate::sys::SysResult<()> {
+    let fd = match sys.open(path, libc::O_WRONLY, 0) {
+        Err(libc::ENOENT) => return Ok(()),
+        other => other?,
+    };
+    let r = sys.write_all(fd, text);
+    sys.close(fd);
+    r
+}
+
+/// The spawner thread, acting as a sandbox's host uid and gid while it clones the
+/// sandbox (root mode only), so that the kernel records that uid as the creator of the
+/// sandbox's user namespace and charges its per-user counters there (see the module
+/// documentation).
+///
+/// Only the effective ids change (`setresuid(-1, uid, -1)`, as raw system calls, so
+/// only this thread): the real and saved ids stay 0, which is what lets [`restore`]
+/// go back. The kernel clears the effective capabilities on the switch; they are set
+/// again from the permitted set, so the clone is made with the same privilege as
+/// before (a host that restricts user namespaces to `CAP_SYS_ADMIN` holders, such as
+/// Ubuntu's AppArmor policy, still lets airlock make them; `clone3` can still create
+/// the child in a root-owned cgroup). The child starts with these ids (real uid host
+/// root, effective uid the sandbox's) and runs only airlock's code until it becomes
+/// root of its namespace, as before. Like the workspace's `setfsuid` (`sandbox.rs`),
+/// the switch makes the airlock process non-dumpable (`fs.suid_dumpable`).
+///
+/// [`restore`]: Creator::restore
+#[derive(Debug)]
+#[must_use = "the thread keeps the sandbox's ids until restore() is called"]
+pub(crate) struct Creator {
+    uid: u32,
+    /// The thread's own effective uid and gid, restored afterwards.
+    euid: u32,
+    egid: u32,
+}
+
+impl Creator {
+    /// Switches this thread's effective uid and gid to `uid`/`gid`, keeping its
+    /// capabilities effective. On failure nothing is left changed.
+    pub(crate) fn assume(uid: u32, gid: u32) -> Result<Creator, crate::sys::Errno> {
+        let keep = u32::MAX; // (uid_t)-1: leave this id as it is
+        let (mut r, mut euid, mut egid, mut s) = (0u32, 0u32, 0u32, 0u32);
+        // SAFETY: the raw calls write three ids of this thread into live locals.
+        unsafe {
+            if libc::syscall(libc::SYS_getresuid, &mut r as *mut u32, &mut euid as *mut u32, &mut s as *mut u32) != 0
+                || libc::syscall(libc::SYS_getresgid, &mut r as *mut u32, &mut egid as *mut u32, &mut s as *mut u32)
+                    != 0
+            {
+                return Err(last_errno());
+            }
+        }
+        // SAFETY: integer arguments; the raw call changes this thread's credentials only.
+        if unsafe { libc::syscall(libc::SYS_setresgid, keep, gid, keep) } != 0 {
+            return Err(last_errno());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::syscall(libc::SYS_setresuid, keep, uid, keep) } != 0 {
+            let e = last_errno();
+            // SAFETY: as above; back to this thread's own effective gid.
+            unsafe { libc::syscall(libc::SYS_setresgid, keep, egid, keep) };
+            return Err(e);
+        }
+        let c = Creator { uid, euid, egid };
+        if let Err(e) = effective_from_permitted() {
+            let _ = c.restore();
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    /// Back to the thread's own effective uid and gid (root's: the kernel then sets
+    /// the effective capabilities from the permitted set again).
+    pub(crate) fn restore(self) -> Result<(), crate::sys::Errno> {
+        let keep = u32::MAX;
+        // SAFETY: integer arguments; this thread's credentials only. The saved uid
+        // still holds the old effective one, so going back needs no capability.
+        if unsafe { libc::syscall(libc::SYS_setresuid, keep, self.euid, keep) } != 0 {
+            return Err(last_errno());
+        }
+        // SAFETY: as above (CAP_SETGID is effective again).
+        if unsafe { libc::syscall(libc::SYS_setresgid, keep, self.egid, keep) } != 0 {
+            return Err(last_errno());
+        }
+        Ok(())
+    }
+
+    /// The host uid this thread acts as.
+    pub(crate) fn uid(&self) -> u32 {
+        self.uid
+    }
+}
+
+fn last_errno() -> crate::sys::Errno {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// `capget`, then `capset` with the effective set equal to the permitted one (this
+/// thread only).
+fn effective_from_permitted() -> Result<(), crate::sys::Errno> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header { version: 0x2008_0522, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: header and data are live and laid out as the v3 capget ABI requires.
+    if unsafe { libc::syscall(libc::SYS_capget, &header as *const Header, data.as_mut_ptr()) } != 0 {
+        return Err(last_errno());
+    }
+    for d in &mut data {
+        d.effective = d.permitted;
+    }
+    // SAFETY: as above; pid 0 is this thread.
+    if unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) } != 0 {
+        return Err(last_errno());
+    }
+    Ok(())
 }
 
 /// Inside the namespace: become its root (uid and gid 0, i.e. the mapped host ids).

@@ -11,11 +11,14 @@
 //!
 //! 1. it is forked as PID 1 of a new PID namespace (the zygote `setns`es back to its
 //!    own PID namespace and unshares a new one for its next child before each fork);
-//! 2. a mount namespace with its own `/proc` (with `/proc/sys` read-only), `/tmp` and
-//!    `/workspace` tmpfs; then its own user, IPC, UTS and network namespaces; the host
-//!    name; loopback up; descriptors 0-3; a new session;
+//! 2. a mount namespace with its own `/proc` (processes only, or with `/proc/sys`
+//!    read-only on kernels before 5.8), `/tmp` and `/workspace` tmpfs; then its own
+//!    user, IPC, UTS and network namespaces, with its own inotify maxima
+//!    (`user::NAMESPACE_LIMITS`); the host name; loopback up; descriptors 0-3; a new
+//!    session;
 //! 3. it hands its workspace directory to the host over a setup socket (then sets its
-//!    rlimits); the host
+//!    rlimits: after its user namespace exists, so that the per-user ones bound it
+//!    alone, not every sibling through the zygote's shared user); the host
 //!    learns the child's host pid from the socket's credentials (`SO_PASSCRED`),
 //!    checks it against the zygote's report, and moves it into a new cgroup with the
 //!    sandbox's memory, pids and CPU limits;
@@ -331,6 +334,8 @@ impl Zygote {
             "securebits": caps::SECUREBITS,
             "hostname": crate::contain::HOSTNAME,
             "mpl": mpl,
+            "proc_subset": p.proc_subset,
+            "user_limits": crate::user::NAMESPACE_LIMITS.iter().map(|l| json!([l.name, l.value])).collect::<Vec<_>>(),
         });
         if let Err(e) = send_json(&l.channel, &cfg, &[]) {
             return Err(failed(&mut process, e.to_string()));

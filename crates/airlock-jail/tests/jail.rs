@@ -94,6 +94,18 @@ fn cgroup_dirs(needle: &str) -> Vec<PathBuf> {
     out
 }
 
+/// The host uid that created the user namespace of process `pid` (`NS_GET_OWNER_UID`).
+fn user_ns_owner(pid: i32) -> u32 {
+    use std::os::fd::AsRawFd;
+    const NS_GET_OWNER_UID: libc::c_ulong = 0xb7 << 8 | 4;
+    let f = std::fs::File::open(format!("/proc/{pid}/ns/user")).unwrap();
+    let mut uid: libc::uid_t = u32::MAX;
+    // SAFETY: the ioctl writes one uid_t into the live local.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_OWNER_UID as _, &mut uid as *mut libc::uid_t) };
+    assert_eq!(r, 0, "NS_GET_OWNER_UID: {}", std::io::Error::last_os_error());
+    uid
+}
+
 const FACTS: &str = r#"
 import os, json, socket
 f = {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "hostname": socket.gethostname(),
@@ -103,7 +115,8 @@ st = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines
 f["caps"] = [st[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")]
 f["nnp"], f["seccomp"] = st["NoNewPrivs"].strip(), st["Seccomp"].strip()
 f["cgroup"] = open("/proc/self/cgroup").read().splitlines()
-f["ifaces"] = sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:])
+f["ifaces"] = sorted(l.split(":")[0].strip() for l in open("/proc/self/net/dev").read().splitlines()[2:])
+f["proc"] = sorted(e for e in os.listdir("/proc") if not e.isdigit())
 def w(p):
     try:
         with open(p, "w") as h:
@@ -161,6 +174,9 @@ fn check_guest_view(b: &JailBackend) {
     }
     assert_eq!(f["ifaces"], serde_json::json!(["lo"]), "only loopback in the network namespace");
     assert_eq!(f["loopback"], "ok");
+    if airlock_jail::mount::have_proc_subset() {
+        assert_eq!(f["proc"], serde_json::json!(["self", "thread-self"]), "/proc shows processes only");
+    }
     let writes = &f["writes"];
     for p in ["/usr/x", "/etc/x", "/x", "/proc/x"] {
         assert_ne!(writes[p], "ok", "{p} was writable");
@@ -205,6 +221,10 @@ fn the_host_sees_an_unprivileged_owner_and_a_cgroup_that_goes_away() {
     } else {
         assert_eq!(uid, nix::unistd::geteuid().as_raw());
     }
+    // The kernel charges the sandbox's per-user counters (inotify, queued signals,
+    // locked memory, ...) to the creator of its user namespace too: that must be the
+    // sandbox's own host uid, not root.
+    assert_eq!(user_ns_owner(pid), uid, "the sandbox's user namespace was created by another host uid");
     let own_pidns = std::fs::read_link("/proc/self/ns/pid").unwrap();
     assert_ne!(std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap(), own_pidns);
     let dirs = cgroup_dirs(&id);

@@ -85,7 +85,8 @@ print('capbnd', status('CapBnd'))
 print('nnp', status('NoNewPrivs'))
 print('seccomp', status('Seccomp'))
 print('procs', len([p for p in os.listdir('/proc') if p.isdigit()]))
-print('ifaces', ','.join(sorted(l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:])))
+print('ifaces', ','.join(sorted(l.split(':')[0].strip() for l in open('/proc/self/net/dev').readlines()[2:])))
+print('proc', ','.join(sorted(e for e in os.listdir('/proc') if not e.isdigit())))
 def writable(path):
     try:
         open(path, 'w').close()
@@ -133,6 +134,9 @@ fn a_forked_sandbox_is_confined_like_a_cold_one() {
     assert_eq!(f["seccomp"], "2", "a seccomp filter");
     assert!(f["procs"].parse::<u32>().unwrap() <= 2, "sees only its own processes: {f:?}");
     assert_eq!(f["ifaces"], "lo", "its own network namespace");
+    if airlock_jail::mount::have_proc_subset() {
+        assert_eq!(f["proc"], "self,thread-self", "/proc shows processes only: {f:?}");
+    }
     assert_ne!(f["usr"], "yes");
     assert_ne!(f["root"], "yes");
     assert_ne!(f["proc_sys"], "yes", "/proc/sys is read-only");
@@ -154,6 +158,47 @@ fn namespaces(sb: &mut dyn Sandbox) -> std::collections::BTreeMap<String, String
     let o = cell(sb, code);
     assert_eq!(o.status, Status::Ok, "{o:?}");
     o.stdout.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The host uid that created the user namespace of process `pid` (`NS_GET_OWNER_UID`).
+fn user_ns_owner(pid: i32) -> u32 {
+    use std::os::fd::AsRawFd;
+    const NS_GET_OWNER_UID: libc::c_ulong = 0xb7 << 8 | 4;
+    let f = std::fs::File::open(format!("/proc/{pid}/ns/user")).unwrap();
+    let mut uid: libc::uid_t = u32::MAX;
+    // SAFETY: the ioctl writes one uid_t into the live local.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_OWNER_UID as _, &mut uid as *mut libc::uid_t) };
+    assert_eq!(r, 0, "NS_GET_OWNER_UID: {}", std::io::Error::last_os_error());
+    uid
+}
+
+fn host_uid(pid: i32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The kernel charges a process's per-user counters (inotify, queued signals, locked
+/// memory) up the chain of user-namespace creators to the host: the zygote's user
+/// namespace must be its own host uid's, not root's, and so its children's chains end
+/// there too.
+#[test]
+fn the_zygote_and_its_children_charge_the_zygote_s_host_uid() {
+    let Some(z) = zygote() else { return };
+    let zpid = z.host_pid();
+    let uid = host_uid(zpid);
+    assert_ne!(uid, 0, "the zygote runs as host root");
+    assert_eq!(user_ns_owner(zpid), uid, "the zygote's user namespace was created by another host uid");
+    let mut sb = fork(&z);
+    assert_eq!(cell(sb.as_mut(), "1").status, Status::Ok);
+    let children = std::fs::read_to_string(format!("/proc/{zpid}/task/{zpid}/children")).unwrap();
+    let kids: Vec<i32> = children.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    assert!(!kids.is_empty(), "the zygote has no child");
+    for kid in kids {
+        assert_eq!(host_uid(kid), uid, "a child runs as another host uid");
+        assert_eq!(user_ns_owner(kid), uid, "a child's user namespace was created by another host uid");
+    }
+    sb.destroy().unwrap();
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The `/v1` handlers. Each one parses HTTP into a service call and renders the
 //! answer; the service never sees HTTP.
 
-use airlock_core::{ExecRequest, FileEntry, Outcome};
+use airlock_core::{CellRequest, ExecRequest, FileEntry, Outcome};
 use airlock_service::ServiceError;
 use airlock_service::keys::Principal;
 use airlock_service::service::Health;
@@ -197,11 +197,12 @@ pub async fn delete_sandbox(
 
 /// Runs a cell in a sandbox; variables persist between cells.
 ///
-/// The body is an `ExecRequest` without `env`, `network` or `backend` (fixed at
-/// creation); omitted limits take the sandbox's, and only `timeout_ms`, `cpu_ms` and
-/// `output_bytes` may differ from them. One cell runs at a time: a second call while
-/// one runs gets `409 busy`.
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/execute", tag = "sandboxes", request_body = ExecRequest,
+/// The body is a `CellRequest`: an `ExecRequest` without what is fixed at creation
+/// (`env`, `network`, `backend`, `guard`); omitted limits take the sandbox's, and only
+/// `timeout_ms`, `cpu_ms` and `output_bytes` may differ from them. A guarded sandbox's
+/// cells are checked before they run (status `denied` with findings). One cell runs at
+/// a time: a second call while one runs gets `409 busy`.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/execute", tag = "sandboxes", request_body = CellRequest,
     params(("id" = String, Path, description = "Sandbox id")),
     responses(
         (status = 200, description = "The outcome (or a stream of StreamEvent lines)", body = Outcome),
@@ -217,8 +218,8 @@ pub async fn execute_cell(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let body = json_body(&headers, body)?;
-    let pending = st.service.prepare_cell(&p, &id, body).await?;
+    let cell = st.service.cell_from_json(json_body(&headers, body)?)?;
+    let pending = st.service.prepare_cell(&p, &id, cell).await?;
     Ok(respond(pending, mode(&headers)).await)
 }
 

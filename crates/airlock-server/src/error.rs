@@ -26,6 +26,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// What happened and what to do about it.
     pub message: String,
+    /// For `internal` errors: the id under which the server logged the cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// An error response.
@@ -39,12 +42,14 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header.
     pub retry_after_s: Option<u64>,
+    /// The id of a logged internal error.
+    pub error_id: Option<String>,
 }
 
 impl ApiError {
     /// An error with this status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), retry_after_s: None }
+        ApiError { status, code, message: message.into(), retry_after_s: None, error_id: None }
     }
 
     /// A `400 invalid_request`.
@@ -54,7 +59,9 @@ impl ApiError {
 
     /// The body, for tests and streams.
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message.clone() } }
+        ErrorBody {
+            error: ErrorDetail { code: self.code.into(), message: self.message.clone(), id: self.error_id.clone() },
+        }
     }
 }
 
@@ -83,6 +90,7 @@ impl From<ServiceError> for ApiError {
             code: e.code(),
             message: e.message.clone(),
             retry_after_s: e.retry_after_s,
+            error_id: e.error_id.clone(),
         }
     }
 }

@@ -162,8 +162,7 @@ fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .cloned()
         .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_default();
-    tracing::error!("a request handler panicked: {what}");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "airlock failed unexpectedly; the error was logged")
+    ApiError::from(airlock_service::ServiceError::internal(format!("a request handler panicked: {what}")))
         .into_response()
 }
 

@@ -30,6 +30,7 @@ use crate::api;
     ),
     components(schemas(
         airlock_core::ExecRequest,
+        airlock_core::CellRequest,
         airlock_core::Outcome,
         airlock_core::FileEntry,
         airlock_service::session::CreateSandbox,

@@ -794,3 +794,159 @@ async fn a_500_that_carries_an_execution_id_is_in_the_audit_log() {
     assert_eq!(rec.status, StatusCode::OK, "a 500 named {id}, which the audit log does not have");
     assert_eq!(rec.json()["status"], "failed");
 }
+
+/// Whether the jail works here (the default backend of a server nobody configured).
+fn jail_works() -> bool {
+    let ok = Registry::new(Config::from_env()).probe(BackendKind::Jail).is_some_and(|p| p.available);
+    if !ok {
+        eprintln!("skipped: the jail backend does not work here");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_unconfined_backend_is_served_only_when_the_operator_names_it() {
+    if !jail_works() {
+        return;
+    }
+    // A server nobody configured: isolating backends only.
+    let h = harness(ServerSettings { pool_size: 0, ..ServerSettings::default() });
+    let health = h.get("/healthz").await.json();
+    let served = health["backends"].as_array().unwrap().clone();
+    assert!(served.contains(&json!("jail")) && !served.contains(&json!("process")), "{health}");
+    assert_eq!(health["default_backend"], "jail");
+    for (uri, body) in [
+        ("/v1/execute", json!({"backend": "process", "code": "open('/etc/shadow').read()"})),
+        ("/v1/sandboxes", json!({"backend": "process"})),
+    ] {
+        let r = h.post(uri, body).await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"), "{uri}");
+        let m = r.message();
+        assert!(m.contains("does not serve backend 'process'") && m.contains("jail"), "{m}");
+    }
+    // What the caller leaves out runs isolated.
+    let o = h.post("/v1/execute", json!({"code": "1"})).await.json();
+    assert_eq!((o["status"].as_str(), o["backend"].as_str()), (Some("ok"), Some("jail")), "{o}");
+
+    // The operator's list is the list: jail alone refuses wasm and process alike.
+    let h = harness(ServerSettings { backends: vec![BackendKind::Jail], pool_size: 0, ..ServerSettings::default() });
+    let r = h.post("/v1/execute", json!({"backend": "wasm", "code": "1"})).await;
+    assert!(
+        r.message().contains("does not serve backend 'wasm'") && r.message().contains("serves jail"),
+        "{}",
+        r.message()
+    );
+    // Naming `process` serves it (the operator's choice), beside the default.
+    let h = harness(ServerSettings {
+        backends: vec![BackendKind::Jail, BackendKind::Process],
+        pool_size: 0,
+        ..ServerSettings::default()
+    });
+    let o = h.post("/v1/execute", json!({"backend": "process", "code": "1"})).await.json();
+    assert_eq!(o["isolation"], "none", "{o}");
+    assert!(h.svc.warnings().iter().any(|w| w.contains("NO isolation")), "{:?}", h.svc.warnings());
+    assert_eq!(h.get("/healthz").await.json()["default_backend"], "jail");
+
+    // A default outside the list is a configuration error that says what to change.
+    let bad = ServerSettings {
+        backends: vec![BackendKind::Jail],
+        default_backend: Some(BackendKind::Process),
+        ..ServerSettings::default()
+    };
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("default_backend 'process' is not in backends"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_network_is_refused_unless_enabled_and_then_keys_are_required_on_loopback() {
+    let h = harness(settings());
+    for (uri, body) in
+        [("/v1/execute", json!({"network": "host", "code": "1"})), ("/v1/sandboxes", json!({"network": "host"}))]
+    {
+        let r = h.post(uri, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{uri}");
+        assert!(r.message().contains("allow_host_network"), "{}", r.message());
+    }
+    assert_eq!(h.get("/v1/sandboxes").await.status, StatusCode::OK, "loopback without a key is served by default");
+
+    // Enabled: code on the host's network can reach this port, so no request is trusted
+    // for coming from loopback any more.
+    let h = harness(ServerSettings { allow_host_network: true, ..settings() });
+    assert!(h.svc.auth_required());
+    let r = h.post("/v1/execute", json!({"network": "host", "code": "1"})).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    assert_eq!(h.get("/v1/sandboxes").await.status, StatusCode::UNAUTHORIZED);
+    let (key, _) = create_key(h.store.as_ref(), "ops", None).unwrap();
+    let o = h.post_as("/v1/execute", json!({"code": "1"}), Some(&key)).await;
+    assert_eq!(o.status, StatusCode::OK);
+    assert!(h.svc.warnings().iter().any(|w| w.contains("allow_host_network")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guarded_sessions_cells_are_checked_before_they_run() {
+    let h = harness(settings());
+    let id = h.sandbox(json!({"guard": {"profile": "standard"}})).await;
+    assert_eq!(h.get(&format!("/v1/sandboxes/{id}")).await.json()["guard"]["profile"], "standard");
+    // The static check refuses before anything runs: `denied`, with findings the
+    // model can act on, exactly like a one-shot.
+    let o = h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "import ctypes\nctypes.CDLL(None)"})).await;
+    assert_eq!(o.status, StatusCode::OK);
+    let o = o.json();
+    assert_eq!(o["status"], "denied", "{o}");
+    assert!(o["guard_findings"].as_array().is_some_and(|f| !f.is_empty()), "{o}");
+    let one_shot =
+        h.post("/v1/execute", json!({"code": "import ctypes", "guard": {"profile": "standard"}})).await.json();
+    assert_eq!(one_shot["guard_findings"], o["guard_findings"], "cells and one-shots are checked alike");
+    // Something only the static check catches (a dunder walk) is refused too.
+    let o = h.cell(&id, "().__class__.__base__.__subclasses__()").await;
+    assert_eq!(o["status"], "denied", "{o}");
+    // Allowed code runs, under the runtime layer.
+    let o = h.cell(&id, "x = 6 * 7\nx").await;
+    assert_eq!((o["status"].as_str(), main_text(&o).as_deref()), (Some("ok"), Some("42")), "{o}");
+    // The guard is the sandbox's: a cell cannot change or drop it.
+    for guard in [json!({"profile": "off"}), json!({"profile": "strict"})] {
+        let r = h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "1", "guard": guard})).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{guard}");
+        assert!(r.message().contains("`guard` is fixed when a sandbox is created"), "{}", r.message());
+    }
+    // Repeating it is fine, and so are the other fixed fields when they repeat the sandbox's.
+    let same = json!({"code": "x", "guard": {"profile": "standard"}, "network": "none", "backend": "process"});
+    assert_eq!(h.post(&format!("/v1/sandboxes/{id}/execute"), same).await.json()["status"], "ok");
+    let r = h
+        .post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "x", "limits": {"memory_bytes": 99_999_999}}))
+        .await;
+    assert!(r.message().contains("limits.memory_bytes is fixed"), "{}", r.message());
+    let r = h.post(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "x", "template": "default"})).await;
+    assert!(r.message().contains("unknown field `template`"), "{}", r.message());
+    // The refusal is in the audit log as `denied`.
+    let page = h.get(&format!("/v1/executions?sandbox={id}&status=denied")).await.json();
+    assert_eq!(page["executions"].as_array().unwrap().len(), 2, "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_faults_reach_the_client_as_an_error_id_not_as_host_details() {
+    // An "interpreter" that fails at start-up and names a host path, as a broken
+    // installation would.
+    let dir = tempfile::tempdir().unwrap();
+    let python = dir.path().join("python3");
+    std::fs::write(&python, "#!/bin/sh\necho 'cannot open /srv/secret-host-dir/lib' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&python, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = Config { python, ..Config::from_env() };
+    let svc = Service::new(settings(), Registry::new(config), Arc::new(SqliteStore::in_memory().unwrap()));
+    let h = Harness {
+        app: app(AppState::new(svc.clone(), AppOptions::default())),
+        svc,
+        store: Arc::new(SqliteStore::in_memory().unwrap()),
+    };
+    for (uri, body) in [("/v1/execute", json!({"code": "1"})), ("/v1/sandboxes", json!({}))] {
+        let r = h.post(uri, body).await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "internal"), "{}", r.message());
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        assert!(
+            !body.contains("secret-host-dir") && !body.contains(dir.path().to_str().unwrap()),
+            "host details leaked: {body}"
+        );
+        let id = r.json()["error"]["id"].as_str().unwrap_or_default().to_string();
+        assert!(id.starts_with("err_") && r.message().contains(&id), "{body}");
+    }
+}

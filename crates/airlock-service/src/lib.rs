@@ -225,6 +225,27 @@ impl Registry {
     }
 }
 
+/// The one way code runs, for one-shots and session cells alike: the guard's static
+/// check of `req` first — a refusal is the outcome (status `denied`, with findings, its
+/// error sent as an event) and `run` is never called — then `run`, which installs the
+/// guard's runtime layer with the request (see `airlock_core::backend::run_in`).
+pub fn screen_then_run(
+    req: &ExecRequest,
+    execution_id: &str,
+    (backend, isolation): (BackendKind, airlock_core::Isolation),
+    events: &mut EventSink<'_>,
+    run: impl FnOnce(&mut EventSink<'_>) -> Result<Outcome, Error>,
+) -> Result<Outcome, Error> {
+    if let Some(denial) = airlock_guard::screen(req) {
+        let outcome = denial.outcome(execution_id.to_string(), backend, isolation);
+        if let Some(e) = &outcome.error {
+            events(airlock_core::Event::Error { error: e.clone() });
+        }
+        return Ok(outcome);
+    }
+    run(events)
+}
+
 /// The boundary each backend kind provides (for backends not compiled in).
 pub fn isolation_of(kind: BackendKind) -> airlock_core::Isolation {
     use airlock_core::Isolation;
@@ -258,14 +279,22 @@ impl Registry {
     ) -> Result<Outcome, Error> {
         req.validate(&self.config.max_limits)?;
         let backend = self.resolve(req.backend)?;
-        if let Some(denial) = airlock_guard::screen(req) {
-            let id = execution_id.unwrap_or_else(|| airlock_core::new_id("exe"));
-            let outcome = denial.outcome(id, backend.kind(), backend.isolation());
-            if let Some(e) = &outcome.error {
-                events(airlock_core::Event::Error { error: e.clone() });
-            }
-            return Ok(outcome);
-        }
+        let id = execution_id.unwrap_or_else(|| airlock_core::new_id("exe"));
+        screen_then_run(req, &id, (backend.kind(), backend.isolation()), events, |events| {
+            self.create_and_run(backend.as_ref(), req, id.clone(), on_start, events)
+        })
+    }
+
+    /// Creates a sandbox for `req`, runs it, and destroys the sandbox.
+    fn create_and_run(
+        &self,
+        backend: &dyn Backend,
+        req: &ExecRequest,
+        id: String,
+        on_start: &mut dyn FnMut(Option<Canceller>),
+        events: &mut EventSink<'_>,
+    ) -> Result<Outcome, Error> {
+        let execution_id = Some(id);
         let started = std::time::Instant::now();
         let spec = SandboxSpec {
             env: req.env.clone(),
@@ -273,7 +302,7 @@ impl Registry {
             template: req.template.clone(),
             ..SandboxSpec::new(req.limits)
         };
-        let mut sandbox = self.create_sandbox(backend.as_ref(), &spec)?;
+        let mut sandbox = self.create_sandbox(backend, &spec)?;
         on_start(sandbox.canceller());
         let result = run_in(sandbox.as_mut(), req, execution_id, started, events);
         on_start(None);

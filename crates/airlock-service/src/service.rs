@@ -11,14 +11,17 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use airlock_core::backend::{Canceller, run_in};
 use airlock_core::paths::WorkspacePath;
 use airlock_core::request::validate_env;
 use airlock_core::units::format_size;
-use airlock_core::{BackendKind, Error, Event, ExecRequest, FileEntry, Limits, Outcome, SandboxSpec};
+use airlock_core::{
+    BackendKind, CellRequest, Error, Event, ExecRequest, FileEntry, Isolation, Limits, NetworkPolicy, Outcome,
+    SandboxSpec,
+};
 use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
@@ -34,6 +37,11 @@ use crate::store::{
     END_SHUTDOWN, ExecutionEnd, ExecutionKind, ExecutionPage, ExecutionQuery, ExecutionRecord, ExecutionStart,
     IdempotencyKey, KeyUse, RecordStatus, SandboxStart, Store, cut, now_ms, rfc3339,
 };
+
+/// What the operator is told when `process` is served.
+const UNCONFINED_WARNING: &str = "WARNING: the `process` backend is served: code sent to it runs with NO isolation, \
+as this server's own user (it can read this server's files and keys). Serve it only to callers you trust; \
+remove it from `backends` / `--backends` otherwise";
 
 /// The kinds of refusal and failure, each with a stable code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +88,9 @@ pub struct ServiceError {
     pub message: String,
     /// For `overloaded`: seconds to wait before retrying.
     pub retry_after_s: Option<u64>,
+    /// For `internal`: the id under which the cause was logged (the cause itself, which
+    /// may name host paths, never reaches the caller).
+    pub error_id: Option<String>,
 }
 
 impl std::fmt::Display for ServiceError {
@@ -92,7 +103,7 @@ impl std::error::Error for ServiceError {}
 
 impl ServiceError {
     fn new(kind: ServiceErrorKind, message: impl Into<String>) -> Self {
-        ServiceError { kind, message: message.into(), retry_after_s: None }
+        ServiceError { kind, message: message.into(), retry_after_s: None, error_id: None }
     }
 
     /// An `invalid_request`.
@@ -120,9 +131,20 @@ impl ServiceError {
         Self::new(ServiceErrorKind::SandboxGone, m)
     }
 
-    /// An `internal`.
-    pub fn internal(m: impl Into<String>) -> Self {
-        Self::new(ServiceErrorKind::Internal, m)
+    /// An `internal`: `detail` (which may name host paths or airlock's internals) is
+    /// logged under a new error id, and the caller gets only that id.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        let id = airlock_core::new_id("err");
+        tracing::error!(error_id = %id, "{}", detail.into());
+        ServiceError {
+            error_id: Some(id.clone()),
+            ..Self::new(
+                ServiceErrorKind::Internal,
+                format!(
+                    "the server could not complete this request (error {id}); the operator can find the cause in the server's log under that id"
+                ),
+            )
+        }
     }
 
     /// An `overloaded` with a retry hint.
@@ -181,6 +203,9 @@ impl ServiceError {
 
 impl From<Error> for ServiceError {
     fn from(e: Error) -> Self {
+        if let Error::Host(detail) = e {
+            return ServiceError::internal(detail);
+        }
         let kind = match &e {
             Error::Invalid(_) => ServiceErrorKind::InvalidRequest,
             Error::Unavailable { .. } => ServiceErrorKind::BackendUnavailable,
@@ -412,7 +437,7 @@ pub struct Health {
     pub running: u64,
     /// Requests waiting for a slot.
     pub queue_depth: u64,
-    /// Backends that work here.
+    /// The backends this server serves (and that work here).
     pub backends: Vec<BackendKind>,
     /// The backend of requests that name none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -436,6 +461,7 @@ pub struct Service {
     started: Instant,
     templates: Vec<crate::settings::TemplateSpec>,
     audit: AuditWrites,
+    served: OnceLock<Vec<BackendKind>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -512,13 +538,17 @@ impl Service {
             started: Instant::now(),
             templates,
             audit: AuditWrites::default(),
+            served: OnceLock::new(),
         })
     }
 
-    /// Start-up work: marks executions of dead servers `lost`, removes sandboxes dead
-    /// servers left behind, probes the backends, and starts the reaper. Returns lines
-    /// describing what was recovered.
+    /// Start-up work: marks executions of dead servers `lost` (and their sessions
+    /// ended), removes sandboxes dead servers left behind, probes the backends, and
+    /// starts the reaper, the task that retries audit writes the store refused, and the
+    /// audit log's pruner. Returns lines describing what was recovered.
     pub async fn start(self: &Arc<Self>) -> Result<Vec<String>, ServiceError> {
+        let svc = self.clone();
+        blocking(move || svc.check_backends()).await??;
         let store = self.store.clone();
         let registry = self.registry.clone();
         let report = blocking(move || -> Result<Vec<String>, Error> {
@@ -550,7 +580,18 @@ impl Service {
             return Ok(());
         }
         let registry = self.registry.clone();
-        let templates = self.templates.clone();
+        // A template that names no backend runs on the server's default, never on a
+        // backend the server does not serve.
+        let default = self.default_backend_kind();
+        let templates = self
+            .templates
+            .iter()
+            .cloned()
+            .map(|mut t| {
+                t.backend = t.backend.or(default);
+                t
+            })
+            .collect();
         let budget = self.settings.pool_memory_bytes;
         let pool = blocking(move || registry.build_pool(templates, budget)).await?;
         pool.start()?;
@@ -608,6 +649,114 @@ impl Service {
         }
     }
 
+    /// The backends this server serves and that work here, in the order a request
+    /// that names none would get them (jail, wasm, microvm, process). Without a
+    /// `backends` setting: every isolating backend that works, plus those the operator
+    /// named (`default_backend`, templates); `process` is never served unless named.
+    pub fn served_backends(&self) -> &[BackendKind] {
+        self.served.get_or_init(|| {
+            let named = self.settings.named_backends();
+            let explicit = !self.settings.backends.is_empty();
+            let order = [BackendKind::Jail, BackendKind::Wasm, BackendKind::Microvm, BackendKind::Process];
+            order
+                .into_iter()
+                .filter(|k| named.contains(k) || (!explicit && crate::isolation_of(*k) != Isolation::None))
+                .filter(|k| self.registry.probe(*k).is_some_and(|p| p.available))
+                .collect()
+        })
+    }
+
+    /// The backend of requests that name none: the configured default, else the
+    /// first served one. `None` when nothing is served.
+    pub fn default_backend_kind(&self) -> Option<BackendKind> {
+        self.settings.default_backend.or_else(|| self.served_backends().first().copied())
+    }
+
+    /// Checks at start-up that every backend the operator named works here and that
+    /// something is served.
+    fn check_backends(&self) -> Result<(), ServiceError> {
+        for k in self.settings.named_backends() {
+            match self.registry.probe(k) {
+                Some(p) if p.available => {}
+                Some(p) => {
+                    return Err(ServiceError::invalid(format!(
+                        "backend '{k}' is configured but does not work here: {}{}",
+                        p.detail,
+                        p.fix.map(|f| format!(" (fix: {f})")).unwrap_or_default()
+                    )));
+                }
+                None => return Err(ServiceError::invalid(format!("backend '{k}' is not built into this airlock"))),
+            }
+        }
+        if self.served_backends().is_empty() {
+            let why = [BackendKind::Jail, BackendKind::Wasm, BackendKind::Microvm]
+                .into_iter()
+                .filter_map(|k| self.registry.probe(k).map(|p| format!("{k}: {}", p.detail)))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ServiceError::invalid(format!(
+                "no isolating backend works on this host ({why}); run `airlock doctor` to fix one, or serve \
+                 the unconfined `process` backend explicitly with `--backends process`"
+            )));
+        }
+        if self.served_backends().contains(&BackendKind::Process) {
+            tracing::warn!("{}", UNCONFINED_WARNING);
+        }
+        Ok(())
+    }
+
+    /// Start-up warnings for the operator (printed by `airlock serve` and `airlock mcp`).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.served_backends().contains(&BackendKind::Process) {
+            out.push(UNCONFINED_WARNING.to_string());
+        }
+        if self.settings.allow_host_network {
+            out.push(
+                "allow_host_network is on: requests may put code on this host's network (jail), where it \
+                 reaches every service on loopback; API keys are required on every request"
+                    .to_string(),
+            );
+        }
+        out
+    }
+
+    /// The backend a request gets: the one it names (or its template's), else the
+    /// default; refused with `400` when this server does not serve it.
+    fn backend_for(&self, wanted: Option<BackendKind>) -> Result<Arc<dyn airlock_core::Backend>, ServiceError> {
+        let served = self.served_backends();
+        let list = || served.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", ");
+        let kind = match wanted.or(self.settings.default_backend) {
+            Some(k) if served.contains(&k) => k,
+            Some(k) => {
+                let why = if k == BackendKind::Process { " (it runs code without isolation)" } else { "" };
+                return Err(ServiceError::invalid(format!(
+                    "this server does not serve backend '{k}'{why}; it serves {}: leave `backend` out for the default{}",
+                    list(),
+                    self.default_backend_kind().map(|d| format!(" ({d})")).unwrap_or_default()
+                )));
+            }
+            None => *served.first().ok_or_else(|| {
+                ServiceError::new(
+                    ServiceErrorKind::BackendUnavailable,
+                    "this server serves no backend that works here; the operator should run `airlock doctor`",
+                )
+            })?,
+        };
+        Ok(self.registry.resolve(Some(kind))?)
+    }
+
+    /// Refuses `network: host` unless the operator allows it.
+    fn check_network(&self, network: NetworkPolicy) -> Result<(), ServiceError> {
+        if network == NetworkPolicy::Host && !self.settings.allow_host_network {
+            return Err(ServiceError::invalid(
+                "network 'host' is disabled on this server (the operator enables it with allow_host_network = true); \
+                 use network 'none'",
+            ));
+        }
+        Ok(())
+    }
+
     /// The settings.
     pub fn settings(&self) -> &ServerSettings {
         &self.settings
@@ -630,7 +779,9 @@ impl Service {
 
     /// Whether API keys are required.
     pub fn auth_required(&self) -> bool {
-        self.settings.auth == AuthMode::Required || self.auth_required.load(Ordering::SeqCst)
+        self.settings.auth == AuthMode::Required
+            || self.settings.allow_host_network
+            || self.auth_required.load(Ordering::SeqCst)
     }
 
     /// The unauthenticated local principal (stdio MCP, loopback without a key).
@@ -700,12 +851,10 @@ impl Service {
         mut req: ExecRequest,
     ) -> Result<Pending, ServiceError> {
         self.check_open()?;
-        req.backend = self.check_template(req.template.as_deref(), req.backend)?;
-        if req.backend.is_none() {
-            req.backend = self.settings.default_backend;
-        }
+        let wanted = self.check_template(req.template.as_deref(), req.backend)?;
         req.validate(&self.settings.max_limits)?;
-        let backend = self.registry.resolve(req.backend)?;
+        self.check_network(req.network)?;
+        let backend = self.backend_for(wanted)?;
         req.backend = Some(backend.kind());
         let permit = self.admit(Slot::Run).await?;
         Ok(self.pending(principal, Work::Oneshot { req }, backend.kind(), permit))
@@ -785,18 +934,25 @@ impl Service {
         }
     }
 
-    /// Validates and admits a cell of a session. The body is an `ExecRequest` as JSON;
-    /// omitted limits take the sandbox's. Refusals come back here: `404`, `409` if a
-    /// cell is running, `410` if the sandbox stopped, `429` at the cap.
+    /// Parses the JSON body of a cell (`POST /v1/sandboxes/{id}/execute`), naming
+    /// where in the document a problem is.
+    pub fn cell_from_json(&self, body: Value) -> Result<CellRequest, ServiceError> {
+        Ok(from_json(body)?)
+    }
+
+    /// Validates and admits a cell of a session: what the sandbox fixed at creation
+    /// is inherited, and a cell that tries to change it is refused. Refusals come back
+    /// here: `404`, `409` if a cell is running, `410` if the sandbox stopped, `429` at
+    /// the cap.
     pub async fn prepare_cell(
         self: &Arc<Self>,
         principal: &Principal,
         sandbox_id: &str,
-        body: Value,
+        cell: CellRequest,
     ) -> Result<Pending, ServiceError> {
         self.check_open()?;
         let session = self.session(principal, sandbox_id).await?;
-        let req = self.cell_request(body, &session)?;
+        let req = cell.resolve(&session.terms(), &self.settings.max_limits)?;
         let id = airlock_core::new_id("exe");
         // If admission fails, or this future is dropped while it waits, the lease
         // puts the sandbox back.
@@ -806,57 +962,14 @@ impl Service {
         Ok(self.pending(principal, Work::Cell { id, lease, req }, backend, permit))
     }
 
-    fn cell_request(&self, mut body: Value, s: &Session) -> Result<ExecRequest, ServiceError> {
-        overlay_limits(&mut body, &s.limits)?;
-        if let Some(obj) = body.as_object_mut()
-            && !obj.contains_key("network")
-        {
-            obj.insert("network".into(), serde_json::to_value(s.network).unwrap_or(Value::Null));
-        }
-        let req: ExecRequest = from_json(body)?;
-        if let Some(b) = req.backend
-            && b != s.backend
-        {
-            return Err(ServiceError::invalid(format!(
-                "sandbox {} runs on backend '{}'; leave `backend` out of a cell",
-                s.id, s.backend
-            )));
-        }
-        if !req.env.is_empty() {
-            return Err(ServiceError::invalid(
-                "`env` is fixed when a sandbox is created (POST /v1/sandboxes); leave it out of a cell",
-            ));
-        }
-        if req.network != s.network {
-            return Err(ServiceError::invalid(
-                "`network` is fixed when a sandbox is created (POST /v1/sandboxes); leave it out of a cell",
-            ));
-        }
-        let fixed: [(&str, u64, u64); 4] = [
-            ("memory_bytes", req.limits.memory_bytes, s.limits.memory_bytes),
-            ("processes", req.limits.processes.into(), s.limits.processes.into()),
-            ("file_bytes", req.limits.file_bytes, s.limits.file_bytes),
-            ("open_files", req.limits.open_files.into(), s.limits.open_files.into()),
-        ];
-        for (name, asked, fixed) in fixed {
-            if asked != fixed {
-                return Err(ServiceError::invalid(format!(
-                    "limits.{name} is fixed when the sandbox is created ({fixed}); a cell may change only timeout_ms, cpu_ms and output_bytes"
-                )));
-            }
-        }
-        req.validate(&self.settings.max_limits)?;
-        Ok(req)
-    }
-
     /// Runs a cell to its end (no streaming).
     pub async fn execute_cell(
         self: &Arc<Self>,
         principal: &Principal,
         sandbox_id: &str,
-        body: Value,
+        cell: CellRequest,
     ) -> Result<Outcome, ServiceError> {
-        self.prepare_cell(principal, sandbox_id, body).await?.run(None).await
+        self.prepare_cell(principal, sandbox_id, cell).await?.run(None).await
     }
 
     /// Parses the body of `POST /v1/sandboxes`: omitted limits take the server's defaults.
@@ -908,6 +1021,7 @@ impl Service {
         let s = &self.settings;
         req.limits.validate(&s.max_limits)?;
         validate_env(&req.env)?;
+        req.guard.validate()?;
         let idle = req.idle_timeout_ms.unwrap_or(s.idle_timeout_ms);
         let life = req.max_lifetime_ms.unwrap_or(s.max_lifetime_ms);
         if idle == 0 || idle > s.max_idle_timeout_ms {
@@ -928,7 +1042,8 @@ impl Service {
             ));
         }
         let wanted = self.check_template(req.template.as_deref(), req.backend)?;
-        let backend = self.registry.resolve(wanted.or(s.default_backend))?;
+        self.check_network(req.network)?;
+        let backend = self.backend_for(wanted)?;
         let claim = match key {
             None => None,
             Some(key) => {
@@ -1019,6 +1134,7 @@ impl Service {
                 isolation: backend.isolation(),
                 limits: req.limits,
                 network: req.network,
+                guard: req.guard,
                 metadata: req.metadata,
                 created: now,
                 created_ms: now_ms(),
@@ -1307,8 +1423,7 @@ impl Service {
 
     /// The health summary.
     pub fn health(&self) -> Health {
-        let backends =
-            self.registry.probes().into_iter().filter(|p| p.available).map(|p| p.backend).collect::<Vec<_>>();
+        let backends = self.served_backends().to_vec();
         let (pending, fault) = {
             let b = lock(&self.audit.backlog);
             (b.pending.len(), b.fault.clone())
@@ -1335,7 +1450,7 @@ impl Service {
             running: self.operations() as u64,
             queue_depth: self.admission.queue_depth() as u64,
             backends,
-            default_backend: self.settings.default_backend,
+            default_backend: self.default_backend_kind(),
         }
     }
 
@@ -1770,8 +1885,10 @@ impl Service {
                     Ok(Err(ServiceError::gone(format!("sandbox {} was deleted before the cell started", sess.id))))
                 } else {
                     std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        run_in(sandbox.as_mut(), &req, Some(exe.clone()), Instant::now(), &mut sink)
-                            .map_err(ServiceError::from)
+                        crate::screen_then_run(&req, &exe, (sess.backend, sess.isolation), &mut sink, |sink| {
+                            run_in(sandbox.as_mut(), &req, Some(exe.clone()), Instant::now(), sink)
+                        })
+                        .map_err(ServiceError::from)
                     }))
                 };
                 if let Some(r) = lock(&self.running).remove(&exe) {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use airlock_core::backend::Canceller;
-use airlock_core::{BackendKind, Isolation, Limits, NetworkPolicy, Sandbox};
+use airlock_core::{BackendKind, GuardSettings, Isolation, Limits, NetworkPolicy, Sandbox, SandboxTerms};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use utoipa::ToSchema;
@@ -45,6 +45,11 @@ pub struct CreateSandbox {
     /// one is ready); omitted means the server's `default` template.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// The guard of every cell (default off): each cell's code is checked on the
+    /// host before it runs (status `denied` with findings) and the runtime layer is
+    /// installed in the sandbox. Fixed for the sandbox's life; see docs/guard.md.
+    #[serde(skip_serializing_if = "GuardSettings::is_off")]
+    pub guard: GuardSettings,
 }
 
 /// The state of a session.
@@ -82,6 +87,9 @@ pub struct SandboxInfo {
     pub network: NetworkPolicy,
     /// Your labels.
     pub metadata: BTreeMap<String, String>,
+    /// The guard of its cells (omitted when off).
+    #[serde(default, skip_serializing_if = "GuardSettings::is_off")]
+    pub guard: GuardSettings,
     /// Cells run so far.
     pub execution_count: u64,
     /// Creation time (RFC 3339).
@@ -138,6 +146,7 @@ pub struct Session {
     pub(crate) isolation: Isolation,
     pub(crate) limits: Limits,
     pub(crate) network: NetworkPolicy,
+    pub(crate) guard: GuardSettings,
     pub(crate) metadata: BTreeMap<String, String>,
     pub(crate) created: Instant,
     pub(crate) created_ms: u64,
@@ -336,6 +345,17 @@ impl Session {
         }
     }
 
+    /// What the sandbox fixed at creation, which its cells inherit.
+    pub fn terms(&self) -> SandboxTerms<'_> {
+        SandboxTerms {
+            id: &self.id,
+            backend: self.backend,
+            limits: self.limits,
+            network: self.network,
+            guard: &self.guard,
+        }
+    }
+
     /// What the API shows.
     pub fn info(&self) -> SandboxInfo {
         let st = self.lock();
@@ -357,6 +377,7 @@ impl Session {
             limits: self.limits,
             network: self.network,
             metadata: self.metadata.clone(),
+            guard: self.guard.clone(),
             execution_count: st.executions,
             created_at: rfc3339(self.created_ms),
             last_active_at: rfc3339(st.last_active_ms),

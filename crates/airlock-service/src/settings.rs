@@ -31,8 +31,19 @@ pub struct ServerSettings {
     pub data_dir: Option<PathBuf>,
     /// When API keys are required (default `auto`).
     pub auth: AuthMode,
-    /// The backend of requests that name none (default: the safest that works here).
+    /// The backend of requests that name none (default: the first of jail, wasm,
+    /// microvm that this server serves).
     pub default_backend: Option<BackendKind>,
+    /// The backends this server runs code on; a request for any other is refused
+    /// with `400`. Empty (the default): every isolating backend that works here (jail,
+    /// wasm, microvm), plus any backend the operator names as `default_backend` or in a
+    /// template. `process` runs code with no isolation, as the server's own user: it
+    /// is served only when the operator names it, and the server warns at start-up.
+    pub backends: Vec<BackendKind>,
+    /// Whether requests may ask for `network: "host"` (the host's own network, `jail`
+    /// only). Off by default. When on, API keys are required on every request,
+    /// loopback included: code on the host's network reaches this server's port.
+    pub allow_host_network: bool,
     /// Limits of requests that leave them out (default: airlock's defaults).
     pub default_limits: Limits,
     /// The largest limits a request may ask for.
@@ -132,6 +143,8 @@ impl Default for ServerSettings {
             data_dir: None,
             auth: AuthMode::Auto,
             default_backend: None,
+            backends: Vec::new(),
+            allow_host_network: false,
             default_limits: Limits::default(),
             max_limits: Limits {
                 timeout_ms: 3_600_000,
@@ -245,6 +258,24 @@ impl ServerSettings {
         if self.max_lifetime_ms > self.max_max_lifetime_ms {
             return Err(Error::invalid("max_lifetime_ms must not exceed max_max_lifetime_ms"));
         }
+        if !self.backends.is_empty() {
+            let served = |b: &BackendKind| self.backends.contains(b);
+            let list = || self.backends.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", ");
+            if let Some(d) = self.default_backend.filter(|d| !served(d)) {
+                return Err(Error::invalid(format!(
+                    "default_backend '{d}' is not in backends ({}); add it there or choose one of them",
+                    list()
+                )));
+            }
+            if let Some(t) = self.templates.iter().find(|t| t.backend.is_some_and(|b| !served(&b))) {
+                return Err(Error::invalid(format!(
+                    "template '{}' runs on '{}', which is not in backends ({}); add it there or change the template",
+                    t.name,
+                    t.backend.map(|b| b.as_str()).unwrap_or_default(),
+                    list()
+                )));
+            }
+        }
         self.templates()?;
         Ok(())
     }
@@ -255,6 +286,21 @@ impl ServerSettings {
             (self.audit_retention_days > 0).then(|| now_ms.saturating_sub(self.audit_retention_days * 86_400_000));
         let max_bytes = (self.audit_max_bytes > 0).then_some(self.audit_max_bytes);
         (older_than_ms.is_some() || max_bytes.is_some()).then_some(crate::store::Retention { older_than_ms, max_bytes })
+    }
+
+    /// The backends the operator named: `backends` if set, else `default_backend` and
+    /// the templates' backends. Only these may be served without isolation.
+    pub fn named_backends(&self) -> Vec<BackendKind> {
+        if !self.backends.is_empty() {
+            return self.backends.clone();
+        }
+        let mut out: Vec<BackendKind> = self.default_backend.into_iter().collect();
+        for b in self.templates.iter().filter_map(|t| t.backend) {
+            if !out.contains(&b) {
+                out.push(b);
+            }
+        }
+        out
     }
 
     /// The templates: the built-in `default` (unless replaced) and those of the

@@ -273,7 +273,7 @@ async fn sessions_from_before_a_restart_are_gone_for_their_owner_and_unknown_to_
         let e = third.sandbox(&owner, id).await.unwrap_err();
         assert_eq!(e.kind, ServiceErrorKind::SandboxGone, "{id}: {e}");
         assert!(e.message.contains("the server restarted") && e.message.contains(says), "{e}");
-        let e = third.execute_cell(&owner, id, serde_json::json!({"code": "1"})).await.unwrap_err();
+        let e = third.execute_cell(&owner, id, airlock_core::CellRequest::python("1")).await.unwrap_err();
         assert_eq!(e.kind, ServiceErrorKind::SandboxGone, "{e}");
         // Another key learns nothing: the same 404 as an id that never existed.
         let e = third.sandbox(&other, id).await.unwrap_err();

@@ -10,7 +10,6 @@ use airlock_service::session::CreateSandbox;
 use airlock_service::settings::TemplateSettings;
 use airlock_service::store::sqlite::SqliteStore;
 use airlock_service::{Config, Registry, ServerSettings, Service, ServiceErrorKind};
-use serde_json::json;
 
 fn template(name: &str, modules: &[&str], pool_size: usize) -> TemplateSettings {
     TemplateSettings {
@@ -163,9 +162,11 @@ async fn sessions_take_a_pooled_sandbox_and_keep_it() {
         .await
         .unwrap();
     assert_eq!(info(&svc, "light").served_warm, 1);
-    let o = svc.execute_cell(&p, &info_.id, json!({"code": "import sys\nkept = 'decimal' in sys.modules"})).await;
+    let o = svc
+        .execute_cell(&p, &info_.id, airlock_core::CellRequest::python("import sys\nkept = 'decimal' in sys.modules"))
+        .await;
     assert_eq!(o.unwrap().status, Status::Ok);
-    let o = svc.execute_cell(&p, &info_.id, json!({"code": "print(kept)"})).await.unwrap();
+    let o = svc.execute_cell(&p, &info_.id, airlock_core::CellRequest::python("print(kept)")).await.unwrap();
     assert_eq!(o.stdout, "True\n", "a session keeps its state between cells");
     svc.delete_sandbox(&p, &info_.id).await.unwrap();
     svc.shutdown(Duration::from_secs(5)).await;

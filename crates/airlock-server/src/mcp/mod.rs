@@ -38,7 +38,8 @@ pub struct RunPythonCode {
 /// Arguments of `create_sandbox`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct CreateSandboxArgs {
-    /// Isolation backend: jail, wasm, microvm or process. Leave it out for the server's default.
+    /// Isolation backend. Leave it out for the server's default; only backends that
+    /// isolate at least as strongly as the default are accepted (the tool list names them).
     #[serde(default)]
     pub backend: Option<String>,
     /// Memory limit of the sandbox in bytes (default 512 MiB).
@@ -139,6 +140,49 @@ impl AirlockMcp {
         AirlockMcp { service, mode }
     }
 
+    /// The backends the model may name in `create_sandbox`: those served that isolate
+    /// at least as strongly as the operator's default, so that a prompt injection
+    /// cannot pick a weaker boundary than the operator chose.
+    fn model_may_choose(&self) -> Vec<BackendKind> {
+        let floor = self.service.default_backend_kind().map(|d| airlock_service::isolation_of(d).rank()).unwrap_or(0);
+        self.service
+            .served_backends()
+            .iter()
+            .copied()
+            .filter(|b| airlock_service::isolation_of(*b).rank() >= floor)
+            .collect()
+    }
+
+    /// The tools, with `create_sandbox`'s `backend` argument narrowed to what the
+    /// model may choose on this server.
+    fn tools(&self) -> Vec<rmcp::model::Tool> {
+        let allowed = self.model_may_choose();
+        Self::tool_router()
+            .list_all()
+            .into_iter()
+            .map(|mut t| {
+                if t.name == "create_sandbox" {
+                    let mut schema = (*t.input_schema).clone();
+                    if let Some(Value::Object(props)) = schema.get_mut("properties") {
+                        props.insert(
+                            "backend".into(),
+                            json!({
+                                "type": "string",
+                                "enum": allowed.iter().map(|b| b.as_str()).collect::<Vec<_>>(),
+                                "description": format!(
+                                    "Isolation backend: one of {}. Leave it out for the server's default.",
+                                    names(&allowed)
+                                ),
+                            }),
+                        );
+                    }
+                    t.input_schema = Arc::new(schema);
+                }
+                t
+            })
+            .collect()
+    }
+
     /// The caller: the API key the HTTP layer authenticated, or the local user (stdio).
     fn principal(&self, ctx: &RequestContext<RoleServer>) -> Principal {
         ctx.extensions
@@ -201,6 +245,14 @@ impl AirlockMcp {
             Ok(b) => b,
             Err(e) => return Ok(tool_error(e.into())),
         };
+        if let Some(b) = backend
+            && !self.model_may_choose().contains(&b)
+        {
+            return Ok(tool_error(ServiceError::invalid(format!(
+                "backend '{b}' is not offered here: a sandbox may only use {} (leave `backend` out for the server's default)",
+                names(&self.model_may_choose())
+            ))));
+        }
         let mut limits = self.service.settings().default_limits;
         if let Some(m) = args.memory_bytes {
             limits.memory_bytes = m;
@@ -235,15 +287,11 @@ impl AirlockMcp {
             Ok(l) => l.unwrap_or_default(),
             Err(e) => return Ok(tool_error(e.into())),
         };
-        let mut body = json!({
-            "code": args.code,
-            "language": language,
-            "global_variables": args.global_variables,
-        });
-        if let Some(t) = args.timeout_ms {
-            body["limits"] = json!({ "timeout_ms": t });
-        }
-        match self.service.prepare_cell(&p, &args.sandbox_id, body).await {
+        let mut cell = airlock_core::CellRequest::python(args.code);
+        cell.language = language;
+        cell.global_variables = args.global_variables;
+        cell.limits.timeout_ms = args.timeout_ms;
+        match self.service.prepare_cell(&p, &args.sandbox_id, cell).await {
             Ok(pending) => Ok(self.run(pending).await),
             Err(e) => Ok(tool_error(e)),
         }
@@ -358,7 +406,37 @@ impl AirlockMcp {
                     To keep state, call create_sandbox, then run_code with its sandbox_id as often as needed \
                     (files: write_file, read_file, list_files), and destroy_sandbox at the end."
 )]
-impl ServerHandler for AirlockMcp {}
+impl ServerHandler for AirlockMcp {
+    async fn list_tools(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
+        let mut r = rmcp::model::ListToolsResult::with_all_items(self.tools());
+        // Peers of the 2026-07-28 protocol expect cache hints; the list is fixed for
+        // this server's lifetime.
+        if context.protocol_version().is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28) {
+            r = r.with_ttl_ms(0);
+            r.cache_scope = Some(rmcp::model::CacheScope::Public);
+        }
+        Ok(r)
+    }
+
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        self.tools().into_iter().find(|t| t.name == name)
+    }
+}
+
+/// `a, b or c`.
+fn names(list: &[BackendKind]) -> String {
+    match list {
+        [] => "none".into(),
+        [one] => one.to_string(),
+        [init @ .., last] => {
+            format!("{} or {last}", init.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", "))
+        }
+    }
+}
 
 /// Serves MCP on stdin/stdout until the client disconnects.
 pub async fn serve_stdio(service: Arc<Service>, mode: ReturnMode) -> Result<(), String> {
@@ -369,4 +447,40 @@ pub async fn serve_stdio(service: Arc<Service>, mode: ReturnMode) -> Result<(), 
         .map_err(|e| format!("starting the MCP server on stdio: {e}"))?;
     running.waiting().await.map_err(|e| format!("the MCP server failed: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_service::store::sqlite::SqliteStore;
+    use airlock_service::{Config, Registry, ServerSettings};
+
+    fn server(backends: Vec<BackendKind>, default_backend: Option<BackendKind>) -> AirlockMcp {
+        let settings = ServerSettings { backends, default_backend, pool_size: 0, ..ServerSettings::default() };
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
+        AirlockMcp::new(Service::new(settings, Registry::new(Config::from_env()), store), ReturnMode::Xml)
+    }
+
+    fn offered(m: &AirlockMcp) -> Value {
+        let tool = m.tools().into_iter().find(|t| t.name == "create_sandbox").unwrap();
+        tool.input_schema["properties"]["backend"].clone()
+    }
+
+    #[test]
+    fn the_model_is_never_offered_a_weaker_boundary_than_the_default() {
+        if !Registry::new(Config::from_env()).probe(BackendKind::Jail).is_some_and(|p| p.available) {
+            return eprintln!("skipped: the jail backend does not work here");
+        }
+        // The operator serves process beside jail, but jail is the default: the model
+        // sees (and may pick) jail only.
+        let m = server(vec![BackendKind::Jail, BackendKind::Process], Some(BackendKind::Jail));
+        let b = offered(&m);
+        assert_eq!(b["enum"], json!(["jail"]), "{b}");
+        assert!(!b["description"].as_str().unwrap().contains("process"), "{b}");
+        assert_eq!(m.model_may_choose(), vec![BackendKind::Jail]);
+        assert_eq!(m.get_tool("create_sandbox").unwrap().input_schema["properties"]["backend"], b);
+        // With process as the operator's own default, both are the operator's choice.
+        let m = server(vec![BackendKind::Jail, BackendKind::Process], Some(BackendKind::Process));
+        assert_eq!(offered(&m)["enum"], json!(["jail", "process"]));
+    }
 }

@@ -9,7 +9,7 @@ use airlock_server::mcp::ReturnMode;
 use airlock_service::settings::AuthMode;
 use airlock_service::store::sqlite::SqliteStore;
 use airlock_service::{Config, Registry, ServerSettings, Service};
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 /// Arguments of `airlock serve`.
 #[derive(clap::Args, Debug)]
@@ -41,6 +41,15 @@ pub struct ServiceArgs {
     /// Backend of requests that name none (default: the safest that works here).
     #[arg(short = 'b', long, env = "AIRLOCK_BACKEND", value_parser = super::backend_arg)]
     pub backend: Option<BackendKind>,
+    /// The backends this server serves, comma-separated (default: every isolating
+    /// backend that works here). `process` runs code with NO isolation and is served
+    /// only when named here or with --backend.
+    #[arg(long, value_delimiter = ',', value_parser = super::backend_arg, value_name = "LIST")]
+    pub backends: Vec<BackendKind>,
+    /// Let requests ask for `network: "host"` (jail only): code then reaches the host's
+    /// network and every service on loopback. API keys become required on every request.
+    #[arg(long)]
+    pub allow_host_network: bool,
     /// Backend operations (executions, sandbox creations) running at once.
     #[arg(long)]
     pub max_running: Option<usize>,
@@ -83,6 +92,12 @@ pub fn settings(a: &ServiceArgs) -> anyhow::Result<ServerSettings> {
     if let Some(b) = a.backend {
         s.default_backend = Some(b);
     }
+    if !a.backends.is_empty() {
+        s.backends = a.backends.clone();
+    }
+    if a.allow_host_network {
+        s.allow_host_network = true;
+    }
     if let Some(n) = a.max_running {
         s.max_running = n;
     }
@@ -110,20 +125,15 @@ pub async fn start_service(a: &ServiceArgs, s: ServerSettings) -> anyhow::Result
     if let Some(p) = &a.python {
         config.python = p.clone();
     }
-    if let Some(b) = s.default_backend {
-        let probe = Registry::new(config.clone()).probe(b);
-        match probe {
-            Some(p) if p.available => {}
-            Some(p) => bail!("the default backend '{b}' does not work here: {}", p.detail),
-            None => bail!("the default backend '{b}' is not built into this airlock"),
-        }
-    }
     let store =
         SqliteStore::open(&data_dir).with_context(|| format!("opening the audit store in {}", data_dir.display()))?;
     let service = Service::new(s, Registry::new(config), Arc::new(store));
-    let recovered = service.start().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let recovered = service.start().await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
     for line in recovered {
         eprintln!("airlock: recovered: {line}");
+    }
+    for w in service.warnings() {
+        eprintln!("airlock: {w}");
     }
     Ok(service)
 }
@@ -168,9 +178,10 @@ async fn run(a: ServeArgs, s: ServerSettings) -> anyhow::Result<()> {
     let keys = service.store().keys().map(|k| k.iter().filter(|k| k.revoked_at.is_none()).count()).unwrap_or(0);
     let auth = if service.auth_required() { "required" } else { "optional (loopback)" };
     eprintln!(
-        "airlock serve: listening on http://{addr} (API keys: {auth}; data: {}; default backend: {})",
+        "airlock serve: listening on http://{addr} (API keys: {auth}; data: {}; backends: {}; default: {})",
         service.settings().data_dir().display(),
-        service.settings().default_backend.map(|b| b.to_string()).unwrap_or_else(|| "automatic".into())
+        service.served_backends().iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", "),
+        service.default_backend_kind().map(|b| b.to_string()).unwrap_or_else(|| "none".into())
     );
     let st = service.settings();
     let days = match st.audit_retention_days {
