@@ -9,7 +9,7 @@
 //! files (a FIFO cannot block the host) and are size-capped.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
@@ -78,7 +78,9 @@ impl Workspace {
         &self.dir
     }
 
-    /// Opens `rel` (a relative path without `..`) beneath `base` without following any symlink.
+    /// Opens `rel` (a relative path without `..`) beneath `base` without following any
+    /// symlink. Allocates nothing for paths under 1 KiB (nix copies such paths to the
+    /// stack), so a [`PreparedWrite`] can use it in a forked child.
     fn open_beneath(base: &OwnedFd, rel: &str, flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
         let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW).mode(mode).resolve(
             ResolveFlag::RESOLVE_BENEATH
@@ -91,23 +93,25 @@ impl Workspace {
             other => return other,
         }
         // Fallback: one component at a time, never following a link.
-        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
-        let Some((last, parents)) = comps.split_last() else {
+        let mut comps = rel.split('/').filter(|c| !c.is_empty()).peekable();
+        if comps.peek().is_none() {
             return openat(base.as_fd(), ".", flags | OFlag::O_CLOEXEC, mode);
-        };
+        }
         let mut cur: Option<OwnedFd> = None;
-        for c in parents {
+        while let Some(c) = comps.next() {
             let at = cur.as_ref().unwrap_or(base);
+            if comps.peek().is_none() {
+                return openat(at.as_fd(), c, flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, mode);
+            }
             let next = openat(
                 at.as_fd(),
-                *c,
+                c,
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?;
             cur = Some(next);
         }
-        let at = cur.as_ref().unwrap_or(base);
-        openat(at.as_fd(), *last, flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, mode)
+        unreachable!("the loop returns at the last component")
     }
 
     fn chown(&self, fd: &OwnedFd) {
@@ -116,30 +120,29 @@ impl Workspace {
         }
     }
 
-    /// Opens (creating as needed) the directory `comps` beneath the workspace.
-    fn ensure_dir(&self, comps: &[&str], path: &WorkspacePath) -> Result<OwnedFd, Error> {
-        let mut cur = Self::open_beneath(&self.dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
-            .map_err(|e| map_errno(e, path, "opening workspace"))?;
-        for c in comps {
-            match mkdirat(cur.as_fd(), *c, Mode::from_bits_truncate(0o755)) {
-                Ok(()) => {
-                    let fd = Self::open_beneath(&cur, c, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
-                        .map_err(|e| map_errno(e, path, "opening directory"))?;
-                    self.chown(&fd);
-                    cur = fd;
-                }
-                Err(Errno::EEXIST) => {
-                    cur = Self::open_beneath(&cur, c, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
-                        .map_err(|e| map_errno(e, path, "opening directory"))?;
-                }
-                Err(e) => return Err(map_errno(e, path, "creating directory")),
-            }
-        }
-        Ok(cur)
+    /// Writes `data` to `path`, creating parent directories; refuses more than `max_bytes`.
+    /// Whatever is written is charged to the memory of the calling process; see
+    /// [`Workspace::prepare_write`] to write from another one.
+    pub fn write(&self, path: &WorkspacePath, data: &[u8], max_bytes: u64) -> Result<(), Error> {
+        let w = self.prepare_write(path, data, max_bytes)?;
+        let fd = w.open().map_err(|f| w.error(f))?;
+        w.write_to(&fd).map_err(|f| {
+            self.discard(path, &fd);
+            w.error(f)
+        })
     }
 
-    /// Writes `data` to `path`, creating parent directories; refuses more than `max_bytes`.
-    pub fn write(&self, path: &WorkspacePath, data: &[u8], max_bytes: u64) -> Result<(), Error> {
+    /// Checks a write of `data` to `path` (size, a file name) and splits the path, so
+    /// that [`PreparedWrite::open`] and [`PreparedWrite::write_to`] can then run
+    /// without allocating: in a child forked from a multi-threaded process, e.g. one
+    /// placed in the sandbox's memory cgroup so that the file's pages are charged to
+    /// the sandbox rather than to airlock.
+    pub fn prepare_write<'a>(
+        &'a self,
+        path: &'a WorkspacePath,
+        data: &'a [u8],
+        max_bytes: u64,
+    ) -> Result<PreparedWrite<'a>, Error> {
         if data.len() as u64 > max_bytes {
             return Err(Error::TooLarge(format!(
                 "'{path}' is {} but the limit is {} (limits.file_bytes)",
@@ -148,24 +151,41 @@ impl Workspace {
             )));
         }
         let (parents, name) = path.split_last().ok_or_else(|| Error::invalid("cannot write to the workspace root"))?;
-        let dir = self.ensure_dir(&parents, path)?;
-        let fd = Self::open_beneath(
-            &dir,
-            name,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NONBLOCK,
-            Mode::from_bits_truncate(0o644),
-        )
-        .map_err(|e| map_errno(e, path, "creating"))?;
-        let st = fstat(fd.as_fd()).map_err(|e| map_errno(e, path, "inspecting"))?;
-        if !is_regular(&st) {
-            return Err(Error::invalid(format!("'{path}' exists and is not a regular file")));
+        Ok(PreparedWrite { ws: self, path, parents, name, data })
+    }
+
+    /// The length of the regular file at `path` and the bytes of memory or disk it
+    /// holds (what replacing it frees); zeros when there is none.
+    pub fn file_sizes(&self, path: &WorkspacePath) -> (u64, u64) {
+        Self::open_beneath(&self.dir, path.as_str(), OFlag::O_PATH, Mode::empty())
+            .and_then(|fd| fstat(fd.as_fd()))
+            .ok()
+            .filter(is_regular)
+            .map_or((0, 0), |st| (st.st_size as u64, st.st_blocks as u64 * 512))
+    }
+
+    /// Removes the file `fd` was opened from, if `path` still names it (after a failed
+    /// write: its pages are freed at once by the truncation, the name goes too).
+    pub fn discard(&self, path: &WorkspacePath, fd: &OwnedFd) {
+        let _ = nix::unistd::ftruncate(fd.as_fd(), 0);
+        let Some((parents, name)) = path.split_last() else { return };
+        let parent = parents.join("/");
+        let Ok(dir) = Self::open_beneath(
+            &self.dir,
+            if parent.is_empty() { "." } else { &parent },
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        ) else {
+            return;
+        };
+        let (Ok(named), Ok(held)) =
+            (fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW), fstat(fd.as_fd()))
+        else {
+            return;
+        };
+        if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino) {
+            let _ = unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir);
         }
-        self.chown(&fd);
-        let mut f = File::from(fd);
-        f.write_all(data).map_err(|e| match e.raw_os_error() {
-            Some(n) => map_errno(Errno::from_raw(n), path, "writing"),
-            None => Error::io(format!("writing '{path}'"), e),
-        })
     }
 
     /// Reads `path`, refusing non-regular files and files over `max_bytes`.
@@ -211,6 +231,44 @@ impl Workspace {
         Ok(out)
     }
 
+    /// The total size of every regular file in the workspace, however many there are
+    /// and however deep (unlike [`Workspace::list`], which stops at
+    /// [`MAX_LIST_ENTRIES`]): what a cap on the workspace's size is checked against.
+    pub fn usage(&self) -> u64 {
+        let mut total = 0u64;
+        let mut pending = vec![String::new()];
+        while let Some(rel) = pending.pop() {
+            let Ok(fd) = Self::open_beneath(
+                &self.dir,
+                if rel.is_empty() { "." } else { &rel },
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            ) else {
+                continue;
+            };
+            let Ok(dup) = fd.try_clone() else { continue };
+            let Ok(mut d) = nix::dir::Dir::from_fd(dup) else { continue };
+            for entry in d.iter().flatten() {
+                let name = entry.file_name().to_bytes();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                let Ok(st) = fstatat(fd.as_fd(), entry.file_name(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                    continue;
+                };
+                match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+                    SFlag::S_IFREG => total = total.saturating_add(st.st_size as u64),
+                    SFlag::S_IFDIR => {
+                        let name = String::from_utf8_lossy(name);
+                        pending.push(if rel.is_empty() { name.into_owned() } else { format!("{rel}/{name}") });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        total
+    }
+
     /// Removes a file, a symlink or an empty directory.
     pub fn remove(&self, path: &WorkspacePath) -> Result<(), Error> {
         let (parents, name) = path.split_last().ok_or_else(|| Error::invalid("cannot remove the workspace root"))?;
@@ -228,6 +286,94 @@ impl Workspace {
                 unlinkat(dir.as_fd(), name, UnlinkatFlags::RemoveDir).map_err(|e| map_errno(e, path, "removing"))
             }
             Err(e) => Err(map_errno(e, path, "removing")),
+        }
+    }
+}
+
+/// Which part of a workspace write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStep {
+    /// Opening or creating a parent directory.
+    Directory,
+    /// Opening or creating the file itself.
+    Open,
+    /// The file exists and is not a regular file.
+    NotRegular,
+    /// Writing the bytes.
+    Write,
+}
+
+/// A failed step of a [`PreparedWrite`] and its `errno`.
+pub type WriteFailure = (WriteStep, Errno);
+
+/// A checked workspace write whose steps allocate nothing (see
+/// [`Workspace::prepare_write`]); [`PreparedWrite::error`] turns a failure into the
+/// caller's error afterwards.
+#[derive(Debug)]
+pub struct PreparedWrite<'a> {
+    ws: &'a Workspace,
+    path: &'a WorkspacePath,
+    parents: Vec<&'a str>,
+    name: &'a str,
+    data: &'a [u8],
+}
+
+impl PreparedWrite<'_> {
+    /// Creates the parent directories (owned by the workspace's owner) and opens the
+    /// file, created or truncated, refusing anything but a regular file.
+    pub fn open(&self) -> Result<OwnedFd, WriteFailure> {
+        let ws = self.ws;
+        let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+        let mut cur =
+            Workspace::open_beneath(&ws.dir, ".", dir_flags, Mode::empty()).map_err(|e| (WriteStep::Directory, e))?;
+        for c in &self.parents {
+            let created = match mkdirat(cur.as_fd(), *c, Mode::from_bits_truncate(0o755)) {
+                Ok(()) => true,
+                Err(Errno::EEXIST) => false,
+                Err(e) => return Err((WriteStep::Directory, e)),
+            };
+            cur = Workspace::open_beneath(&cur, c, dir_flags, Mode::empty()).map_err(|e| (WriteStep::Directory, e))?;
+            if created {
+                ws.chown(&cur);
+            }
+        }
+        let fd = Workspace::open_beneath(
+            &cur,
+            self.name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NONBLOCK,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map_err(|e| (WriteStep::Open, e))?;
+        let st = fstat(fd.as_fd()).map_err(|e| (WriteStep::Open, e))?;
+        if !is_regular(&st) {
+            return Err((WriteStep::NotRegular, Errno::EINVAL));
+        }
+        ws.chown(&fd);
+        Ok(fd)
+    }
+
+    /// Writes the bytes to `fd` (from [`PreparedWrite::open`]).
+    pub fn write_to(&self, fd: &OwnedFd) -> Result<(), WriteFailure> {
+        let mut rest = self.data;
+        while !rest.is_empty() {
+            match nix::unistd::write(fd, rest) {
+                Ok(0) => return Err((WriteStep::Write, Errno::ENOSPC)),
+                Ok(n) => rest = &rest[n..],
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err((WriteStep::Write, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The error to report for a failed step.
+    pub fn error(&self, (step, errno): WriteFailure) -> Error {
+        let path = self.path;
+        match step {
+            WriteStep::NotRegular => Error::invalid(format!("'{path}' exists and is not a regular file")),
+            WriteStep::Directory => map_errno(errno, path, "creating directory"),
+            WriteStep::Open => map_errno(errno, path, "creating"),
+            WriteStep::Write => map_errno(errno, path, "writing"),
         }
     }
 }
@@ -293,6 +439,46 @@ mod tests {
         ws.remove(&p("a/b/c.txt")).unwrap();
         assert!(matches!(ws.read(&p("a/b/c.txt"), 100), Err(Error::NotFound(_))));
         ws.remove(&p("a/b")).unwrap();
+    }
+
+    #[test]
+    fn usage_counts_every_file_however_many_and_however_deep() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(tmp.path()).unwrap();
+        let deep = (0..40).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/");
+        ws.write(&p(&format!("{deep}/f")), &[0u8; 100], 1000).unwrap();
+        for i in 0..MAX_LIST_ENTRIES + 10 {
+            std::fs::write(tmp.path().join(format!("e{i}")), b"").unwrap();
+        }
+        ws.write(&p("z"), &[0u8; 7], 1000).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", tmp.path().join("link")).unwrap();
+        assert_eq!(ws.usage(), 107);
+        assert_eq!(ws.file_sizes(&p("link")), (0, 0), "a link is not followed");
+        assert_eq!(ws.file_sizes(&p("missing")), (0, 0));
+        assert_eq!(ws.file_sizes(&p("z")).0, 7);
+        assert!(ws.file_sizes(&p("z")).1 >= 7);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_and_discard_spares_a_replaced_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(tmp.path()).unwrap();
+        // A write that fails half-way (RLIMIT_FSIZE-like: a full disk is hard to fake)
+        // is simulated by discarding after open.
+        let path = p("dir/f");
+        let w = ws.prepare_write(&path, b"abc", 10).unwrap();
+        let fd = w.open().unwrap();
+        w.write_to(&fd).unwrap();
+        ws.discard(&path, &fd);
+        assert!(!tmp.path().join("dir/f").exists());
+        // If the name now holds another file, only the descriptor's file is emptied.
+        let fd = w.open().unwrap();
+        w.write_to(&fd).unwrap();
+        std::fs::remove_file(tmp.path().join("dir/f")).unwrap();
+        std::fs::write(tmp.path().join("dir/f"), b"someone else's").unwrap();
+        ws.discard(&path, &fd);
+        assert_eq!(std::fs::read(tmp.path().join("dir/f")).unwrap(), b"someone else's");
+        assert_eq!(nix::sys::stat::fstat(fd.as_fd()).unwrap().st_size, 0);
     }
 
     #[test]

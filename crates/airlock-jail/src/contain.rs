@@ -2,7 +2,9 @@
 //! below is one line of [`plan`], executed top to bottom by the cloned child, and each
 //! mechanism lives in its own module.
 //!
-//! Before the first step the parent has already (see `spawn.rs`):
+//! Before the first step the parent has already (see `spawn.rs`): as root, opened
+//! every host directory the new root binds as a detached mount (`mount::take_sources`;
+//! the child inherits the descriptors);
 //! created the child with `clone(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID |
 //! CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)` (no `CLONE_NEWNET` for the host
 //! network), written its uid/gid maps (`setgroups` denied) and put it in its cgroup.
@@ -15,7 +17,9 @@
 //! 5. bound the new user namespace's own inotify counters (`user.rs`), through
 //!    `/proc/sys/user`, which shows the writer's user namespace;
 //! 6. enter a new cgroup namespace (rooted at the sandbox's own cgroup);
-//! 7. build the new root and `pivot_root` into it (`mount.rs`);
+//! 7. build the new root and `pivot_root` into it (`mount.rs`): rootless, first take
+//!    every host directory it binds as a detached mount, while the host's file system is
+//!    still visible at their paths; then attach each in place;
 //! 8. set the host name (UTS namespace);
 //! 9. bring loopback up (own network namespace only; `net.rs`);
 //! 10. install stdin (`/dev/null`), stdout, stderr and the channel as fds 0-3; mark
@@ -37,7 +41,7 @@
 use std::ffi::CString;
 
 use crate::landlock;
-use crate::mount::MountOp;
+use crate::mount::{MountOp, SourceFds};
 use crate::process::{ExecImage, Stdio};
 use crate::rlimit::Rlimit;
 use crate::seccomp::Filters;
@@ -156,6 +160,9 @@ pub mod msg {
 pub struct Setup {
     /// The new root (from `mount::plan`).
     pub mounts: Vec<MountOp>,
+    /// The detached mounts of its sources (`mount::SystemPart::sources`), those airlock
+    /// already took, and room for those the child takes.
+    pub sources: SourceFds,
     /// A network namespace of our own (bring `lo` up).
     pub own_network: bool,
     /// Resource limits.
@@ -187,6 +194,8 @@ pub struct Setup {
 pub struct Plan {
     /// The steps.
     pub steps: Vec<Step>,
+    /// The detached mounts the `Mount` steps take and attach.
+    pub sources: SourceFds,
 }
 
 /// Builds the plan. The order of the lines below is the order of containment.
@@ -216,10 +225,10 @@ pub fn plan(setup: Setup) -> Plan {
         steps.push(Step::Seccomp(setup.seccomp));
     }
     steps.push(Step::Exec(setup.exec));
-    Plan { steps }
+    Plan { steps, sources: setup.sources }
 }
 
-fn apply<S: Sys>(step: &Step, sys: &mut S, ctx: &Ctx) -> SysResult<()> {
+fn apply<S: Sys>(step: &Step, sys: &mut S, ctx: &Ctx, sources: &SourceFds) -> SysResult<()> {
     match step {
         Step::ResetSignals => sys.reset_signal_handlers(),
         Step::AwaitParent => match sys.read_byte(ctx.sync_fd)? {
@@ -231,7 +240,7 @@ fn apply<S: Sys>(step: &Step, sys: &mut S, ctx: &Ctx) -> SysResult<()> {
         Step::DieWithParent => sys.prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0).map(drop),
         Step::LimitUserNamespace { path, text } => crate::user::set_namespace_limit(sys, path, text),
         Step::EnterCgroupNamespace => sys.unshare(libc::CLONE_NEWCGROUP),
-        Step::Mount(m) => m.apply(sys),
+        Step::Mount(m) => m.apply(sys, sources),
         Step::SendWorkspace(path) => {
             let fd = sys.open(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
             let r = sys.send(ctx.sync_fd, &[msg::WORKSPACE], Some(fd));
@@ -258,7 +267,7 @@ fn apply<S: Sys>(step: &Step, sys: &mut S, ctx: &Ctx) -> SysResult<()> {
 /// last step), with the index of the step that failed and its errno.
 pub fn run<S: Sys>(plan: &Plan, sys: &mut S, ctx: &Ctx) -> (usize, Errno) {
     for (i, step) in plan.steps.iter().enumerate() {
-        if let Err(e) = apply(step, sys, ctx) {
+        if let Err(e) = apply(step, sys, ctx, &plan.sources) {
             return (i, e);
         }
     }
@@ -298,9 +307,12 @@ mod tests {
             setattr: true,
             nested_proc: false,
             proc_subset: true,
+            taking: crate::mount::Taking::Host,
         };
+        let part = crate::mount::system_part(&spec).unwrap();
         Setup {
-            mounts: crate::mount::plan(&spec).unwrap(),
+            mounts: crate::mount::plan_with(&spec, &part).unwrap(),
+            sources: SourceFds::new(part.sources().len(), &[]),
             own_network: true,
             rlimits: crate::rlimit::for_limits(&airlock_core::Limits::default(), true),
             namespace_limits: crate::user::namespace_limit_files(),

@@ -17,6 +17,7 @@
 //! | [`process`] | descriptors, session, `execve` |
 //! | [`contain`] | the order |
 //! | [`spawn`] | `clone` and the setup handshake |
+//! | [`upload`] | files the host writes into a workspace, charged to the sandbox's memory |
 //! | [`sys`] | the system-call seam (real or recorded) |
 //! | [`zygote`] | fast start: a template's zygote forks sandboxes ([`Backend::factory`]) |
 //!
@@ -36,6 +37,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod supervisor;
 pub mod sys;
+pub mod upload;
 pub mod user;
 pub mod zygote;
 
@@ -67,10 +69,13 @@ pub struct JailConfig {
     /// The interpreter: a host path in host mode, a path inside the root file system
     /// with [`JailConfig::rootfs`].
     pub python: PathBuf,
-    /// A root file system directory to use instead of the host's `/usr` and `/etc`.
+    /// A root file system directory to use instead of the host's `/usr` and `/etc`
+    /// (anywhere on the host: see `mount::Taking`).
     pub rootfs: Option<PathBuf>,
     /// Host directories (site-packages, a virtualenv's `lib/pythonX.Y/site-packages`)
-    /// bound read-only at the same path and added to `sys.path`.
+    /// bound read-only and added to `sys.path`: at the same path, or below `/airlock`
+    /// when the sandbox holds that path (`/tmp/venv/...` is `/airlock/tmp/venv/...`;
+    /// `mount::inside_path`).
     pub site_packages: Vec<PathBuf>,
     /// Further read-only binds `(host path, path inside)`.
     pub ro_binds: Vec<(PathBuf, PathBuf)>,
@@ -139,6 +144,11 @@ struct Prepared {
     cpu_cores: f64,
     /// What `site` would have set up (host mode), for a zygote's command line.
     site: Option<python::SiteState>,
+    /// Directories appended to `sys.path` after `site` has run (rootfs mode: the
+    /// site-packages, as the sandbox sees them), for a zygote's command line.
+    extra_path: Vec<String>,
+    /// Who takes the new root's sources from the host.
+    taking: mount::Taking,
     /// The mount plan's fixed part, per `resolv.conf` choice, with when it was built.
     system: Mutex<Vec<(bool, std::time::Instant, Arc<mount::SystemPart>)>>,
 }
@@ -151,7 +161,7 @@ impl Prepared {
     /// A new cgroup for sandbox `id` with `limits` (none when cgroups are unusable).
     pub(crate) fn new_cgroup(&self, id: &str, limits: &airlock_core::Limits) -> Result<CgroupGuard, Error> {
         static CLEANUP: Once = Once::new();
-        let Some(driver) = &self.cgroups else { return Ok(CgroupGuard(None)) };
+        let Some(driver) = &self.cgroups else { return Ok(CgroupGuard::new(None)) };
         CLEANUP.call_once(|| {
             let r = cgroup::cleanup_stale(driver);
             if !r.removed.is_empty() || !r.failed.is_empty() {
@@ -161,7 +171,7 @@ impl Prepared {
         let name = cgroup::group_name(id);
         let quota = (self.cpu_cores > 0.0).then(|| ((self.cpu_cores * cgroup::CPU_PERIOD_US as f64) as u64).max(1000));
         let g = driver.create(&name, quota.is_some()).map_err(|e| cgroup_error(driver, e))?;
-        let guard = CgroupGuard(Some(Arc::new(g)));
+        let guard = CgroupGuard::new(Some(Arc::new(g)));
         let cl = CgroupLimits { memory_bytes: limits.memory_bytes, pids: limits.processes.into(), cpu_quota_us: quota };
         if let Some(g) = &guard.0 {
             g.apply(&cl).map_err(|e| cgroup_error(driver, e))?;
@@ -242,17 +252,37 @@ impl JailBackend {
                 "the jail interpreter must be an absolute path, not '{python_str}' (set AIRLOCK_PYTHON)"
             )));
         }
+        let rootfs = match &self.config.rootfs {
+            Some(root) => Some(
+                std::fs::canonicalize(root).map_err(|e| Error::invalid(format!("rootfs {}: {e}", root.display())))?,
+            ),
+            None => None,
+        };
+        // A host directory bound for the sandbox keeps its path unless the sandbox's
+        // own directories or the root file system's entries hold that path: then it is
+        // placed below mount::RELOCATED_DIR (mount::inside_path).
+        let root_entries: Vec<std::ffi::OsString> = match &rootfs {
+            Some(root) => std::fs::read_dir(root)
+                .map_err(|e| Error::invalid(format!("rootfs {} cannot be read: {e}", root.display())))?
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .collect(),
+            None => Vec::new(),
+        };
         let mut extra_ro: Vec<(PathBuf, PathBuf)> = self.config.ro_binds.clone();
+        // Site-packages, as the sandbox sees them, for sys.path.
+        let mut site: Vec<String> = Vec::new();
         for sp in &self.config.site_packages {
             let canon = std::fs::canonicalize(sp)
                 .map_err(|e| Error::invalid(format!("site-packages directory {}: {e}", sp.display())))?;
-            extra_ro.push((canon.clone(), canon));
+            let inside = mount::inside_path(&canon, &root_entries);
+            let text = inside.to_str().ok_or_else(|| {
+                Error::invalid(format!("site-packages directory {}: the path is not UTF-8", sp.display()))
+            })?;
+            site.push(text.to_string());
+            extra_ro.push((canon, inside));
         }
-        let site: Vec<String> = extra_ro_paths(&self.config.site_packages);
-        let (source, boot, args, mpl, site_state) = match &self.config.rootfs {
+        let (source, python_inside, boot, args, mpl, site_state, extra_path) = match rootfs {
             Some(root) => {
-                let root = std::fs::canonicalize(root)
-                    .map_err(|e| Error::invalid(format!("rootfs {}: {e}", root.display())))?;
                 let inside = root.join(python.strip_prefix("/").unwrap_or(&python));
                 if !inside.exists() {
                     return Err(Error::invalid(format!(
@@ -261,8 +291,9 @@ impl JailBackend {
                     )));
                 }
                 let boot = DriverBoot::Source;
-                let args = python::interpreter_args(&boot, None);
-                (RootSource::Dir(root), boot, args, None, None)
+                // `site` runs normally; site-packages are appended after it.
+                let args = python::with_path(python::interpreter_args(&boot, None), &site);
+                (RootSource::Dir(root), python_str, boot, args, None, None, site)
             }
             None => {
                 if !python.exists() {
@@ -284,17 +315,29 @@ impl JailBackend {
                     if p.as_os_str().is_empty() || !p.exists() || is_system_path(&p) {
                         continue;
                     }
-                    if !extra_ro.iter().any(|(_, inside)| p.starts_with(inside)) {
-                        extra_ro.push((p.clone(), p));
+                    if seen_through(&extra_ro, &p).is_none() {
+                        let inside = mount::inside_path(&p, &[]);
+                        extra_ro.push((p, inside));
                     }
                 }
-                let mut sys_path = info.sys_path.clone();
+                // The interpreter and its paths as the sandbox sees them.
+                let inside = |p: &str| -> String {
+                    seen_through(&extra_ro, Path::new(p))
+                        .and_then(|i| i.to_str().map(str::to_string))
+                        .unwrap_or_else(|| p.to_string())
+                };
+                let mut sys_path: Vec<String> = info.sys_path.iter().map(|p| inside(p)).collect();
                 sys_path.extend(site);
-                let state =
-                    python::SiteState { sys_path, prefix: info.prefix.clone(), exec_prefix: info.exec_prefix.clone() };
+                let state = python::SiteState {
+                    sys_path,
+                    prefix: inside(&info.prefix),
+                    exec_prefix: inside(&info.exec_prefix),
+                };
                 let boot = DriverBoot::for_python(&python);
                 let args = python::interpreter_args(&boot, Some(&state));
-                (RootSource::Host, boot, args, Some(python::MplCache::new(&python)), Some(state))
+                let python_inside = inside(&python_str);
+                let mpl = Some(python::MplCache::new(&python));
+                (RootSource::Host, python_inside, boot, args, mpl, Some(state), Vec::new())
             }
         };
         // Shorter paths first, so a parent is bound before anything below it is considered.
@@ -304,7 +347,7 @@ impl JailBackend {
             _ => None,
         };
         Ok(Prepared {
-            python_inside: python_str,
+            python_inside,
             boot,
             args,
             source,
@@ -320,6 +363,8 @@ impl JailBackend {
             mpl,
             cpu_cores: self.config.cpu_cores,
             site: site_state,
+            extra_path,
+            taking: mount::taking(),
             system: Mutex::new(Vec::new()),
         })
     }
@@ -382,8 +427,17 @@ impl JailBackend {
             setattr: p.setattr,
             nested_proc: role == Role::Zygote,
             proc_subset: p.proc_subset,
+            taking: p.taking,
         };
-        let mounts = mount::plan_with(&root, p.system_part(&root)?.as_ref())?;
+        let part = p.system_part(&root)?;
+        let mounts = mount::plan_with(&root, &part)?;
+        // As root, airlock takes the sources itself (the child inherits the
+        // descriptors); they are closed once the child has attached them (its copies).
+        let taken = match p.taking {
+            mount::Taking::Host => mount::take_sources(part.sources(), p.setattr)?,
+            _ => Vec::new(),
+        };
+        let sources = mount::SourceFds::new(part.sources().len(), &taken.iter().map(raw).collect::<Vec<_>>());
         let t_plan = t0.elapsed();
 
         let cgroup = p.new_cgroup(&spec.id, &limits)?;
@@ -394,12 +448,16 @@ impl JailBackend {
         let mut argv = vec![p.python_inside.clone()];
         match role {
             Role::Driver => argv.extend(p.args.iter().cloned()),
-            Role::Zygote => argv.extend(python::with_site(airlock_guest::zygote_args(), p.site.as_ref())),
+            Role::Zygote => argv.extend(python::with_path(
+                python::with_site(airlock_guest::zygote_args(), p.site.as_ref()),
+                &p.extra_path,
+            )),
         }
         let exec = process::ExecImage::new(&p.python_inside, &argv, &env)?;
 
         let plan = contain::plan(contain::Setup {
             mounts,
+            sources,
             own_network: spec.network == NetworkPolicy::None,
             rlimits: match role {
                 Role::Driver => rlimit::for_limits(&limits, memory_cgroup),
@@ -434,10 +492,10 @@ impl JailBackend {
             }
             Ok(())
         })?;
-        drop((guest_chan, out_w, err_w));
+        drop((guest_chan, out_w, err_w, taken));
         tracing::debug!(
             sandbox = %spec.id,
-            "jail launch: plan {:?}, cgroup {:?}, clone to exec {:?}",
+            "jail launch: plan (with taking the sources) {:?}, cgroup {:?}, clone to exec {:?}",
             t_plan,
             t_cgroup - t_plan,
             t0.elapsed() - t_cgroup,
@@ -530,8 +588,12 @@ fn is_system_path(p: &Path) -> bool {
         })
 }
 
-fn extra_ro_paths(dirs: &[PathBuf]) -> Vec<String> {
-    dirs.iter().filter_map(|d| std::fs::canonicalize(d).ok()).filter_map(|d| d.to_str().map(str::to_string)).collect()
+/// Where the sandbox sees host path `p` through one of the `binds` (host, inside), if any.
+fn seen_through(binds: &[(PathBuf, PathBuf)], p: &Path) -> Option<PathBuf> {
+    binds.iter().find_map(|(host, inside)| {
+        let rel = p.strip_prefix(host).ok()?;
+        Some(if rel.as_os_str().is_empty() { inside.clone() } else { inside.join(rel) })
+    })
 }
 
 /// Kills and removes sandbox cgroups left by airlock processes that died without
@@ -656,12 +718,21 @@ fn probe(config: &JailConfig) -> Probe {
             ),
         },
     );
+    let sources = match mount::taking() {
+        mount::Taking::Host => "host directories are taken by airlock (open_tree) wherever they are",
+        mount::Taking::Sandbox => "host directories are taken by each sandbox as your uid, wherever you can reach them",
+        mount::Taking::Path => {
+            "old kernel (< 5.2, no open_tree): host directories are bound by path; none may be below /tmp"
+        }
+    };
     checks.insert(
         "mounts".into(),
         if mount::have_mount_setattr() {
-            "ok: recursive read-only binds (mount_setattr)".into()
+            format!("ok: recursive read-only binds (mount_setattr); {sources}")
         } else {
-            "old kernel (< 5.12): binds are made read-only one mount at a time, submounts are not bound".into()
+            format!(
+                "old kernel (< 5.12): binds are made read-only one mount at a time, submounts are not bound; {sources}"
+            )
         },
     );
     checks.insert(

@@ -11,7 +11,9 @@
 //!   `group`, `hosts` and `hostname` written fresh — never `/etc/shadow` or any other
 //!   host file not on the list;
 //! * read-only binds of the interpreter's own prefix, its `sys.path` entries and any
-//!   configured site-packages or virtualenv, when they live outside those directories;
+//!   configured site-packages or virtualenv, when they live outside those directories:
+//!   at their host path, or below [`RELOCATED_DIR`] when that path is one of the
+//!   sandbox's own ([`inside_path`]);
 //! * a new `/proc` for the sandbox's PID namespace holding only its processes
 //!   (`subset=pid`, Linux 5.8+): none of the host-wide files (`cmdline`, `config.gz`,
 //!   `kallsyms`, `stat`, `meminfo`, `pressure/`, `sys/`, ...), so nothing of the host's
@@ -24,11 +26,24 @@
 //!
 //! Finally the root itself is made read-only: the only writable places are `/tmp`,
 //! `/workspace` and the character devices.
-
+//!
+//! **Sources.** What is bound from the host (the system directories, a root file
+//! system's entries, site-packages, a virtualenv: a [`Source`] each) is taken as a
+//! detached mount (`open_tree(OPEN_TREE_CLONE)`) before anything of the new root exists,
+//! and attached in place with `move_mount` ([`Taking`]): as root by airlock itself,
+//! before the `clone` (so neither the source's path nor its parents' permissions
+//! matter: a source below the staging directory, which the new root's tmpfs covers, or
+//! below a `0700` directory the sandbox's unprivileged host uid cannot search, works);
+//! rootless by the child, in its own mount namespace, before the staging tmpfs is
+//! mounted. Each attached tree is made private (a copy of a shared mount would
+//! otherwise be a peer of the host's: mounts made on either side would appear on the
+//! other) and read-only.
 use std::collections::BTreeSet;
-use std::ffi::CString;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use airlock_core::Error;
 
@@ -80,6 +95,28 @@ pub enum MountOp {
         /// A failure (e.g. the tmpfs is too small) is ignored.
         optional: bool,
     },
+    /// Takes source `index` as a detached copy of its mounts (`open_tree`), while its
+    /// host path is still visible ([`Taking::Sandbox`]).
+    Take {
+        /// The source's index in the plan's [`SourceFds`].
+        index: usize,
+        /// Its host path.
+        path: CString,
+        /// With the mounts below it.
+        recursive: bool,
+    },
+    /// Attaches source `index` at `dst` (`move_mount`) and makes it private; binds
+    /// `src` by path when it was not taken ([`Taking::Path`]).
+    Attach {
+        /// The source's index in the plan's [`SourceFds`].
+        index: usize,
+        /// Its host path.
+        src: CString,
+        /// Target.
+        dst: CString,
+        /// With the mounts below it.
+        recursive: bool,
+    },
     /// Bind-mounts `src` at `dst`.
     Bind {
         /// Source (a host path, before `pivot_root`).
@@ -129,6 +166,8 @@ impl MountOp {
             MountOp::Mkdir { path, .. } => format!("create directory {}", s(path)),
             MountOp::Symlink { target, link } => format!("create link {} -> {}", s(link), s(target)),
             MountOp::File { path, contents, .. } => format!("write {} ({} bytes)", s(path), contents.len()),
+            MountOp::Take { path, .. } => format!("take {} (a detached copy of its mounts)", s(path)),
+            MountOp::Attach { src, dst, .. } => format!("attach {} at {}", s(src), s(dst)),
             MountOp::Bind { src, dst, .. } => format!("bind {} at {}", s(src), s(dst)),
             MountOp::ReadOnly { path, recursive, .. } => {
                 format!("make {} read-only{}", s(path), if *recursive { " (recursively)" } else { "" })
@@ -142,8 +181,8 @@ impl MountOp {
         }
     }
 
-    /// Runs the operation.
-    pub fn apply<S: Sys>(&self, sys: &mut S) -> SysResult<()> {
+    /// Runs the operation; `sources` holds the detached mounts of the plan's sources.
+    pub fn apply<S: Sys>(&self, sys: &mut S, sources: &SourceFds) -> SysResult<()> {
         match self {
             MountOp::MakePrivate => sys.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None),
             MountOp::Tmpfs { target, flags, options } => {
@@ -163,6 +202,25 @@ impl MountOp {
                 })();
                 if *optional { Ok(()) } else { r }
             }
+            MountOp::Take { index, path, recursive } => {
+                let fd = sys.open_tree(path, *recursive)?;
+                sources.set(*index, fd);
+                Ok(())
+            }
+            MountOp::Attach { index, src, dst, recursive } => match sources.take(*index) {
+                Some(fd) => {
+                    let attached = sys.move_mount(fd, dst);
+                    sys.close(fd);
+                    attached?;
+                    // A copy of a shared mount is a peer of the original: private, so
+                    // that nothing mounted on either side appears on the other.
+                    sys.mount(None, dst, None, libc::MS_REC | libc::MS_PRIVATE, None)
+                }
+                None => {
+                    let flags = libc::MS_BIND | if *recursive { libc::MS_REC } else { 0 };
+                    sys.mount(Some(src), dst, None, flags, None)
+                }
+            },
             MountOp::Bind { src, dst, recursive } => {
                 let flags = libc::MS_BIND | if *recursive { libc::MS_REC } else { 0 };
                 sys.mount(Some(src), dst, None, flags, None)
@@ -197,6 +255,192 @@ impl MountOp {
                 }
             }
         }
+    }
+}
+
+/// Who takes the new root's [`Source`]s from the host, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taking {
+    /// airlock opens each as a detached mount (`open_tree(OPEN_TREE_CLONE)`) before the
+    /// `clone`, read-only and private; the child inherits the descriptors and attaches
+    /// them. Neither a source's path nor its parents' permissions matter. Needs
+    /// `CAP_SYS_ADMIN` in airlock's own mount namespace (root).
+    Host,
+    /// The child opens each as a detached mount in its own mount namespace before it
+    /// mounts the staging tmpfs (rootless: its host uid is the operator's, so it can
+    /// reach what the operator can).
+    Sandbox,
+    /// Bound by path (kernels without `open_tree`, before 5.2): a source below the
+    /// staging directory is refused, since the new root's tmpfs covers it.
+    Path,
+}
+
+/// A host file or directory bound (read-only) into the new root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Its host path, canonical (no symbolic link in it when it was planned).
+    pub path: PathBuf,
+    /// A directory (else a file).
+    pub dir: bool,
+    /// With the mounts below it (only when they can all be made read-only: `mount_setattr`).
+    pub recursive: bool,
+}
+
+/// The detached mounts of a plan's sources, by index: taken by airlock before the
+/// `clone` ([`Taking::Host`]) or by the child's [`MountOp::Take`] steps; none for a
+/// source bound by path. The child only reads and writes integers here (no allocation).
+#[derive(Debug)]
+pub struct SourceFds(Box<[AtomicI32]>);
+
+impl SourceFds {
+    /// Room for `n` sources, with the descriptors `taken` (by index) already in place.
+    pub fn new(n: usize, taken: &[RawFd]) -> Self {
+        let fds: Vec<AtomicI32> = (0..n).map(|i| AtomicI32::new(taken.get(i).copied().unwrap_or(-1))).collect();
+        SourceFds(fds.into_boxed_slice())
+    }
+
+    fn set(&self, index: usize, fd: RawFd) {
+        if let Some(slot) = self.0.get(index) {
+            slot.store(fd, Ordering::Relaxed);
+        }
+    }
+
+    /// The descriptor of source `index`, if it was taken; the slot is emptied.
+    fn take(&self, index: usize) -> Option<RawFd> {
+        let fd = self.0.get(index)?.swap(-1, Ordering::Relaxed);
+        (fd >= 0).then_some(fd)
+    }
+}
+
+/// Where host paths bound for the sandbox appear when their own path inside it is
+/// taken: `/tmp/venv` is seen at `/airlock/tmp/venv`.
+pub const RELOCATED_DIR: &str = "/airlock";
+
+/// Where the sandbox sees the host directory `host` (absolute, canonical) that airlock
+/// binds for it (site-packages, an interpreter's prefix): at the same path, unless its
+/// first component is one of the sandbox's own directories (`/tmp`, `/workspace`,
+/// `/proc`, `/dev`, `/sys`, `/run`, [`RELOCATED_DIR`]) or one of `root_entries` (the
+/// top-level names of a root file system); then at the same path below
+/// [`RELOCATED_DIR`].
+pub fn inside_path(host: &Path, root_entries: &[OsString]) -> PathBuf {
+    let top = host.components().find_map(|c| match c {
+        Component::Normal(n) => Some(n),
+        _ => None,
+    });
+    let own = |t: &OsStr| {
+        OWN_DIRS.iter().any(|o| t == *o)
+            || t == RELOCATED_DIR.trim_start_matches('/')
+            || root_entries.iter().any(|e| e == t)
+    };
+    match top {
+        Some(t) if own(t) => Path::new(RELOCATED_DIR).join(host.strip_prefix("/").unwrap_or(host)),
+        _ => host.to_path_buf(),
+    }
+}
+
+/// Opens each source as a detached, read-only, private mount ([`Taking::Host`]), in
+/// order. A source is reached without following any symbolic link (its path was made
+/// canonical when planned): a link put in its place since is refused, not followed
+/// with airlock's privileges.
+pub fn take_sources(sources: &[Source], setattr: bool) -> Result<Vec<OwnedFd>, Error> {
+    sources
+        .iter()
+        .map(|s| {
+            take_source(s, setattr).map_err(|e| {
+                let hint = match e {
+                    nix::errno::Errno::ELOOP => " (a symbolic link took its place since the sandbox was planned)",
+                    nix::errno::Errno::ENOTDIR => " (it changed type since the sandbox was planned)",
+                    _ => "",
+                };
+                Error::io(
+                    format!("taking {} for the sandbox's root{hint}", s.path.display()),
+                    std::io::Error::from_raw_os_error(e as i32),
+                )
+            })
+        })
+        .collect()
+}
+
+fn take_source(s: &Source, setattr: bool) -> Result<OwnedFd, nix::errno::Errno> {
+    use nix::errno::Errno;
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    // RESOLVE_NO_SYMLINKS refuses a link anywhere in the path, the last component too.
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let at = match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, &s.path, how) {
+        // Before Linux 5.6: only the last component is checked.
+        Err(Errno::ENOSYS) => {
+            let flags = OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+            nix::fcntl::open(&s.path, flags, nix::sys::stat::Mode::empty())?
+        }
+        r => r?,
+    };
+    let kind = nix::sys::stat::fstat(&at)?.st_mode & libc::S_IFMT;
+    if kind == libc::S_IFLNK {
+        return Err(Errno::ELOOP);
+    }
+    if (kind == libc::S_IFDIR) != s.dir {
+        return Err(Errno::ENOTDIR);
+    }
+    let flags = libc::OPEN_TREE_CLONE
+        | libc::OPEN_TREE_CLOEXEC
+        | libc::AT_EMPTY_PATH as libc::c_uint
+        | if s.recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
+    // SAFETY: an empty NUL-terminated path relative to a descriptor we hold.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, at.as_raw_fd(), c"".as_ptr(), flags) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a new descriptor we own.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    if setattr {
+        // Read-only and private before the sandbox ever holds it. (A copy of a shared
+        // mount joins its peer group; the child makes it private again after attaching,
+        // which is all that older kernels get.)
+        let attr = crate::sys::MountAttr {
+            attr_set: ATTR_READ_ONLY,
+            attr_clr: 0,
+            propagation: libc::MS_PRIVATE,
+            userns_fd: 0,
+        };
+        let flags = libc::AT_EMPTY_PATH | if s.recursive { libc::AT_RECURSIVE } else { 0 };
+        // SAFETY: an empty NUL-terminated path relative to our descriptor, and a live
+        // struct of the size passed.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                flags,
+                &attr as *const crate::sys::MountAttr,
+                std::mem::size_of::<crate::sys::MountAttr>(),
+            )
+        };
+        if r < 0 {
+            return Err(Errno::last());
+        }
+    }
+    Ok(tree)
+}
+
+/// How this process can take sources (see [`Taking`]): by itself when it may clone
+/// mounts, else through the sandbox; by path on kernels without `open_tree`.
+pub fn taking() -> Taking {
+    let open = |flags: libc::c_uint| {
+        // SAFETY: a NUL-terminated constant path; the result is a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c"/".as_ptr(), flags) };
+        // SAFETY: a new descriptor we own, closed on drop.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    };
+    // Without OPEN_TREE_CLONE it only opens a path (no privilege needed): it tells
+    // whether the call exists (and is not filtered).
+    if open(libc::OPEN_TREE_CLOEXEC).is_none() {
+        return Taking::Path;
+    }
+    match open(libc::OPEN_TREE_CLOEXEC | libc::OPEN_TREE_CLONE) {
+        Some(_) => Taking::Host,
+        None => Taking::Sandbox,
     }
 }
 
@@ -279,6 +523,8 @@ pub struct RootSpec {
     /// The kernel can mount a procfs with only the processes' part
     /// ([`have_proc_subset`]); unless `nested_proc`, the sandbox's `/proc` is one.
     pub proc_subset: bool,
+    /// Who takes the sources from the host ([`taking`]).
+    pub taking: Taking,
 }
 
 /// Where the guest's matplotlib configuration and font cache live.
@@ -316,8 +562,11 @@ struct Builder<'a> {
     ops: Vec<MountOp>,
     /// Directories that exist (writable while building) in the new root.
     made: BTreeSet<PathBuf>,
-    /// Read-only subtrees (binds and links) in the new root.
-    covered: Vec<PathBuf>,
+    /// Read-only subtrees in the new root: binds, with their source's host path, and
+    /// links (`None`).
+    covered: Vec<(PathBuf, Option<PathBuf>)>,
+    /// What is bound from the host, in the order of the plan's [`MountOp::Attach`]es.
+    sources: Vec<Source>,
 }
 
 impl<'a> Builder<'a> {
@@ -331,8 +580,9 @@ impl<'a> Builder<'a> {
         cstring(p.as_os_str().as_encoded_bytes(), "a host path")
     }
 
-    fn is_covered(&self, inside: &Path) -> bool {
-        self.covered.iter().any(|c| inside.starts_with(c))
+    /// The bind or link that `inside` is below, if any.
+    fn covering(&self, inside: &Path) -> Option<&(PathBuf, Option<PathBuf>)> {
+        self.covered.iter().find(|(c, _)| inside.starts_with(c))
     }
 
     fn mkdir(&mut self, inside: &Path, mode: u32) -> Result<(), Error> {
@@ -361,7 +611,7 @@ impl<'a> Builder<'a> {
     fn symlink(&mut self, target: &Path, inside: &Path) -> Result<(), Error> {
         self.parents(inside)?;
         self.ops.push(MountOp::Symlink { target: Self::host(target)?, link: self.staged(inside)? });
-        self.covered.push(inside.to_path_buf());
+        self.covered.push((inside.to_path_buf(), None));
         Ok(())
     }
 
@@ -371,9 +621,19 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    /// A read-only bind of a host directory or file.
+    /// A read-only bind of a host directory or file: a [`Source`], attached at `inside`.
     fn bind_ro(&mut self, host: &Path, inside: &Path) -> Result<(), Error> {
-        let meta = std::fs::metadata(host).map_err(|e| Error::io(format!("cannot bind {}", host.display()), e))?;
+        // The canonical path: the host side reaches it later without following links.
+        let path = std::fs::canonicalize(host).map_err(|e| Error::io(format!("cannot bind {}", host.display()), e))?;
+        let meta = std::fs::metadata(&path).map_err(|e| Error::io(format!("cannot bind {}", host.display()), e))?;
+        if self.spec.taking == Taking::Path && path.starts_with(&self.spec.staging) {
+            return Err(Error::invalid(format!(
+                "cannot bind {}: it is below {}, which the sandbox's new root covers while it is built, and this \
+                 kernel (without open_tree, Linux 5.2) can only bind by path; move it elsewhere",
+                host.display(),
+                self.spec.staging.display()
+            )));
+        }
         self.parents(inside)?;
         let dst = self.staged(inside)?;
         if meta.is_dir() {
@@ -389,14 +649,16 @@ impl<'a> Builder<'a> {
         // Without mount_setattr only the top mount can be made read-only, so the mounts
         // below it are not bound at all.
         let recursive = meta.is_dir() && self.spec.setattr;
-        self.ops.push(MountOp::Bind { src: Self::host(host)?, dst: dst.clone(), recursive });
+        let index = self.sources.len();
+        self.ops.push(MountOp::Attach { index, src: Self::host(&path)?, dst: dst.clone(), recursive });
         self.ops.push(MountOp::ReadOnly {
             path: dst,
-            recursive: meta.is_dir() && self.spec.setattr,
+            recursive,
             setattr: self.spec.setattr,
-            keep_flags: locked_flags(host),
+            keep_flags: locked_flags(&path),
         });
-        self.covered.push(inside.to_path_buf());
+        self.covered.push((inside.to_path_buf(), Some(path.clone())));
+        self.sources.push(Source { path, dir: meta.is_dir(), recursive });
         Ok(())
     }
 
@@ -507,8 +769,27 @@ impl<'a> Builder<'a> {
                     inside.display()
                 )));
             }
-            if self.is_covered(inside) {
-                continue; // already visible, read-only, through a system directory
+            if let Some((at, from)) = self.covering(inside) {
+                // Already visible, read-only, when what covers it shows the same host
+                // files there: a system directory or a host link; anything else would be
+                // silently replaced by what the root already holds.
+                let same = match from {
+                    None => self.spec.source == RootSource::Host,
+                    Some(from) => {
+                        let host = std::fs::canonicalize(host).unwrap_or_else(|_| host.clone());
+                        host.strip_prefix(from).ok() == inside.strip_prefix(at).ok()
+                    }
+                };
+                if same {
+                    continue;
+                }
+                return Err(Error::invalid(format!(
+                    "cannot bind {} at {}: {} in the sandbox already shows {}; choose another path",
+                    host.display(),
+                    inside.display(),
+                    at.display(),
+                    from.as_ref().map_or("a link of the root".into(), |f| f.display().to_string())
+                )));
             }
             self.bind_ro(host, inside)?;
         }
@@ -604,12 +885,20 @@ impl<'a> Builder<'a> {
 pub struct SystemPart {
     ops: Vec<MountOp>,
     made: BTreeSet<PathBuf>,
-    covered: Vec<PathBuf>,
+    covered: Vec<(PathBuf, Option<PathBuf>)>,
+    sources: Vec<Source>,
+}
+
+impl SystemPart {
+    /// What the plan binds from the host, by index ([`SourceFds`]).
+    pub fn sources(&self) -> &[Source] {
+        &self.sources
+    }
 }
 
 /// Builds the [`SystemPart`] of a spec (reads the host's `/etc` files).
 pub fn system_part(spec: &RootSpec) -> Result<SystemPart, Error> {
-    let mut b = Builder { spec, ops: Vec::new(), made: BTreeSet::new(), covered: Vec::new() };
+    let mut b = Builder { spec, ops: Vec::new(), made: BTreeSet::new(), covered: Vec::new(), sources: Vec::new() };
     b.ops.push(MountOp::MakePrivate);
     b.ops.push(MountOp::Tmpfs {
         target: b.staged(Path::new("/"))?,
@@ -619,14 +908,26 @@ pub fn system_part(spec: &RootSpec) -> Result<SystemPart, Error> {
     b.made.insert(PathBuf::from("/"));
     b.system()?;
     b.extra()?;
-    Ok(SystemPart { ops: b.ops, made: b.made, covered: b.covered })
+    if spec.taking == Taking::Sandbox {
+        // Every source is taken before the staging tmpfs (the second operation) can
+        // cover it, right after the mounts were made private (so are the copies).
+        let takes = b
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(index, s)| Ok(MountOp::Take { index, path: Builder::host(&s.path)?, recursive: s.recursive }));
+        let takes = takes.collect::<Result<Vec<_>, Error>>()?;
+        b.ops.splice(1..1, takes);
+    }
+    Ok(SystemPart { ops: b.ops, made: b.made, covered: b.covered, sources: b.sources })
 }
 
 /// The whole plan from a prebuilt [`SystemPart`]: adds `/proc`, `/dev`, `/tmp` and
 /// `/workspace` (sized for this sandbox), `pivot_root` and the read-only remount of `/`.
+/// Its [`MountOp::Attach`]es refer to `part.sources()` by index.
 pub fn plan_with(spec: &RootSpec, part: &SystemPart) -> Result<Vec<MountOp>, Error> {
-    let SystemPart { ops, made, covered } = part.clone();
-    let mut b = Builder { spec, ops, made, covered };
+    let SystemPart { ops, made, covered, sources } = part.clone();
+    let mut b = Builder { spec, ops, made, covered, sources };
     b.proc_dev_tmp()?;
     b.ops.push(MountOp::PivotRoot { new_root: b.staged(Path::new("/"))? });
     b.ops.push(MountOp::RemountRootReadOnly { setattr: spec.setattr });
@@ -696,6 +997,7 @@ mod tests {
             setattr: true,
             nested_proc: false,
             proc_subset: true,
+            taking: Taking::Host,
         }
     }
 
@@ -729,7 +1031,7 @@ mod tests {
     fn every_host_bind_is_made_read_only() {
         let ops = plan(&spec()).unwrap();
         for (i, op) in ops.iter().enumerate() {
-            if let MountOp::Bind { src, dst, .. } = op {
+            if let MountOp::Bind { src, dst, .. } | MountOp::Attach { src, dst, .. } = op {
                 let dev = dst.to_bytes().starts_with(b"/tmp/dev/");
                 let ro = ops[i + 1..].iter().any(|o| matches!(o, MountOp::ReadOnly { path, .. } if path == dst));
                 assert!(dev || ro, "bind of {src:?} at {dst:?} is never made read-only");
@@ -748,7 +1050,7 @@ mod tests {
         let ws = ls.iter().position(|l| l.starts_with("mount a tmpfs at /tmp/workspace")).unwrap();
         assert!(ls[ws].contains("size=2097152"), "{}", ls[ws]);
         assert!(ls.iter().any(|l| l.starts_with("mount a tmpfs at /tmp/tmp (size=1048576")));
-        assert!(ls.iter().any(|l| l == "bind /usr at /tmp/usr"));
+        assert!(ls.iter().any(|l| l == "attach /usr at /tmp/usr"));
         assert!(ls.iter().any(|l| l.starts_with("mount a new /proc at /tmp/proc")));
     }
 
@@ -782,14 +1084,15 @@ mod tests {
         assert!(plan(&s).is_err());
         // Under /usr: already visible, no second bind.
         s.extra_ro = vec![(PathBuf::from("/usr/lib"), PathBuf::from("/usr/lib"))];
-        let n = plan(&s).unwrap().iter().filter(|o| matches!(o, MountOp::Bind { .. })).count();
-        assert_eq!(n, plan(&spec()).unwrap().iter().filter(|o| matches!(o, MountOp::Bind { .. })).count());
+        let n = plan(&s).unwrap().iter().filter(|o| matches!(o, MountOp::Attach { .. })).count();
+        assert_eq!(n, plan(&spec()).unwrap().iter().filter(|o| matches!(o, MountOp::Attach { .. })).count());
         // Elsewhere: parents are created, the bind is read-only.
         let dir = tempfile::tempdir().unwrap();
         s.extra_ro = vec![(dir.path().to_path_buf(), PathBuf::from("/opt/venv"))];
         let ls = lines(&plan(&s).unwrap());
         assert!(ls.contains(&"create directory /tmp/opt".to_string()), "{ls:?}");
-        assert!(ls.contains(&format!("bind {} at /tmp/opt/venv", dir.path().display())));
+        let canon = std::fs::canonicalize(dir.path()).unwrap();
+        assert!(ls.contains(&format!("attach {} at /tmp/opt/venv", canon.display())), "{ls:?}");
         assert!(ls.contains(&"make /tmp/opt/venv read-only (recursively)".to_string()));
     }
 
@@ -801,12 +1104,168 @@ mod tests {
         }
         std::os::unix::fs::symlink("usr/bin", root.path().join("bin")).unwrap();
         let mut s = spec();
-        s.source = RootSource::Dir(root.path().to_path_buf());
+        let canon = std::fs::canonicalize(root.path()).unwrap();
+        s.source = RootSource::Dir(canon.clone());
         let ls = lines(&plan(&s).unwrap());
-        assert!(ls.contains(&format!("bind {}/usr at /tmp/usr", root.path().display())));
-        assert!(ls.contains(&format!("bind {}/etc at /tmp/etc", root.path().display())));
+        assert!(ls.contains(&format!("attach {}/usr at /tmp/usr", canon.display())), "{ls:?}");
+        assert!(ls.contains(&format!("attach {}/etc at /tmp/etc", canon.display())));
         assert!(ls.contains(&"create link /tmp/bin -> usr/bin".to_string()));
         assert!(!ls.iter().any(|l| l.contains(&format!("{}/proc", root.path().display()))), "{ls:?}");
         assert!(!ls.iter().any(|l| l.contains("/etc/passwd")), "a rootfs keeps its own /etc");
+    }
+
+    /// Every source is taken before the staging tmpfs can cover it (rootless: by the
+    /// child; as root, airlock takes them before the clone and the plan only attaches),
+    /// and each is attached, made private and read-only in the new root.
+    #[test]
+    fn sources_are_taken_before_anything_can_cover_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let canon = std::fs::canonicalize(dir.path()).unwrap();
+        let mut s = RootSpec { taking: Taking::Sandbox, ..spec() };
+        s.extra_ro = vec![(canon.clone(), inside_path(&canon, &[]))];
+        let part = system_part(&s).unwrap();
+        let ops = plan_with(&s, &part).unwrap();
+        let ls = lines(&ops);
+        let n = part.sources().len();
+        assert!(n >= 2, "{ls:?}");
+        assert_eq!(ls[0], "make every mount private");
+        for (i, src) in part.sources().iter().enumerate() {
+            assert_eq!(ls[1 + i], format!("take {} (a detached copy of its mounts)", src.path.display()));
+        }
+        assert!(ls[1 + n].starts_with("mount a tmpfs at /tmp ("), "the staging tmpfs comes after every take: {ls:?}");
+        let dst = format!("/tmp/airlock{}", canon.display());
+        assert!(ls.contains(&format!("attach {} at {dst}", canon.display())), "{ls:?}");
+        assert!(ls.contains(&format!("make {dst} read-only (recursively)")), "{ls:?}");
+
+        // Run it: each attach moves the taken tree into place, closes it and makes it private.
+        let mut r = crate::sys::Recorder::default();
+        let fds = SourceFds::new(n, &[]);
+        for op in &ops {
+            op.apply(&mut r, &fds).unwrap();
+        }
+        let c = r.calls;
+        let first_tmpfs = c.iter().position(|l| l.contains("(tmpfs)")).unwrap();
+        let takes: Vec<usize> = (0..c.len()).filter(|&i| c[i].starts_with("open_tree ")).collect();
+        assert_eq!(takes.len(), n);
+        assert!(takes.iter().all(|&i| i < first_tmpfs), "{c:#?}");
+        let moved = c.iter().position(|l| l.starts_with("move_mount ") && l.ends_with(&dst)).unwrap();
+        assert!(c[moved + 1].starts_with("close "), "{c:#?}");
+        assert_eq!(c[moved + 2], format!("mount  -> {dst} () flags=0x44000 data="), "made private: {c:#?}");
+        assert!(c[moved + 3].starts_with(&format!("mount_setattr {dst} recursive=true")), "{c:#?}");
+
+        // As root the plan holds no take: airlock's descriptors are attached.
+        let host = RootSpec { taking: Taking::Host, ..s.clone() };
+        let ops = plan(&host).unwrap();
+        assert!(!ops.iter().any(|o| matches!(o, MountOp::Take { .. })));
+        let mut r = crate::sys::Recorder::default();
+        let fds = SourceFds::new(n, &(100..100 + n as i32).collect::<Vec<_>>());
+        for op in &ops {
+            op.apply(&mut r, &fds).unwrap();
+        }
+        let moves = r.calls.iter().filter(|l| l.starts_with("move_mount ")).count();
+        assert_eq!(moves, n, "{:#?}", r.calls);
+        assert!(!r.calls.iter().any(|l| l.starts_with("open_tree") || l.contains(" flags=0x5000 ")), "{:#?}", r.calls);
+
+        // Without open_tree: bound by path.
+        let path = RootSpec { taking: Taking::Path, extra_ro: Vec::new(), ..s.clone() };
+        let ops = plan(&path).unwrap();
+        let mut r = crate::sys::Recorder::default();
+        let fds = SourceFds::new(n, &[]);
+        for op in &ops {
+            op.apply(&mut r, &fds).unwrap();
+        }
+        assert!(r.calls.iter().any(|l| l == "mount /usr -> /tmp/usr () flags=0x5000 data="), "{:#?}", r.calls);
+        assert!(!r.calls.iter().any(|l| l.starts_with("move_mount") || l.starts_with("open_tree")));
+    }
+
+    /// Without open_tree, a source below the staging directory cannot be reached once
+    /// the new root's tmpfs is mounted there: refused with what to do, not a failure
+    /// inside the child.
+    #[test]
+    fn binding_by_path_refuses_what_the_staging_tmpfs_covers() {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let canon = std::fs::canonicalize(dir.path()).unwrap();
+        let s = RootSpec { taking: Taking::Path, extra_ro: vec![(canon.clone(), PathBuf::from("/opt/sp"))], ..spec() };
+        let e = plan(&s).unwrap_err().to_string();
+        assert!(e.contains(&canon.display().to_string()) && e.contains("move it elsewhere"), "{e}");
+        for taking in [Taking::Host, Taking::Sandbox] {
+            assert!(plan(&RootSpec { taking, ..s.clone() }).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_source_keeps_its_path_unless_the_sandbox_holds_it() {
+        let none: &[OsString] = &[];
+        for (host, inside) in [
+            ("/opt/venv/lib", "/opt/venv/lib"),
+            ("/usr/lib/python3/dist-packages", "/usr/lib/python3/dist-packages"),
+            ("/tmp/venv", "/airlock/tmp/venv"),
+            ("/tmp/with space/sp", "/airlock/tmp/with space/sp"),
+            ("/workspace/sp", "/airlock/workspace/sp"),
+            ("/proc/1/root/x", "/airlock/proc/1/root/x"),
+            ("/dev/shm/sp", "/airlock/dev/shm/sp"),
+            ("/run/user/1000/sp", "/airlock/run/user/1000/sp"),
+            ("/airlock/x", "/airlock/airlock/x"),
+            ("/tmpx/sp", "/tmpx/sp"),
+        ] {
+            assert_eq!(inside_path(Path::new(host), none), Path::new(inside), "{host}");
+        }
+        // A root file system's own entries are taken too.
+        let entries = [OsString::from("usr"), OsString::from("opt")];
+        assert_eq!(inside_path(Path::new("/opt/sp"), &entries), Path::new("/airlock/opt/sp"));
+        assert_eq!(inside_path(Path::new("/srv/sp"), &entries), Path::new("/srv/sp"));
+    }
+
+    /// A bind below something the root already shows from elsewhere would be hidden by
+    /// it (or hide it): refused, not skipped. Below a bind of the same host directory it
+    /// is already visible.
+    #[test]
+    fn a_bind_hidden_by_another_source_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("usr")).unwrap();
+        let canon = std::fs::canonicalize(root.path()).unwrap();
+        let s = RootSpec {
+            source: RootSource::Dir(canon.clone()),
+            extra_ro: vec![(PathBuf::from("/usr/lib"), PathBuf::from("/usr/lib"))],
+            ..spec()
+        };
+        let e = plan(&s).unwrap_err().to_string();
+        assert!(e.contains(&format!("/usr in the sandbox already shows {}/usr", canon.display())), "{e}");
+        let s = RootSpec { extra_ro: vec![(canon.join("usr"), PathBuf::from("/usr"))], ..s };
+        assert!(plan(&s).is_ok(), "the same directory again is already visible");
+    }
+
+    /// As root, airlock opens sources with its own privileges: a link put in a
+    /// source's place (or in a directory above it) after planning is refused, never
+    /// followed to somewhere the operator did not name; so is a change of type.
+    #[test]
+    fn taking_never_follows_a_link_put_in_a_source_s_place() {
+        if taking() != Taking::Host {
+            eprintln!("skipped: only a process that may clone mounts (root) takes sources itself");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(base.join("a/sp")).unwrap();
+        let src = Source { path: base.join("a/sp"), dir: true, recursive: true };
+        assert_eq!(take_sources(std::slice::from_ref(&src), true).unwrap().len(), 1);
+        // The source itself becomes a link.
+        std::fs::remove_dir(base.join("a/sp")).unwrap();
+        std::os::unix::fs::symlink("/etc", base.join("a/sp")).unwrap();
+        let e = take_sources(std::slice::from_ref(&src), true).unwrap_err().to_string();
+        assert!(e.contains("a symbolic link took its place"), "{e}");
+        // A directory above it becomes a link to a look-alike.
+        std::fs::remove_file(base.join("a/sp")).unwrap();
+        std::fs::create_dir_all(base.join("b/sp")).unwrap();
+        std::fs::rename(base.join("a"), base.join("old")).unwrap();
+        std::os::unix::fs::symlink(base.join("b"), base.join("a")).unwrap();
+        let e = take_sources(std::slice::from_ref(&src), true).unwrap_err().to_string();
+        assert!(e.contains("a symbolic link took its place"), "{e}");
+        // A file where a directory was planned.
+        let file = Source { dir: false, ..src.clone() };
+        std::fs::remove_file(base.join("a")).unwrap();
+        std::fs::create_dir_all(base.join("a/sp")).unwrap();
+        let e = take_sources(&[file], true).unwrap_err().to_string();
+        assert!(e.contains("changed type"), "{e}");
     }
 }

@@ -171,6 +171,21 @@ pub fn with_site(mut args: Vec<String>, site: Option<&SiteState>) -> Vec<String>
     args
 }
 
+/// `args` (which run code with `-c`) with code that appends `dirs` to `sys.path` before
+/// it: for an interpreter whose `site` runs normally (a root file system's).
+pub fn with_path(mut args: Vec<String>, dirs: &[String]) -> Vec<String> {
+    if dirs.is_empty() {
+        return args;
+    }
+    let list = serde_json::to_string(dirs).expect("strings serialise");
+    if let Some(i) = args.iter().position(|a| a == "-c")
+        && i + 1 < args.len()
+    {
+        args[i + 1] = format!("import sys;sys.path.extend({list})\n{}", args[i + 1]);
+    }
+    args
+}
+
 /// A matplotlib font cache built once on the host and copied into every sandbox's
 /// `/tmp/matplotlib`, so `import matplotlib.pyplot` does not rebuild it (seconds) in
 /// each sandbox. Built in the background by the host's own interpreter, with no
@@ -262,6 +277,23 @@ mod tests {
         assert!(args[c + 1].starts_with("import sys;sys.path[:]=[\"/a\"];"));
         assert!(args[c + 1].contains("exec(compile("), "the original bootstrap follows");
         assert_eq!(interpreter_args(&boot, None), boot.args());
+    }
+
+    /// A root file system's interpreter runs `site` itself; site-packages are appended
+    /// after it, before the bootstrap.
+    #[test]
+    fn extra_path_is_appended_before_the_bootstrap() {
+        let boot = DriverBoot::Source;
+        assert_eq!(with_path(boot.args(), &[]), boot.args());
+        let args = with_path(boot.args(), &["/airlock/tmp/a b/it's".into()]);
+        let c = args.iter().position(|a| a == "-c").unwrap();
+        assert!(!args.contains(&"-S".to_string()), "site still runs");
+        assert!(
+            args[c + 1].starts_with("import sys;sys.path.extend([\"/airlock/tmp/a b/it's\"])\n"),
+            "{}",
+            args[c + 1]
+        );
+        assert!(args[c + 1].ends_with(&boot.args()[c + 1]), "the original bootstrap follows");
     }
 
     #[test]

@@ -15,9 +15,19 @@ use crate::supervisor::JailSupervisor;
 
 /// Removes a sandbox's cgroup when dropped (after killing anything left in it).
 #[derive(Debug)]
-pub struct CgroupGuard(pub Option<Arc<Cgroup>>);
+pub struct CgroupGuard(
+    pub Option<Arc<Cgroup>>,
+    /// Bytes taken off the group's memory cap for small files airlock wrote itself
+    /// (see [`crate::upload`]).
+    pub(crate) u64,
+);
 
 impl CgroupGuard {
+    /// Guards `group` (or nothing).
+    pub fn new(group: Option<Arc<Cgroup>>) -> Self {
+        CgroupGuard(group, 0)
+    }
+
     /// Kills what is left and removes the group; idempotent.
     pub fn release(&mut self) -> Result<(), Error> {
         let Some(g) = self.0.take() else { return Ok(()) };
@@ -44,13 +54,13 @@ impl Drop for CgroupGuard {
 /// Makes the calling thread act as the sandbox's owner for file access (root mode):
 /// a file system mounted in the sandbox's user namespace refuses files owned by ids it
 /// cannot map, and the host then has exactly the guest's permissions, no more.
-struct ActAs {
+pub(crate) struct ActAs {
     uid: libc::c_long,
     gid: libc::c_long,
 }
 
 impl ActAs {
-    fn new(ids: Option<(u32, u32)>) -> Option<ActAs> {
+    pub(crate) fn new(ids: Option<(u32, u32)>) -> Option<ActAs> {
         let (uid, gid) = ids?;
         // SAFETY: setfsgid/setfsuid change only this thread's file-system ids and
         // return the previous ones; they are restored in Drop.
@@ -120,7 +130,29 @@ impl Sandbox for JailSandbox {
         self.guest.execute(cell, events)
     }
 
+    /// Written by a process in the sandbox's memory cgroup, so that the file is charged
+    /// to the sandbox, or, if small, by airlock with the sandbox's cap lowered by as
+    /// much (see [`crate::upload`]); without a memory cgroup (rootless on a host without
+    /// delegation), by airlock itself, bounded by the tmpfs size alone.
     fn write_file(&mut self, path: &WorkspacePath, data: &[u8]) -> Result<(), Error> {
+        if let Some(g) = self.cgroup.0.clone()
+            && let Some(memory) = g.memory_state()
+        {
+            // A small file is written at once, its cost taken off the group's cap.
+            if let Some(cost) = crate::upload::take_for_small_file(&g, &memory, path, data.len(), self.cgroup.1) {
+                self.cgroup.1 += cost;
+                let _as = ActAs::new(self.fs_ids);
+                return self.workspace.write(path, data, self.file_bytes);
+            }
+            let g = &g;
+            let target = crate::upload::Target { cgroup: g, memory, fs_ids: self.fs_ids };
+            let r = crate::upload::write(&self.workspace, path, data, self.file_bytes, &target, true);
+            if r.is_err() && self.guest.is_alive() {
+                // A writer the OOM killer took is not the guest's death.
+                self.guest.supervisor().forget_oom_kills();
+            }
+            return r;
+        }
         let _as = ActAs::new(self.fs_ids);
         self.workspace.write(path, data, self.file_bytes)
     }

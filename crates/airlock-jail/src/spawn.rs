@@ -147,7 +147,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// creates the child inside it (`placed`): no migration afterwards, whose RCU grace
 /// period costs about 10 ms on a busy host. Where `clone3` or `CLONE_INTO_CGROUP` is
 /// missing (Linux < 5.7, cgroup v1), plain `clone` is used and the caller migrates.
-fn fork_like(flags: i32, cgroup_fd: Option<RawFd>) -> Result<(i64, bool), i32> {
+pub(crate) fn fork_like(flags: i32, cgroup_fd: Option<RawFd>) -> Result<(i64, bool), i32> {
     if let Some(fd) = cgroup_fd {
         let args = CloneArgs {
             flags: flags as u32 as u64 | CLONE_INTO_CGROUP,
@@ -241,6 +241,9 @@ fn discard(pid: i32, pidfd: Option<&OwnedFd>) -> String {
 
 fn hint(errno: i32, step: &str) -> &'static str {
     match errno {
+        libc::EACCES if step.starts_with("take ") || step.starts_with("attach ") => {
+            "; the sandbox reaches this path as its host uid (yours, rootless), which cannot search a directory above it"
+        }
         libc::EPERM | libc::EACCES if step.contains("/proc") => {
             "; the host's /proc is partly hidden (overmounted) or this container forbids mounting proc; run on a host or a privileged container"
         }

@@ -57,6 +57,14 @@ impl JailSupervisor {
         self.pid
     }
 
+    /// Counts the group's OOM kills so far as seen, so that they do not explain a
+    /// later death of the driver (the host's workspace writer was taken, not it).
+    pub fn forget_oom_kills(&mut self) {
+        if let Some(n) = self.cgroup.as_ref().and_then(|c| c.oom_kills()) {
+            self.oom_seen = n;
+        }
+    }
+
     fn reap(&mut self, flags: libc::c_int) -> Option<ExitInfo> {
         if let Some(e) = self.exit {
             return Some(e);

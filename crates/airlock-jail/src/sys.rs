@@ -43,6 +43,12 @@ pub trait Sys {
     fn mount_setattr(&mut self, path: &CStr, recursive: bool, attr_set: u64) -> SysResult<()>;
     /// `umount2(target, MNT_DETACH)`.
     fn umount_detach(&mut self, target: &CStr) -> SysResult<()>;
+    /// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW)`,
+    /// with `AT_RECURSIVE` when `recursive`: a detached copy of the mounts at `path`.
+    fn open_tree(&mut self, path: &CStr, recursive: bool) -> SysResult<i32>;
+    /// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attaches the
+    /// detached tree `fd` at `target`.
+    fn move_mount(&mut self, fd: i32, target: &CStr) -> SysResult<()>;
     /// `mkdir(2)`.
     fn mkdir(&mut self, path: &CStr, mode: u32) -> SysResult<()>;
     /// `symlink(2)`.
@@ -118,11 +124,11 @@ fn opt_ptr(s: Option<&CStr>) -> *const libc::c_char {
 
 /// `struct mount_attr` of `mount_setattr(2)`.
 #[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
+pub(crate) struct MountAttr {
+    pub(crate) attr_set: u64,
+    pub(crate) attr_clr: u64,
+    pub(crate) propagation: u64,
+    pub(crate) userns_fd: u64,
 }
 
 /// `struct landlock_ruleset_attr` (ABI 6 layout; shorter sizes are passed to older kernels).
@@ -268,6 +274,30 @@ impl Sys for RealSys {
     fn umount_detach(&mut self, target: &CStr) -> SysResult<()> {
         // SAFETY: target is NUL-terminated.
         check_int(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) }).map(drop)
+    }
+
+    fn open_tree(&mut self, path: &CStr, recursive: bool) -> SysResult<i32> {
+        let flags = libc::OPEN_TREE_CLONE
+            | libc::OPEN_TREE_CLOEXEC
+            | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint
+            | if recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
+        // SAFETY: path is NUL-terminated; the rest are integers.
+        check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) }).map(|fd| fd as i32)
+    }
+
+    fn move_mount(&mut self, fd: i32, target: &CStr) -> SysResult<()> {
+        // SAFETY: both paths are NUL-terminated; the rest are integers.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                fd,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        })
+        .map(drop)
     }
 
     fn mkdir(&mut self, path: &CStr, mode: u32) -> SysResult<()> {
@@ -532,6 +562,13 @@ impl Sys for Recorder {
     }
     fn umount_detach(&mut self, target: &CStr) -> SysResult<()> {
         self.rec(format!("umount_detach {}", s(target)))
+    }
+    fn open_tree(&mut self, path: &CStr, recursive: bool) -> SysResult<i32> {
+        self.rec(format!("open_tree {} recursive={recursive}", s(path)))?;
+        Ok(self.fd())
+    }
+    fn move_mount(&mut self, fd: i32, target: &CStr) -> SysResult<()> {
+        self.rec(format!("move_mount {fd} -> {}", s(target)))
     }
     fn mkdir(&mut self, path: &CStr, mode: u32) -> SysResult<()> {
         self.rec(format!("mkdir {} {mode:o}", s(path)))

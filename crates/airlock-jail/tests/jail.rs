@@ -106,6 +106,65 @@ fn user_ns_owner(pid: i32) -> u32 {
     uid
 }
 
+/// A fresh directory in the host's `/tmp` (which every sandbox covers with its own
+/// `/tmp`), with a space in its name, reached through a symbolic link: fixtures live
+/// here so that the tests do not depend on where the checkout is, and cover those paths
+/// wherever it is. Removed on drop.
+struct HostTmp {
+    dir: PathBuf,
+    link: PathBuf,
+}
+
+impl HostTmp {
+    fn new(tag: &str) -> HostTmp {
+        Self::new_in(Path::new("/tmp"), tag)
+    }
+
+    /// The same in `parent` instead of `/tmp`.
+    fn new_in(parent: &Path, tag: &str) -> HostTmp {
+        let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let dir = parent.join(format!("airlock jail {tag} {}-{n}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let link = parent.join(format!("airlock-jail-{tag}-{}-{n}", std::process::id()));
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        HostTmp { dir, link }
+    }
+
+    /// The directory, through the link.
+    fn path(&self) -> &Path {
+        &self.link
+    }
+}
+
+impl Drop for HostTmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.link);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A module `name.py` setting `VALUE = 42` in a new directory `dir`.
+fn module_dir(dir: &Path, name: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.py")), "VALUE = 42\n").unwrap();
+    dir.to_path_buf()
+}
+
+/// Where a sandbox sees a host directory bound for it whose path is its own (`/tmp`).
+fn relocated(host: &Path) -> String {
+    assert!(host.starts_with("/tmp"), "{}", host.display());
+    format!("/airlock{}", host.display())
+}
+
+/// Where a root file system's sandbox sees a host directory bound for it: below
+/// `/airlock` when the sandbox or the root file system holds its path.
+fn relocated_beside(root: &Path, host: &Path) -> String {
+    let top = host.components().nth(1).unwrap().as_os_str().to_owned();
+    let taken = ["tmp", "proc", "dev", "sys", "run", "workspace", "airlock"].iter().any(|t| top == *t)
+        || root.join(&top).exists();
+    if taken { format!("/airlock{}", host.display()) } else { host.display().to_string() }
+}
+
 const FACTS: &str = r#"
 import os, json, socket
 f = {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "hostname": socket.gethostname(),
@@ -338,66 +397,76 @@ fn host_network_policy_shares_the_host_namespace_and_says_so() {
     assert_eq!(o.status, Status::Error, "policy none must not reach the host: {o:?}");
 }
 
+/// Site-packages and virtualenvs anywhere on the host, the host's `/tmp` included
+/// (which the sandbox covers with its own: they appear below `/airlock`), given through
+/// a symbolic link and with a space in the path.
 #[test]
 fn site_packages_and_virtualenvs_are_read_only_and_importable() {
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("jail-sp-{}", std::process::id()));
-    let sp = base.join("site-packages");
-    std::fs::create_dir_all(&sp).unwrap();
-    std::fs::write(sp.join("airlock_sp_probe.py"), "VALUE = 42\n").unwrap();
+    let base = HostTmp::new("sp");
+    let sp = module_dir(&base.path().join("site-packages"), "airlock_sp_probe");
     let mut c = config();
     c.site_packages = vec![sp.clone()];
     let Some(b) = backend_with(c) else { return };
     let o = run(
         &b,
-        "import airlock_sp_probe, os\ntry:\n    open(os.path.join(os.path.dirname(airlock_sp_probe.__file__), 'x'), 'w')\n    w = 'writable'\nexcept OSError:\n    w = 'read-only'\n(airlock_sp_probe.VALUE, w)",
+        "import airlock_sp_probe, os, sys\ntry:\n    open(os.path.join(os.path.dirname(airlock_sp_probe.__file__), 'x'), 'w')\n    w = 'writable'\nexcept OSError:\n    w = 'read-only'\n(airlock_sp_probe.VALUE, w, os.path.dirname(airlock_sp_probe.__file__), sys.path[-1])",
     );
-    assert_eq!(o.text(), Some("(42, 'read-only')"), "{o:?}");
+    let inside = relocated(&std::fs::canonicalize(&sp).unwrap());
+    assert_eq!(o.text(), Some(format!("(42, 'read-only', '{inside}', '{inside}')").as_str()), "{o:?}");
+    assert!(!sp.join("x").exists());
 
-    // A virtualenv outside the bound system directories: its prefix is bound too.
-    let venv = base.join("venv");
+    // A virtualenv outside the bound system directories: its prefix is bound too, and
+    // its interpreter runs from where the sandbox sees it.
+    let venv = base.path().join("venv");
     let made = Command::new(airlock_guest::launch::default_python())
         .args(["-m", "venv", "--without-pip", "--system-site-packages"])
         .arg(&venv)
         .status();
     if !made.is_ok_and(|s| s.success()) {
         eprintln!("skipped (virtualenv part): python3 -m venv is not available");
-    } else {
-        let Some(b) = backend_with(JailConfig::new(venv.join("bin/python"))) else { return };
-        let o = run(&b, "import sys\n(sys.prefix, sys.prefix != sys.base_prefix)");
-        assert_eq!(o.text(), Some(format!("('{}', True)", venv.display()).as_str()), "{o:?}");
+        return;
     }
-    let _ = std::fs::remove_dir_all(&base);
+    let venv_sp = std::fs::read_dir(venv.join("lib")).unwrap().flatten().next().unwrap().path().join("site-packages");
+    module_dir(&venv_sp, "airlock_venv_probe");
+    let Some(b) = backend_with(JailConfig::new(venv.join("bin/python"))) else { return };
+    let o = run(
+        &b,
+        "import sys, airlock_venv_probe, numpy\n(sys.prefix, sys.prefix != sys.base_prefix, airlock_venv_probe.VALUE, sys.executable)",
+    );
+    let inside = relocated(&venv);
+    assert_eq!(
+        o.text(),
+        Some(format!("('{inside}', True, 42, '{inside}/bin/python')").as_str()),
+        "the virtualenv's own and the system's packages: {o:?}"
+    );
 }
 
-#[test]
-fn a_rootfs_directory_replaces_the_host_system() {
+/// A minimal root file system at `root`: the host's interpreter, its libraries and its
+/// standard library, hard-linked where the file system allows (no copies), else
+/// copied. Returns the interpreter's path inside it, or `None` (with "skipped: ...").
+fn build_rootfs(root: &Path) -> Option<PathBuf> {
     if !is_root() {
-        eprintln!("skipped: building a test rootfs with hard links needs root");
-        return;
+        eprintln!("skipped: building a test rootfs from the host's files needs root");
+        return None;
     }
     let python = std::fs::canonicalize(airlock_guest::launch::default_python()).unwrap();
     let Some(version) = python.file_name().and_then(|n| n.to_str()).filter(|n| n.starts_with("python3.")) else {
         eprintln!("skipped: {} is not a versioned CPython", python.display());
-        return;
+        return None;
     };
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("jail-rootfs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    // A minimal root file system: the interpreter, its libraries and its standard
-    // library, hard-linked (same file system, no copies).
-    let link = |src: &Path| {
+    let put = |src: &Path| {
         let dst = root.join(src.strip_prefix("/").unwrap());
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::hard_link(src, &dst)
+        if std::fs::hard_link(src, &dst).is_err() {
+            std::fs::copy(src, &dst).unwrap();
+        }
     };
-    if link(&python).is_err() {
-        eprintln!("skipped: cannot hard-link {} into {}", python.display(), root.display());
-        return;
-    }
+    put(&python);
     let ldd = Command::new("ldd").arg(&python).output().unwrap();
     for l in String::from_utf8_lossy(&ldd.stdout).lines() {
         if let Some(p) = l.split_whitespace().find(|w| w.starts_with('/')) {
             let real = std::fs::canonicalize(p).unwrap();
-            link(&real).unwrap();
+            put(&real);
             let named = root.join(p.trim_start_matches('/'));
             if !named.exists() {
                 std::fs::create_dir_all(named.parent().unwrap()).unwrap();
@@ -406,13 +475,23 @@ fn a_rootfs_directory_replaces_the_host_system() {
         }
     }
     let stdlib = Path::new("/usr/lib").join(version);
-    let st = Command::new("cp").arg("-al").arg(&stdlib).arg(root.join("usr/lib")).status().unwrap();
-    assert!(st.success());
+    let linked = Command::new("cp").arg("-al").arg(&stdlib).arg(root.join("usr/lib")).status().unwrap();
+    if !linked.success() {
+        let _ = std::fs::remove_dir_all(root.join("usr/lib").join(version));
+        assert!(Command::new("cp").arg("-a").arg(&stdlib).arg(root.join("usr/lib")).status().unwrap().success());
+    }
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:rootfs-marker:/:/bin/sh\n").unwrap();
-    let mut c = JailConfig::new(PathBuf::from("/usr/bin").join(version));
-    c.rootfs = Some(root.clone());
-    let Some(b) = backend_with(c) else { return };
+    Some(PathBuf::from("/usr/bin").join(version))
+}
+
+/// Runs the checks of a root file system: its own `/etc`, a normal `site`, nothing of
+/// the host's; then with a site-packages directory beside it, on `sys.path` (below
+/// `/airlock`: its host path is in `/tmp`).
+fn check_rootfs(root: &Path, python: PathBuf, sp: &Path) {
+    let mut c = JailConfig::new(python);
+    c.rootfs = Some(root.to_path_buf());
+    let Some(b) = backend_with(c.clone()) else { return };
     let o = run(
         &b,
         "import sys, os\nprint(open('/etc/passwd').read().split(':')[4], sys.flags.no_site, sorted(os.listdir('/')))",
@@ -420,7 +499,152 @@ fn a_rootfs_directory_replaces_the_host_system() {
     assert_eq!(o.status, Status::Ok, "{o:?}");
     assert!(o.stdout.starts_with("rootfs-marker 0 "), "the rootfs's own /etc and a normal site: {}", o.stdout);
     assert!(!o.stdout.contains("'bin'"), "nothing of the host's was added: {}", o.stdout);
-    let _ = std::fs::remove_dir_all(&root);
+
+    c.site_packages = vec![sp.to_path_buf()];
+    let b = JailBackend::new(c);
+    let o = run(
+        &b,
+        "import os, airlock_sp_probe\nprint(airlock_sp_probe.VALUE, os.path.dirname(airlock_sp_probe.__file__))",
+    );
+    let inside = relocated_beside(root, &std::fs::canonicalize(sp).unwrap());
+    assert_eq!(o.stdout, format!("42 {inside}\n"), "site-packages importable: {o:?}");
+}
+
+/// `--rootfs` in the host's `/tmp` (which the sandbox's own `/tmp` covers while its
+/// root is built), through a symbolic link and with a space in the path.
+#[test]
+fn a_rootfs_directory_replaces_the_host_system() {
+    let base = HostTmp::new("rootfs");
+    let root = base.path().join("root fs");
+    let Some(python) = build_rootfs(&root) else { return };
+    let sp = module_dir(&base.path().join("site-packages"), "airlock_sp_probe");
+    check_rootfs(&root, python, &sp);
+}
+
+/// A root file system below a directory only root may search (a template in the
+/// operator's `/root/...`): the sandbox's unprivileged host uid could not reach it, so
+/// airlock takes it for the sandbox. (Outside `/tmp` where the host has `/var/tmp`, so
+/// that only the permissions are in the way.)
+#[test]
+fn a_rootfs_below_a_directory_the_sandbox_cannot_search_works() {
+    if !is_root() {
+        eprintln!(
+            "skipped: needs root (rootless, the sandbox runs as your own uid and reaches what you can; \
+             a directory you cannot search is not usable as a rootfs at all)"
+        );
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let var_tmp = Path::new("/var/tmp");
+    let base = if var_tmp.is_dir() { HostTmp::new_in(var_tmp, "private") } else { HostTmp::new("private") };
+    let private = base.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    let root = private.join("rootfs");
+    let Some(python) = build_rootfs(&root) else { return };
+    let sp = module_dir(&private.join("site-packages"), "airlock_sp_probe");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    check_rootfs(&root, python, &sp);
+}
+
+/// What the sandbox sees of a host directory it was given (a site-packages in `/tmp`,
+/// here with a mount of its own below it, shared with the host's peer group as on
+/// systemd hosts): every mount of it read-only, none of them a peer of the host's
+/// (so nothing mounted on the host later shows up inside, and nothing from inside could
+/// reach the host), and the calls that would change that refused.
+const GIVEN: &str = r#"
+import ctypes, errno, json, os, re
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+def res(r):
+    return "ok" if r >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+out = {}
+for name, path in [("file", d + "/x"), ("submount", d + "/sub/x")]:
+    try:
+        open(path, "w").close()
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = errno.errorcode[e.errno]
+b = d.encode()
+out["remount"] = res(libc.mount(None, b, None, 0x1000 | 0x20, None))   # MS_BIND | MS_REMOUNT, no MS_RDONLY
+out["umount"] = res(libc.umount2(b, 2))                                 # MNT_DETACH
+class Attr(ctypes.Structure):
+    _fields_ = [("set", ctypes.c_uint64), ("clr", ctypes.c_uint64), ("prop", ctypes.c_uint64), ("userns", ctypes.c_uint64)]
+clr = Attr(0, 1, 0, 0)                                                  # clear MOUNT_ATTR_RDONLY
+out["mount_setattr"] = res(libc.syscall(442, -100, b, 0x8000, ctypes.byref(clr), 32))
+out["open_tree"] = res(libc.syscall(428, -100, b, 1))                   # OPEN_TREE_CLONE
+unescape = lambda s: re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+mounts = []
+for line in open("/proc/self/mountinfo"):
+    f = line.split()
+    at = unescape(f[4])
+    if at == d or at.startswith(d + "/"):
+        peer = any(o.startswith(("shared:", "master:")) for o in f[6:f.index("-")])
+        mounts.append([at[len(d):] or "/", f[5].split(",")[0], "peer" if peer else "private"])
+out["mounts"] = mounts
+print(json.dumps(out))
+"#;
+
+#[test]
+fn what_a_sandbox_is_given_stays_read_only_and_its_own() {
+    let base = HostTmp::new("given");
+    let sp = module_dir(&base.path().join("site-packages"), "airlock_sp_probe");
+    let sub = sp.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    // As root: a tmpfs below it, in a peer group of its own (as systemd makes every mount).
+    struct Unmount(Vec<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for p in self.0.iter().rev() {
+                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+    let mut mounted = Unmount(Vec::new());
+    if is_root() {
+        use nix::mount::{MsFlags, mount};
+        mount(Some("tmpfs"), &sub, Some("tmpfs"), MsFlags::empty(), Some("size=64k")).unwrap();
+        mounted.0.push(sub.clone());
+        mount(None::<&str>, &sub, None::<&str>, MsFlags::MS_SHARED, None::<&str>).unwrap();
+        std::fs::create_dir(sub.join("late")).unwrap();
+    } else {
+        eprintln!("skipped (submount part): mounting on the host needs root");
+    }
+    let host_files = || {
+        let mut v: Vec<_> = std::fs::read_dir(&sp).unwrap().flatten().map(|e| e.file_name()).collect();
+        v.sort();
+        v
+    };
+    let before = host_files();
+    let mut c = config();
+    c.site_packages = vec![sp.clone()];
+    let Some(b) = backend_with(c) else { return };
+    let limits = Limits::default();
+    let mut sb = b.create(&SandboxSpec::new(limits)).unwrap();
+    let d = relocated(&std::fs::canonicalize(&sp).unwrap());
+    let code = format!("d = {d:?}\n{GIVEN}");
+    let o = sb.execute(&Cell::new(Language::Python, code.clone(), &limits), &mut |_| {}).unwrap();
+    assert_eq!(o.status, Status::Ok, "{o:?}");
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+    assert_eq!(v["file"], "EROFS", "{v}");
+    for call in ["remount", "umount", "mount_setattr", "open_tree"] {
+        assert_eq!(v[call], "EPERM", "{call}: {v}");
+    }
+    let mut expected = vec![serde_json::json!(["/", "ro", "private"])];
+    if is_root() {
+        assert_eq!(v["submount"], "EROFS", "{v}");
+        expected.push(serde_json::json!(["/sub", "ro", "private"]));
+        // A mount the host makes now, below the shared one, must not appear inside.
+        use nix::mount::{MsFlags, mount};
+        mount(Some("tmpfs"), &sub.join("late"), Some("tmpfs"), MsFlags::empty(), Some("size=64k")).unwrap();
+        mounted.0.push(sub.join("late"));
+    }
+    assert_eq!(v["mounts"], serde_json::Value::Array(expected.clone()), "{v}");
+    let o = sb.execute(&Cell::new(Language::Python, code, &limits), &mut |_| {}).unwrap();
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+    assert_eq!(v["mounts"], serde_json::Value::Array(expected), "a host mount propagated into the sandbox: {v}");
+    sb.destroy().unwrap();
+    assert_eq!(host_files(), before, "the host directory changed");
 }
 
 #[test]
@@ -510,8 +734,23 @@ fn rootless_report() {
         },
         Err(e) => format!("start failed: {e}"),
     };
+    // Site-packages in the host's /tmp: rootless, the sandbox takes them itself before
+    // its own /tmp covers them.
+    let site = match std::env::var_os("AIRLOCK_JAIL_TEST_SP") {
+        Some(sp) => {
+            let mut c = config();
+            c.site_packages = vec![PathBuf::from(sp)];
+            let o = run(
+                &JailBackend::new(c),
+                "import os, airlock_sp_probe\nprint(airlock_sp_probe.VALUE, os.path.dirname(airlock_sp_probe.__file__))",
+            );
+            format!("{} {}", o.stdout.trim(), o.reason.unwrap_or_default())
+        }
+        None => String::new(),
+    };
     let v = serde_json::json!({
         "available": probe.available,
+        "site": site,
         "identity": probe.checks.get("identity"),
         "facts": facts.stdout,
         "facts_status": facts.status,
@@ -591,6 +830,8 @@ fn rootless_mode_runs_as_an_unprivileged_user() {
         eprintln!("skipped: {} is not readable and executable by other users (uid 65534)", exe.display());
         return;
     }
+    let fixtures = HostTmp::new("rootless");
+    let sp = module_dir(&fixtures.path().join("site-packages"), "airlock_sp_probe");
     let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("jail-nobody-{}", std::process::id()));
     std::fs::create_dir_all(&home).unwrap();
     nix::unistd::chown(&home, Some(nix::unistd::Uid::from_raw(65534)), Some(nix::unistd::Gid::from_raw(65534)))
@@ -601,6 +842,7 @@ fn rootless_mode_runs_as_an_unprivileged_user() {
         .args(["--ignored", "--exact", "helper", "--nocapture", "--test-threads=1"])
         .env_clear()
         .env(HELPER_ENV, "rootless")
+        .env("AIRLOCK_JAIL_TEST_SP", &sp)
         .env("HOME", &home)
         .env("PATH", "/usr/bin:/bin")
         .current_dir(&home)
@@ -632,6 +874,8 @@ fn rootless_mode_runs_as_an_unprivileged_user() {
     assert!(n < 16, "{n} forks under a limit of 16");
     // The zygote works without root: its child is PID 1, root of its own namespace, under seccomp.
     assert_eq!(v["zygote"], "1 0 1\n", "{v}");
+    let inside = relocated(&std::fs::canonicalize(&sp).unwrap());
+    assert_eq!(v["site"], format!("42 {inside} "), "site-packages in /tmp, rootless: {v}");
 }
 
 /// A busy server holds thousands of descriptors; the sandbox's `RLIMIT_NOFILE` (256 by

@@ -412,3 +412,41 @@ fn a_sandboxs_environment_never_passes_through_the_zygote() {
     assert!(!memory_contains(z.host_pid(), token.as_bytes()), "the environment reached the zygote's memory");
     sb.destroy().unwrap();
 }
+
+/// A template with site-packages in the host's `/tmp` (covered by the zygote's own
+/// `/tmp` while its root is built; here with a space in the path and given through a
+/// symbolic link): the zygote is built like a cold sandbox, takes them the same way and
+/// imports from them, and its children see them read-only below `/airlock`.
+#[test]
+fn a_zygote_takes_site_packages_from_the_host_s_tmp() {
+    let Some(_) = backend() else { return };
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let dir = std::path::PathBuf::from(format!("/tmp/airlock zygote sp {}-{n}", std::process::id()));
+    let link = std::path::PathBuf::from(format!("/tmp/airlock-zygote-sp-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(dir.join("site-packages")).unwrap();
+    std::fs::write(dir.join("site-packages/airlock_zygote_probe.py"), "VALUE = 42\n").unwrap();
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let cleanup = || {
+        let _ = std::fs::remove_file(&link);
+        let _ = std::fs::remove_dir_all(&dir);
+    };
+    let mut c = JailConfig::new(airlock_guest::launch::default_python());
+    c.site_packages = vec![link.join("site-packages")];
+    let b = JailBackend::new(c);
+    let z = Zygote::start(&b, &recipe(&["airlock_zygote_probe"]));
+    let z = match z {
+        Ok(z) => z,
+        Err(e) => {
+            cleanup();
+            panic!("the zygote did not start: {e}");
+        }
+    };
+    assert_eq!(z.imported(), ["airlock_zygote_probe"], "imported in the zygote");
+    let mut sb = fork(&z);
+    let code = "import os, sys, airlock_zygote_probe as m\nd = os.path.dirname(m.__file__)\ntry:\n    open(d + '/x', 'w')\n    w = 'writable'\nexcept OSError as e:\n    w = type(e).__name__\nprint(m.VALUE, d, w, 'airlock_zygote_probe' in sys.modules)";
+    let o = cell(sb.as_mut(), code);
+    sb.destroy().unwrap();
+    z.kill();
+    cleanup();
+    assert_eq!(o.stdout, format!("42 /airlock{}/site-packages OSError True\n", dir.display()), "{o:?}");
+}

@@ -568,12 +568,24 @@ impl Sandbox for MicrovmSandbox {
                 format_size(self.file_bytes)
             )));
         }
-        let req = AgentRequest::FileWrite {
-            path: path.as_str().to_string(),
-            data: airlock_core::outcome::base64_encode(data),
-            max_bytes: self.file_bytes,
+        // In pieces: the guest holds one piece of the file in transit beside what it
+        // has written, never the whole file twice (decoded and encoded).
+        let pieces: Vec<&[u8]> = if data.is_empty() {
+            vec![data]
+        } else {
+            data.chunks(airlock_vm_agent::frames::FILE_PIECE_BYTES).collect()
         };
-        self.file_reply(&req).map(|_| ())
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let req = AgentRequest::FileWrite {
+                path: path.as_str().to_string(),
+                data: airlock_core::outcome::base64_encode(piece),
+                max_bytes: self.file_bytes,
+                total: (i == 0).then_some(data.len() as u64),
+                append: i > 0,
+            };
+            self.file_reply(&req)?;
+        }
+        Ok(())
     }
 
     fn read_file(&mut self, path: &WorkspacePath, max_bytes: u64) -> Result<Vec<u8>, Error> {

@@ -1,6 +1,7 @@
 //! The `/v1` handlers. Each one parses HTTP into a service call and renders the
 //! answer; the service never sees HTTP.
 
+use airlock_core::paths::WorkspacePath;
 use airlock_core::{CellRequest, ExecRequest, FileEntry, Outcome};
 use airlock_service::ServiceError;
 use airlock_service::keys::Principal;
@@ -13,6 +14,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -258,14 +260,20 @@ pub async fn list_files(
 }
 
 /// Uploads a file (the raw body) into the workspace, creating parent directories.
+///
+/// The body is received before the upload takes one of the server's file-transfer
+/// slots, so a slow client holds only its own key's share (`per_key_file_transfers`)
+/// and its connection, never a slot another key needs.
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/files/{path}", tag = "files",
     params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Path, description = "Path in the workspace")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 200, description = "Written", body = FileEntry),
         (status = 400, description = "The path leaves the workspace", body = ErrorBody),
+        (status = 408, description = "The body arrived too slowly", body = ErrorBody),
         (status = 409, description = "A cell is running", body = ErrorBody),
         (status = 413, description = "Larger than the server's or the sandbox's file limit", body = ErrorBody),
+        (status = 429, description = "The key's file transfers are all under way, or every slot is taken", body = ErrorBody),
     ))]
 pub async fn put_file(
     State(st): State<AppState>,
@@ -273,24 +281,100 @@ pub async fn put_file(
     Path((id, path)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult<axum::Json<FileEntry>> {
-    // The slot bounds how many file bodies are buffered at once.
-    let _slot = st.service.file_transfer_slot().await?;
-    let max = st.service.settings().max_file_bytes;
-    let bytes = {
-        use http_body_util::BodyExt;
-        http_body_util::Limited::new(body, max as usize).collect().await.map(|c| c.to_bytes()).map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!("the file is larger than this server's max_file_bytes ({max} bytes)"),
-                )
-            } else {
-                ApiError::invalid(format!("cannot read the upload: {e}"))
-            }
-        })?
+    // What can be refused before the body is read, is.
+    WorkspacePath::parse(&path)?;
+    let info = st.service.sandbox(&p, &id).await?;
+    let _share = st.transfer_share(&p)?;
+    let server_max = st.service.settings().max_file_bytes;
+    let cap = server_max.min(info.limits.file_bytes);
+    let too_large = || {
+        let why = if info.limits.file_bytes < server_max {
+            format!("the sandbox's limits.file_bytes ({} bytes)", info.limits.file_bytes)
+        } else {
+            format!("this server's max_file_bytes ({server_max} bytes)")
+        };
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the file is larger than {why}"))
     };
-    Ok(axum::Json(st.service.write_file(&p, &id, &path, bytes.to_vec()).await?))
+    let spool = receive_upload(body, cap, too_large).await?;
+    // Only now a slot: it bounds how many files are held in memory at once.
+    let _slot = st.service.file_transfer_slot().await?;
+    let data = spool.into_vec().await?;
+    Ok(axum::Json(st.service.write_file(&p, &id, &path, data).await?))
+}
+
+/// Uploads up to this size are kept in memory while they arrive; larger ones go to
+/// an unnamed temporary file, so that slow uploads hold little memory.
+const SPOOL_IN_MEMORY: usize = 64 * 1024;
+
+/// An upload's bytes, received.
+enum Spool {
+    Memory(Vec<u8>),
+    File { file: tokio::fs::File, len: u64 },
+}
+
+fn spool_error(e: std::io::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("cannot keep the upload in the server's temporary directory while it arrives: {e}"),
+    )
+}
+
+/// Receives an upload of at most `cap` bytes: in memory up to [`SPOOL_IN_MEMORY`],
+/// beyond it in a temporary file that has no name (nothing is left behind).
+async fn receive_upload(mut body: Body, cap: u64, too_large: impl Fn() -> ApiError) -> ApiResult<Spool> {
+    use http_body_util::BodyExt;
+    use hyper::body::Body as _;
+    use tokio::io::AsyncWriteExt;
+    if body.size_hint().lower() > cap {
+        return Err(too_large());
+    }
+    let mut mem = Vec::new();
+    let mut file: Option<tokio::fs::File> = None;
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::invalid(format!("cannot read the upload: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        len += data.len() as u64;
+        if len > cap {
+            return Err(too_large());
+        }
+        match &mut file {
+            Some(f) => f.write_all(&data).await.map_err(spool_error)?,
+            None if mem.len() + data.len() <= SPOOL_IN_MEMORY => mem.extend_from_slice(&data),
+            None => {
+                let f = tokio::task::spawn_blocking(tempfile::tempfile)
+                    .await
+                    .map_err(|e| spool_error(std::io::Error::other(e)))?
+                    .map_err(spool_error)?;
+                let mut f = tokio::fs::File::from_std(f);
+                f.write_all(&mem).await.map_err(spool_error)?;
+                f.write_all(&data).await.map_err(spool_error)?;
+                mem = Vec::new();
+                file = Some(f);
+            }
+        }
+    }
+    Ok(match file {
+        None => Spool::Memory(mem),
+        Some(file) => Spool::File { file, len },
+    })
+}
+
+impl Spool {
+    async fn into_vec(self) -> ApiResult<Vec<u8>> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+        match self {
+            Spool::Memory(v) => Ok(v),
+            Spool::File { mut file, len } => {
+                file.flush().await.map_err(spool_error)?;
+                file.seek(std::io::SeekFrom::Start(0)).await.map_err(spool_error)?;
+                let mut v = Vec::with_capacity(len as usize);
+                file.read_to_end(&mut v).await.map_err(spool_error)?;
+                Ok(v)
+            }
+        }
+    }
 }
 
 /// Downloads a file from the workspace.
@@ -300,20 +384,29 @@ pub async fn put_file(
         (status = 200, description = "The file's bytes", body = Vec<u8>, content_type = "application/octet-stream"),
         (status = 404, description = "No such sandbox or file", body = ErrorBody),
         (status = 413, description = "Larger than the file limit", body = ErrorBody),
+        (status = 429, description = "The key's file transfers are all under way, or every slot is taken", body = ErrorBody),
     ))]
 pub async fn get_file(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
     Path((id, path)): Path<(String, String)>,
 ) -> ApiResult<Response> {
+    let share = st.transfer_share(&p)?;
     let slot = st.service.file_transfer_slot().await?;
     let data = st.service.read_file(&p, &id, &path).await?;
     let len = data.len();
-    // The slot is released when the body has been sent.
-    let body = Body::from_stream(futures_util::stream::once(async move {
-        let _slot = slot;
-        Ok::<_, std::convert::Infallible>(Bytes::from(data))
-    }));
+    // The slot and the share live as long as the body, which hyper drops once it has
+    // sent (nearly) all of it; a client that stops reading is cut by the connection's
+    // send deadline.
+    let held = (slot, share);
+    let body = Body::from_stream(
+        futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(Bytes::from(data)) }).map(
+            move |chunk| {
+                let _ = &held;
+                chunk
+            },
+        ),
+    );
     let mut r = Response::new(body);
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));

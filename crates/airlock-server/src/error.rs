@@ -19,10 +19,11 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable, machine-readable code: `invalid_request`, `unauthorized`,
-    /// `forbidden_host`, `not_found`, `method_not_allowed`, `busy`, `sandbox_gone`,
-    /// `too_large`, `unsupported_media_type`, `backend_unavailable`, `overloaded`,
-    /// `quota_exceeded`, `shutting_down`, `audit_unavailable`, `idempotency_in_progress`,
-    /// `idempotency_mismatch`, `replay_unavailable`, `internal`.
+    /// `forbidden_host`, `forbidden_origin`, `not_found`, `method_not_allowed`,
+    /// `body_timeout`, `busy`, `sandbox_gone`, `too_large`, `unsupported_media_type`,
+    /// `backend_unavailable`, `overloaded`, `quota_exceeded`, `shutting_down`,
+    /// `audit_unavailable`, `idempotency_in_progress`, `idempotency_mismatch`,
+    /// `replay_unavailable`, `internal`.
     pub code: String,
     /// What happened and what to do about it.
     pub message: String,

@@ -19,6 +19,12 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+/// What every state-changing request must carry (the server's guard against
+/// cross-site requests).
+const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+/// The usual type of an upload.
+const OCTETS: &[(&str, &str)] = &[("content-type", "application/octet-stream")];
+
 struct Harness {
     app: Router,
     svc: Arc<Service>,
@@ -260,7 +266,7 @@ async fn a_session_keeps_variables_between_cells() {
 
     let list = h.get("/v1/sandboxes").await.json();
     assert_eq!(list["sandboxes"].as_array().unwrap().len(), 1);
-    let r = h.req(Method::DELETE, &format!("/v1/sandboxes/{id}"), &[], Body::empty()).await;
+    let r = h.req(Method::DELETE, &format!("/v1/sandboxes/{id}"), JSON, Body::empty()).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = h.get(&format!("/v1/sandboxes/{id}")).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
@@ -273,7 +279,7 @@ async fn files_go_in_and_out_of_the_workspace_and_stay_inside_it() {
     let h = harness(settings());
     let id = h.sandbox(json!({})).await;
     let base = format!("/v1/sandboxes/{id}/files");
-    let r = h.req(Method::PUT, &format!("{base}/data/in.csv"), &[], Body::from("a,b\n1,2\n")).await;
+    let r = h.req(Method::PUT, &format!("{base}/data/in.csv"), OCTETS, Body::from("a,b\n1,2\n")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["size"], 8);
     let o = h.cell(&id, "open('data/in.csv').read().splitlines()[1]").await;
@@ -290,14 +296,14 @@ async fn files_go_in_and_out_of_the_workspace_and_stay_inside_it() {
     let sub = h.get(&format!("{base}?path=data")).await.json();
     assert_eq!(sub["files"].as_array().unwrap().len(), 1);
 
-    let r = h.req(Method::DELETE, &format!("{base}/out.bin"), &[], Body::empty()).await;
+    let r = h.req(Method::DELETE, &format!("{base}/out.bin"), JSON, Body::empty()).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = h.get(&format!("{base}/out.bin")).await;
     assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
 
     // Escapes are refused, whatever the spelling.
     for bad in ["../escape.txt", "a/../../escape.txt", "/etc/passwd"] {
-        let r = h.req(Method::PUT, &format!("{base}/{bad}"), &[], Body::from("x")).await;
+        let r = h.req(Method::PUT, &format!("{base}/{bad}"), OCTETS, Body::from("x")).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", String::from_utf8_lossy(&r.body));
     }
     h.cell(&id, "import os; os.symlink('/etc', 'etc')").await;
@@ -311,11 +317,41 @@ async fn file_size_caps() {
     let h = harness(ServerSettings { max_file_bytes: 1000, ..settings() });
     let id = h.sandbox(json!({"limits": {"file_bytes": 100}})).await;
     let base = format!("/v1/sandboxes/{id}/files");
-    let r = h.req(Method::PUT, &format!("{base}/big"), &[], Body::from(vec![b'x'; 2000])).await;
+    let r = h.req(Method::PUT, &format!("{base}/big"), OCTETS, Body::from(vec![b'x'; 2000])).await;
     assert_eq!((r.status, r.code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
-    let r = h.req(Method::PUT, &format!("{base}/mid"), &[], Body::from(vec![b'x'; 500])).await;
+    let r = h.req(Method::PUT, &format!("{base}/mid"), OCTETS, Body::from(vec![b'x'; 500])).await;
     assert_eq!((r.status, r.code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
     assert!(r.message().contains("file_bytes"), "{}", r.message());
+}
+
+/// On `jail`, files PUT into a session are held in the sandbox's memory: beyond its
+/// `memory_bytes` they are refused with a 413 that names the limit, even though the
+/// workspace (`file_bytes`) would have room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_beyond_a_jail_sessions_memory_get_413() {
+    let reg = Registry::new(Config::from_env());
+    if let Err(e) = reg.resolve(Some(BackendKind::Jail)) {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let h = harness(ServerSettings { default_backend: Some(BackendKind::Jail), pool_size: 0, ..settings() });
+    let id = h.sandbox(json!({"limits": {"memory_bytes": 64 << 20, "file_bytes": 512 << 20}})).await;
+    let base = format!("/v1/sandboxes/{id}/files");
+    let mut refused = None;
+    for i in 0..8 {
+        let r = h.req(Method::PUT, &format!("{base}/f{i}"), &[], Body::from(vec![b'x'; 16 << 20])).await;
+        if r.status != StatusCode::OK {
+            refused = Some((i, r));
+            break;
+        }
+    }
+    let Some((i, r)) = refused else { panic!("128 MiB of files accepted into a session of 64 MiB") };
+    assert!((1..=4).contains(&i), "refused after {i} files of 16 MiB");
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"), "{}", r.message());
+    assert!(r.message().contains("limits.memory_bytes"), "{}", r.message());
+    // The session is intact and holds what was accepted.
+    let o = h.cell(&id, "import os\nlen(os.listdir('.'))").await;
+    assert_eq!(main_text(&o), Some(i.to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -475,6 +511,97 @@ async fn without_keys_only_loopback_hosts_are_served() {
     assert_eq!(body["error"]["code"], "forbidden_host");
     let req = Request::builder().uri("/v1/sandboxes").header(header::HOST, "[::1]:9").body(Body::empty()).unwrap();
     assert_eq!(h.app.clone().oneshot(req).await.unwrap().status(), StatusCode::OK);
+}
+
+/// A request with exactly these headers (no `Host` unless given).
+async fn raw(app: &Router, method: Method, uri: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    let mut b = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = app.clone().oneshot(b.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+    Resp { status, headers, body }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_keys_a_request_with_no_host_is_refused() {
+    let h = harness(settings());
+    for headers in [&[][..], &[("host", "")][..], &[("host", "  ")][..]] {
+        let r = raw(&h.app, Method::GET, "/v1/sandboxes", headers, "").await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::FORBIDDEN, "forbidden_host"), "{headers:?}");
+        assert!(r.message().contains("Host"), "{}", r.message());
+        let r = raw(&h.app, Method::POST, "/v1/execute", &[headers, JSON].concat(), r#"{"code": "1"}"#).await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::FORBIDDEN, "forbidden_host"), "{headers:?}");
+    }
+    // With keys required, the key is what counts: Host is not checked.
+    let h = harness(settings());
+    h.svc.set_auth_required(true);
+    let key = create_key(h.store.as_ref(), "k", None).unwrap().0;
+    let auth = format!("Bearer {key}");
+    let r = raw(&h.app, Method::GET, "/v1/sandboxes", &[("authorization", &auth)], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cross_site_requests_are_refused() {
+    let h = harness(ServerSettings { allowed_origins: vec!["http://localhost:6274".into()], ..settings() });
+    let host = ("host", "127.0.0.1:8080");
+    let live = || h.svc.list_sandboxes(&h.svc.local_principal()).len();
+
+    // What an HTML form (or fetch in no-cors mode) on another site sends: a simple
+    // POST, text/plain, empty body. Refused, and nothing is created.
+    let form = [host, ("content-type", "text/plain")];
+    let r = raw(&h.app, Method::POST, "/v1/sandboxes", &form, "").await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    assert!(r.message().contains("application/json"), "{}", r.message());
+    for ct in ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/plain; charset=utf-8"] {
+        let r = raw(&h.app, Method::POST, "/v1/execute", &[host, ("content-type", ct)], r#"{"code": "1"}"#).await;
+        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
+    }
+    let r = raw(&h.app, Method::POST, "/v1/sandboxes", &[host], "").await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "an empty POST without Content-Type");
+    let r = raw(&h.app, Method::POST, "/mcp", &form, r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "/mcp");
+    assert_eq!(live(), 0, "a cross-site request created a sandbox");
+
+    // A foreign Origin is refused even with JSON; the server's own origin and the
+    // operator's allowed ones are not.
+    let json_from = |origin: &'static str| [host, ("content-type", "application/json"), ("origin", origin)];
+    for origin in ["http://evil.example", "null", "http://127.0.0.1:8081", "https://127.0.0.1:8080.evil.example"] {
+        let r = raw(&h.app, Method::POST, "/v1/sandboxes", &json_from(origin), "{}").await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::FORBIDDEN, "forbidden_origin"), "{origin}");
+        assert!(r.message().contains("allowed_origins"), "{}", r.message());
+        let r = raw(&h.app, Method::GET, "/v1/sandboxes", &[host, ("origin", origin)], "").await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "GET from {origin}");
+    }
+    assert_eq!(live(), 0);
+    let r = raw(&h.app, Method::POST, "/v1/sandboxes", &json_from("http://127.0.0.1:8080"), "").await;
+    assert_eq!(r.status, StatusCode::CREATED, "own origin: {}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let r = raw(&h.app, Method::POST, "/v1/sandboxes", &json_from("http://localhost:6274"), "{}").await;
+    assert_eq!(r.status, StatusCode::CREATED, "allowed origin: {}", String::from_utf8_lossy(&r.body));
+
+    // PUT and DELETE are never sent cross-site without a preflight (which this server
+    // never grants), so they need no Content-Type: `curl -X DELETE` works.
+    let file = format!("/v1/sandboxes/{id}/files/a.txt");
+    let r = raw(&h.app, Method::PUT, &file, &[host], "x").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let r = raw(&h.app, Method::PUT, &file, &[host, ("content-type", "text/csv")], "y").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let r = raw(&h.app, Method::DELETE, &file, &[host], "").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // ...but a foreign Origin is refused on them too.
+    let r =
+        raw(&h.app, Method::DELETE, &format!("/v1/sandboxes/{id}"), &[host, ("origin", "https://evil.example")], "")
+            .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(live(), 2);
+    let r = raw(&h.app, Method::DELETE, "/mcp", &[host, ("mcp-session-id", "nope")], "").await;
+    assert_ne!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "an MCP session end is not a form");
+    h.svc.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

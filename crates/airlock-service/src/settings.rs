@@ -72,11 +72,44 @@ pub struct ServerSettings {
     pub max_body_bytes: u64,
     /// The largest file uploaded or downloaded through the files API (default 64 MiB).
     pub max_file_bytes: u64,
-    /// File uploads and downloads in flight at once (default 4), so that their
-    /// buffers stay bounded.
+    /// File uploads and downloads holding a file in memory at once (default 4), so
+    /// that their buffers stay bounded. An upload takes its slot only once its body
+    /// has arrived.
     pub max_file_transfers: usize,
+    /// File transfers one API key (or the local user) may have under way at once,
+    /// an upload from its first byte to its last (default 2); beyond it `429` at
+    /// once, so that one key cannot hold every slot of `max_file_transfers`.
+    pub per_key_file_transfers: usize,
     /// HTTP requests in flight at once; beyond it requests get `429` (default 512).
     pub max_inflight_requests: usize,
+    /// Open HTTP connections at once (default 512). At the cap the server stops
+    /// accepting: further connections wait in the kernel's listen backlog until one
+    /// closes, and take no file descriptor of the server meanwhile.
+    pub max_connections: usize,
+    /// A request's head (request line and headers) must be complete within this long
+    /// of its connection becoming ready for it: accepted, or the previous response
+    /// sent (default 10 s). Then the connection is closed.
+    pub header_timeout_ms: u64,
+    /// A connection with no request under way and no byte of a new one is closed
+    /// after this long (default 5 s); at most `header_timeout_ms`.
+    pub keepalive_timeout_ms: u64,
+    /// A request body must arrive within this long, plus one second for every
+    /// `min_transfer_bytes_per_s` bytes of it; else the request is answered `408`
+    /// and the connection closed (default 30 s).
+    pub body_timeout_ms: u64,
+    /// The slowest a client may send a request body or take a response, in bytes per
+    /// second (default 64 KiB/s), averaged as `body_timeout_ms` and `send_timeout_ms` say.
+    pub min_transfer_bytes_per_s: u64,
+    /// While the server has bytes to send that the client does not take, the client
+    /// must take at least `min_transfer_bytes_per_s` times this long in each period of
+    /// this long, else the connection is closed (default 30 s). A response that is
+    /// waiting for a run's next output is not waiting on the client: streams of long
+    /// runs are never cut by this.
+    pub send_timeout_ms: u64,
+    /// Origins (`scheme://host[:port]`) whose web pages may call this server, besides
+    /// its own origin (the request's `Host`). A request with any other `Origin`
+    /// header is refused (`403 forbidden_origin`). Default: none.
+    pub allowed_origins: Vec<String>,
     /// On shutdown, running cells get this long to finish before they are stopped
     /// (default 30 s).
     pub drain_timeout_ms: u64,
@@ -167,7 +200,15 @@ impl Default for ServerSettings {
             max_body_bytes: 8 * MIB,
             max_file_bytes: 64 * MIB,
             max_file_transfers: 4,
+            per_key_file_transfers: 2,
             max_inflight_requests: 512,
+            max_connections: 512,
+            header_timeout_ms: 10_000,
+            keepalive_timeout_ms: 5_000,
+            body_timeout_ms: 30_000,
+            min_transfer_bytes_per_s: 64 * 1024,
+            send_timeout_ms: 30_000,
+            allowed_origins: Vec::new(),
             drain_timeout_ms: 30_000,
             reap_interval_ms: 1_000,
             audit_output_bytes: 64 * 1024,
@@ -227,11 +268,18 @@ impl ServerSettings {
                 e.to_string().trim_start_matches("invalid request: ")
             ))
         })?;
-        let positive: [(&str, u64); 8] = [
+        let positive: [(&str, u64); 15] = [
             ("max_sandboxes", self.max_sandboxes as u64),
             ("max_running", self.max_running as u64),
             ("max_file_transfers", self.max_file_transfers as u64),
+            ("per_key_file_transfers", self.per_key_file_transfers as u64),
             ("max_inflight_requests", self.max_inflight_requests as u64),
+            ("max_connections", self.max_connections as u64),
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("body_timeout_ms", self.body_timeout_ms),
+            ("min_transfer_bytes_per_s", self.min_transfer_bytes_per_s),
+            ("send_timeout_ms", self.send_timeout_ms),
             ("max_body_bytes", self.max_body_bytes),
             ("reap_interval_ms", self.reap_interval_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
@@ -251,6 +299,15 @@ impl ServerSettings {
         }
         if self.audit_retention_days > 36_500 {
             return Err(Error::invalid("audit_retention_days is more than 100 years: use 0 to keep the log forever"));
+        }
+        if self.keepalive_timeout_ms > self.header_timeout_ms {
+            return Err(Error::invalid(format!(
+                "keepalive_timeout_ms ({}) must not exceed header_timeout_ms ({}): a connection waiting for its next request is closed at the header deadline anyway; raise header_timeout_ms or lower keepalive_timeout_ms",
+                self.keepalive_timeout_ms, self.header_timeout_ms
+            )));
+        }
+        for o in &self.allowed_origins {
+            check_origin(o)?;
         }
         if self.idle_timeout_ms > self.max_idle_timeout_ms {
             return Err(Error::invalid("idle_timeout_ms must not exceed max_idle_timeout_ms"));
@@ -382,6 +439,27 @@ pub struct TemplateSpec {
     pub pool_size: usize,
 }
 
+/// Checks an entry of `allowed_origins`: `http://` or `https://`, a host, an optional
+/// port, and nothing else (an origin has no path).
+fn check_origin(o: &str) -> Result<(), Error> {
+    let bad = |why: &str| {
+        Error::invalid(format!(
+            "allowed_origins: '{o}' is not an origin ({why}); write it as a browser sends it, e.g. 'https://app.example.com' or 'http://localhost:3000'"
+        ))
+    };
+    let rest = o
+        .strip_prefix("http://")
+        .or_else(|| o.strip_prefix("https://"))
+        .ok_or_else(|| bad("it must start with http:// or https://"))?;
+    if rest.is_empty() {
+        return Err(bad("it has no host"));
+    }
+    if rest.contains(['/', '?', '#', '@', ' ', '*']) {
+        return Err(bad("an origin is a scheme, a host and a port only: no path, user, wildcard or spaces"));
+    }
+    Ok(())
+}
+
 /// Merges `over` into `base`: tables key by key, anything else replaced.
 fn merge(base: &mut toml::Value, over: toml::Value) {
     match (base, over) {
@@ -425,6 +503,19 @@ mod tests {
         assert!(e.contains("default_limits") && e.contains("timeout_ms"), "{e}");
         std::fs::write(&p, "[max_limits]\ntimeout_ms = 5000\n[default_limits]\ntimeout_ms = 1000\n").unwrap();
         assert_eq!(ServerSettings::from_file(&p).unwrap().default_limits.timeout_ms, 1000);
+        std::fs::write(&p, "keepalive_timeout_ms = 20000\nheader_timeout_ms = 10000\n").unwrap();
+        let e = ServerSettings::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("keepalive_timeout_ms") && e.contains("header_timeout_ms"), "{e}");
+        for bad in ["localhost:3000", "http://a.example/path", "https://*.example", "http://"] {
+            std::fs::write(&p, format!("allowed_origins = [\"{bad}\"]\n")).unwrap();
+            let e = ServerSettings::from_file(&p).unwrap_err().to_string();
+            assert!(e.contains("allowed_origins") && e.contains(bad), "{bad}: {e}");
+        }
+        std::fs::write(&p, "allowed_origins = [\"http://localhost:3000\", \"https://app.example\"]\n").unwrap();
+        assert_eq!(ServerSettings::from_file(&p).unwrap().allowed_origins.len(), 2);
+        std::fs::write(&p, "max_connections = 0\n").unwrap();
+        let e = ServerSettings::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("max_connections must be at least 1"), "{e}");
         std::fs::write(&p, "max_runing = 3\n").unwrap();
         let e = ServerSettings::from_file(&p).unwrap_err().to_string();
         assert!(e.contains("max_runing"), "{e}");

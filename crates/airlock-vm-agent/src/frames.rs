@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use airlock_core::{Error, FileEntry};
 use serde::{Deserialize, Serialize};
 
+/// The most file content one [`AgentRequest::FileWrite`] carries.
+pub const FILE_PIECE_BYTES: usize = 1 << 20;
+
 /// Limits the agent applies to the driver when a sandbox attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct GuestLimits {
@@ -42,14 +45,24 @@ pub enum AgentRequest {
     },
     /// Stop the running cell (SIGINT to the driver); the session survives.
     Interrupt,
-    /// Write a workspace file.
+    /// Write a workspace file, or one piece of it: the host sends a file in pieces of
+    /// at most [`FILE_PIECE_BYTES`], so that the guest never holds more than a piece
+    /// of it beside what it has written (the file itself is in the guest's memory).
     FileWrite {
         /// Workspace-relative path.
         path: String,
-        /// Base64 of the content.
+        /// Base64 of the content (of this piece).
         data: String,
-        /// The largest content accepted.
+        /// The largest file accepted.
         max_bytes: u64,
+        /// On the first piece: the whole file's size, checked against `max_bytes` and
+        /// the guest's free memory before anything is written (absent: this piece is
+        /// the whole file).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+        /// A later piece of the file the previous `FileWrite` opened: appended to it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        append: bool,
     },
     /// Read a workspace file.
     FileRead {

@@ -130,6 +130,8 @@ struct State<'a> {
     last_sigint: std::time::Instant,
     shutting_down: bool,
     workspace: Workspace,
+    /// The file whose later pieces are still to come.
+    upload: Option<(WorkspacePath, OwnedFd)>,
     oom_before: u64,
 }
 
@@ -269,6 +271,7 @@ pub fn serve(port: OwnedFd, cfg: &ServeConfig) -> Result<ServeEnd, String> {
         last_sigint: std::time::Instant::now(),
         shutting_down: false,
         workspace,
+        upload: None,
         oom_before: oom_kills(),
     };
     st.run()
@@ -615,7 +618,15 @@ impl State<'_> {
     fn handle_host_frames(&mut self) -> Result<(), String> {
         loop {
             let frame: Value = match self.port_dec.next_frame::<Value>() {
-                Ok(Some(v)) => v,
+                Ok(Some(v)) => {
+                    if self.port_dec.pending() == 0 {
+                        // A large frame (a file) leaves a large buffer behind; the
+                        // guest's memory is the sandbox's, so it goes back before
+                        // the frame is handled.
+                        self.port_dec = FrameDecoder::new();
+                    }
+                    v
+                }
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     // Resynchronising a byte stream is guesswork; start over clean.
@@ -676,11 +687,28 @@ impl State<'_> {
                     self.last_sigint = std::time::Instant::now();
                 }
             }
-            AgentRequest::FileWrite { path, data, max_bytes } => {
+            AgentRequest::FileWrite { path, data, max_bytes, total, append } => {
+                // Outside a VM (tests) the host's memory is not the sandbox's to judge.
+                let available = if self.cfg.in_vm { mem_available_bytes() } else { None };
                 let r = WorkspacePath::parse(&path).and_then(|p| {
-                    let bytes = b64_decode(&data)?;
-                    self.workspace.write(&p, &bytes, max_bytes)
+                    let ws = &self.workspace;
+                    if append {
+                        let Some((open, fd)) = self.upload.take().filter(|(open, _)| *open == p) else {
+                            return Err(Error::invalid(format!("a piece of '{p}' came without its first piece")));
+                        };
+                        write_piece(ws, &open, &fd, &data)?;
+                        self.upload = Some((open, fd));
+                        return Ok(());
+                    }
+                    self.upload = None;
+                    let fd = begin_file(ws, &p, &data, total, max_bytes, available)?;
+                    write_piece(ws, &p, &fd, &data)?;
+                    if total.is_some_and(|t| t > decoded_len(&data)) {
+                        self.upload = Some((p, fd));
+                    }
+                    Ok(())
                 });
+                drop(data);
                 self.reply(r.map(|()| (None, None)));
             }
             AgentRequest::FileRead { path, max_bytes } => {
@@ -798,17 +826,141 @@ fn apply_limits(pid: Pid, limits: &GuestLimits, in_vm: bool) {
     }
 }
 
-/// The guest's memory (`MemTotal`), in bytes.
-fn mem_total_bytes() -> Option<u64> {
+/// A `/proc/meminfo` field, in bytes.
+fn meminfo_bytes(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 =
-        text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        text.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb * 1024)
+}
+
+/// The guest's memory (`MemTotal`), in bytes.
+fn mem_total_bytes() -> Option<u64> {
+    meminfo_bytes("MemTotal:")
+}
+
+/// Memory the guest can still give (`MemAvailable`), in bytes.
+fn mem_available_bytes() -> Option<u64> {
+    meminfo_bytes("MemAvailable:")
+}
+
+/// What the guest keeps free for its kernel and the driver when a file comes in.
+const WRITE_RESERVE_BYTES: u64 = 8 << 20;
+
+/// The size of what base64 `data` decodes to.
+fn decoded_len(data: &str) -> u64 {
+    data.trim_end_matches('=').len() as u64 * 3 / 4
+}
+
+/// Opens (creating or truncating) the file a `FileWrite` starts, after checking that
+/// the whole file (`total`, else this piece) fits in `max_bytes` and in the guest's
+/// free memory (`available`, beside a reserve; what the file it replaces holds counts
+/// as free): the workspace is a tmpfs, so the file lives in the VM's memory
+/// (`memory_bytes`), and one the guest cannot hold is refused, not left to run the
+/// guest out of memory and end the session.
+fn begin_file(
+    ws: &Workspace,
+    path: &WorkspacePath,
+    data: &str,
+    total: Option<u64>,
+    max_bytes: u64,
+    available: Option<u64>,
+) -> Result<OwnedFd, Error> {
+    use airlock_core::units::format_size;
+    let len = total.unwrap_or_else(|| decoded_len(data));
+    if len > max_bytes {
+        return Err(Error::TooLarge(format!(
+            "'{path}' is {} but the limit is {} (limits.file_bytes)",
+            format_size(len),
+            format_size(max_bytes)
+        )));
+    }
+    if let Some(free) = available {
+        let free = free.saturating_add(ws.file_sizes(path).1);
+        if len.saturating_add(WRITE_RESERVE_BYTES) > free {
+            return Err(Error::TooLarge(format!(
+                "'{path}' ({}) does not fit in the sandbox's memory: workspace files are held in it, and {} of its \
+                 {} is free (limits.memory_bytes); remove files from the workspace or use a larger limits.memory_bytes",
+                format_size(len),
+                format_size(free.saturating_sub(WRITE_RESERVE_BYTES)),
+                format_size(mem_total_bytes().unwrap_or(0)),
+            )));
+        }
+    }
+    let w = ws.prepare_write(path, &[], max_bytes)?;
+    w.open().map_err(|f| w.error(f))
+}
+
+/// Decodes one piece (base64) into the open file `fd`, 48 KiB at a time; on failure
+/// the file is truncated and removed.
+fn write_piece(ws: &Workspace, path: &WorkspacePath, fd: &OwnedFd, data: &str) -> Result<(), Error> {
+    let fail = |e: Error| {
+        ws.discard(path, fd);
+        e
+    };
+    let data = data.trim_end_matches('=');
+    // 64 KiB of text (a multiple of 4) decodes on its own.
+    for piece in data.as_bytes().chunks(64 << 10) {
+        let bytes = std::str::from_utf8(piece)
+            .map_err(|e| e.to_string())
+            .and_then(|t| airlock_core::outcome::base64_decode(t).map_err(|e| e.to_string()))
+            .map_err(|e| fail(Error::invalid(format!("content is not valid base64: {e}"))))?;
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            match nix::unistd::write(fd, rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::ENOSPC) => {
+                    return Err(fail(Error::TooLarge(format!("the workspace is full while writing '{path}'"))));
+                }
+                Err(nix::errno::Errno::EFBIG) => {
+                    return Err(fail(Error::TooLarge(format!("'{path}' exceeds the sandbox's file size limit"))));
+                }
+                Err(e) => return Err(fail(Error::host(format!("writing '{path}': {}", e.desc())))),
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_come_in_pieces_and_are_refused_when_memory_is_short() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(tmp.path()).unwrap();
+        let p = |s: &str| WorkspacePath::parse(s).unwrap();
+        let enc = airlock_core::outcome::base64_encode;
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        for n in [0usize, 1, 2, 3, 4, 65_535, 65_536, 65_537, 200_000] {
+            let fd = begin_file(&ws, &p("d/f"), &enc(&big[..n]), None, 1 << 20, Some(1 << 30)).unwrap();
+            write_piece(&ws, &p("d/f"), &fd, &enc(&big[..n])).unwrap();
+            assert_eq!(std::fs::read(tmp.path().join("d/f")).unwrap(), &big[..n], "{n} bytes");
+        }
+        // In pieces: the first says how large the whole file is.
+        let fd = begin_file(&ws, &p("d/f"), &enc(&big[..70_000]), Some(200_000), 1 << 20, Some(1 << 30)).unwrap();
+        for piece in big.chunks(70_000) {
+            write_piece(&ws, &p("d/f"), &fd, &enc(piece)).unwrap();
+        }
+        assert_eq!(std::fs::read(tmp.path().join("d/f")).unwrap(), big);
+        // The whole file is checked against the guest's free memory up front; what the
+        // file it replaces holds counts as free.
+        let free = WRITE_RESERVE_BYTES + 150_000;
+        let e = begin_file(&ws, &p("g"), &enc(&big[..10]), Some(200_000), 1 << 20, Some(free)).unwrap_err();
+        assert!(matches!(e, Error::TooLarge(_)) && e.to_string().contains("limits.memory_bytes"), "{e}");
+        assert!(!tmp.path().join("g").exists());
+        begin_file(&ws, &p("d/f"), &enc(&big[..10]), Some(200_000), 1 << 20, Some(free)).unwrap();
+        let e = begin_file(&ws, &p("g"), "", Some(2000), 1000, None).unwrap_err();
+        assert!(e.to_string().contains("limits.file_bytes"), "{e}");
+        let mut bad = "A".repeat(70_000);
+        bad.push('*');
+        let fd = begin_file(&ws, &p("g"), &bad, None, 1 << 20, None).unwrap();
+        let e = write_piece(&ws, &p("g"), &fd, &bad).unwrap_err();
+        assert!(e.to_string().contains("base64"), "{e}");
+        assert!(!tmp.path().join("g").exists(), "a half-decoded file is left behind");
+    }
 
     #[test]
     fn stream_buf_keeps_split_characters() {

@@ -168,7 +168,13 @@ fn files_are_confined_to_the_workspace() {
     let Some(mut a) = Agent::start() else { return };
     a.attach();
     let b64 = airlock_core::outcome::base64_encode;
-    a.send(&AgentRequest::FileWrite { path: "d/a.txt".into(), data: b64(b"abc"), max_bytes: 10 });
+    a.send(&AgentRequest::FileWrite {
+        path: "d/a.txt".into(),
+        data: b64(b"abc"),
+        max_bytes: 10,
+        total: None,
+        append: false,
+    });
     assert_eq!(a.next(), serde_json::json!({"type": "file_reply"}));
     a.send(&AgentRequest::FileRead { path: "d/a.txt".into(), max_bytes: 10 });
     let r: AgentReply = serde_json::from_value(a.next()).unwrap();
@@ -183,7 +189,13 @@ fn files_are_confined_to_the_workspace() {
     a.send(&AgentRequest::FileRead { path: "link".into(), max_bytes: 1 << 20 });
     let AgentReply::FileReply { error, .. } = serde_json::from_value(a.next()).unwrap();
     assert!(error.unwrap().message.contains("symbolic link"));
-    a.send(&AgentRequest::FileWrite { path: "big".into(), data: b64(&[0u8; 100]), max_bytes: 10 });
+    a.send(&AgentRequest::FileWrite {
+        path: "big".into(),
+        data: b64(&[0u8; 100]),
+        max_bytes: 10,
+        total: None,
+        append: false,
+    });
     let AgentReply::FileReply { error, .. } = serde_json::from_value(a.next()).unwrap();
     assert_eq!(error.unwrap().code, "too_large");
 }

@@ -33,7 +33,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use airlock_core::Error;
-use airlock_core::paths::WorkspacePath;
 use airlock_guest::protocol::{GuestFrame, MAX_FRAME_BYTES};
 use airlock_guest::workspace::Workspace;
 use wasmtime::{
@@ -378,11 +377,8 @@ impl FileGuard {
         if self.measured_bytes + self.written_since_bytes + extra <= self.cap_bytes {
             return true;
         }
-        if let Some(ws) = &self.workspace
-            && let Ok(root) = WorkspacePath::parse_dir("")
-            && let Ok(list) = ws.list(&root)
-        {
-            self.measured_bytes = list.iter().filter(|e| !e.is_dir).map(|e| e.size).sum();
+        if let Some(ws) = &self.workspace {
+            self.measured_bytes = ws.usage();
             self.written_since_bytes = 0;
         }
         self.measured_bytes + self.written_since_bytes + extra <= self.cap_bytes
@@ -861,6 +857,12 @@ pub struct TurnResult {
 }
 
 impl Guest {
+    /// Counts `bytes` the host wrote into the workspace (a file copied in) like the
+    /// guest's own writes, so that the guest's share of `file_bytes` shrinks by them.
+    pub fn count_host_write(&mut self, bytes: u64) {
+        self.store.data_mut().files.written_since_bytes += bytes;
+    }
+
     /// Makes a store with the guest's WASI context and limits, and instantiates.
     pub fn new(
         engine: &Engine,

@@ -269,8 +269,26 @@ impl Sandbox for WasmSandbox {
         Ok(outcome)
     }
 
+    /// Files copied in count against `file_bytes` for the whole workspace, as the
+    /// guest's writes do: the workspace is a folder on the host's disk, and without
+    /// this check callers could fill it a file at a time.
     fn write_file(&mut self, path: &WorkspacePath, data: &[u8]) -> Result<(), Error> {
-        self.workspace.write(path, data, self.file_bytes)
+        let len = data.len() as u64;
+        let used = self.workspace.usage().saturating_sub(self.workspace.file_sizes(path).0);
+        if used.saturating_add(len) > self.file_bytes {
+            return Err(Error::TooLarge(format!(
+                "'{path}' ({}) does not fit in the workspace: it holds {} of its {} (limits.file_bytes); \
+                 remove files from it or use a larger limits.file_bytes",
+                format_size(len),
+                format_size(used),
+                format_size(self.file_bytes)
+            )));
+        }
+        self.workspace.write(path, data, self.file_bytes)?;
+        if let Some(g) = &mut self.guest {
+            g.count_host_write(len);
+        }
+        Ok(())
     }
 
     fn read_file(&mut self, path: &WorkspacePath, max_bytes: u64) -> Result<Vec<u8>, Error> {

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod exit;
+mod term;
 
 /// Run untrusted, model-written code safely and fast.
 #[derive(Parser, Debug)]
@@ -58,7 +59,8 @@ fn main() {
     let code = match code {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("airlock: error: {e:#}");
+            // Errors can quote a server or a guest: shown, not obeyed, on a terminal.
+            eprintln!("airlock: error: {}", cmd::run::for_stderr(&format!("{e:#}")));
             exit::HOST_ERROR
         }
     };

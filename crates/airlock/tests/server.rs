@@ -22,7 +22,26 @@ struct Server {
 /// its sandboxes, and the cleanup of stale ones, stay apart from everything else on
 /// the machine).
 fn start(data: &Path, tmp: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(AIRLOCK)
+    start_with(data, tmp, extra, None)
+}
+
+/// [`start`], with the server's open-file limit (soft and hard) set to `nofile`.
+fn start_with(data: &Path, tmp: &Path, extra: &[&str], nofile: Option<u64>) -> Server {
+    let mut cmd = Command::new(AIRLOCK);
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = libc::rlimit { rlim_cur: n, rlim_max: n };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
         .args(["serve", "--data-dir"])
         .arg(data)
         .args(["--backend", "process"])
@@ -122,7 +141,7 @@ impl Server {
         finish(agent().get(&self.url(path)).call())
     }
     fn put(&self, path: &str, data: &[u8]) -> Resp {
-        finish(agent().put(&self.url(path)).send(data))
+        finish(agent().put(&self.url(path)).header("content-type", "application/octet-stream").send(data))
     }
     fn sandbox(&self) -> String {
         let r = self.post("/v1/sandboxes", json!({}));
@@ -401,7 +420,7 @@ fn sigterm_drains_then_destroys_every_sandbox() {
             agent()
                 .post(&format!("{base}/v1/sandboxes/{busy}/execute"))
                 .header("content-type", "application/json")
-                .send(json!({"code": "import time; time.sleep(1); 'drained'"}).to_string()),
+                .send(json!({"code": "import time; time.sleep(3); 'drained'"}).to_string()),
         )
     });
     std::thread::sleep(Duration::from_millis(400));
@@ -409,6 +428,18 @@ fn sigterm_drains_then_destroys_every_sandbox() {
     unsafe {
         libc::kill(s.pid(), libc::SIGTERM);
     }
+    // While the cell drains, the server still answers: unhealthy, and no new work.
+    let mut health = s.get("/healthz");
+    let asked = Instant::now();
+    while health.status == 200 && asked.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+        health = s.get("/healthz");
+    }
+    assert_eq!(health.status, 503, "{}", String::from_utf8_lossy(&health.body));
+    assert_eq!(health.json()["status"], "draining");
+    let r = s.post("/v1/execute", json!({"code": "1"}));
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("shutting_down")));
+    assert!(r.header("retry-after").is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s >= 1)));
     let r = cell.join().unwrap();
     assert_eq!(main_text(&r.json()).as_deref(), Some("'drained'"), "the running cell was not drained");
     let mut s = s;
@@ -424,6 +455,63 @@ fn sigterm_drains_then_destroys_every_sandbox() {
     assert_eq!(r.status, 410, "{}", String::from_utf8_lossy(&r.body));
     let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(msg.contains("the server restarted") && msg.contains("shut down"), "{msg}");
+}
+
+/// Open file descriptors of a process.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn half_sent_requests_cannot_exhaust_a_small_descriptor_limit() {
+    // The finding: with 256 descriptors, 240 half-sent requests left the server
+    // unable to accept or to start a sandbox. Now the cap fits the limit, held
+    // connections go at the header deadline, and everyone else still gets in.
+    let (_root, data, tmp) = dirs();
+    let config = data.parent().unwrap().join("server.toml");
+    std::fs::write(&config, "header_timeout_ms = 1500\nkeepalive_timeout_ms = 500\n").unwrap();
+    let s = start_with(&data, &tmp, &["--config", config.to_str().unwrap()], Some(256));
+    assert_eq!(s.post("/v1/execute", json!({"code": "1"})).json()["status"], "ok");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = open_fds(s.pid());
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut slow: Vec<std::net::TcpStream> = (0..240)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            std::io::Write::write_all(&mut c, b"POST /v1/execute HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = open_fds(s.pid());
+    assert!(
+        during <= before + 128 + 2,
+        "the server holds {during} descriptors, {before} before 240 half-sent requests"
+    );
+    // A client behind them runs code (which needs descriptors for its sandbox).
+    let asked = Instant::now();
+    let r = s.post("/v1/execute", json!({"code": "6 * 7"}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(main_text(&r.json()).as_deref(), Some("42"));
+    assert!(asked.elapsed() < Duration::from_secs(20), "served after {:?}", asked.elapsed());
+    eprintln!(
+        "{before} descriptors before, {during} with 240 half-sent requests (limit 256, cap 128); a run behind them was served in {:?}",
+        asked.elapsed()
+    );
+    for c in &mut slow {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 1024];
+        let closed = loop {
+            match std::io::Read::read(c, &mut buf) {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e) => break !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            }
+        };
+        assert!(closed, "a half-sent request's connection was never closed");
+    }
+    let log = s.log.lock().unwrap().clone();
+    assert!(log.contains("max_connections lowered from 512 to 128"), "{log}");
 }
 
 /// The official `mcp` Python package, or why it cannot run.

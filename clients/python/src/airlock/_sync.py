@@ -93,6 +93,10 @@ class Client:
             headers["Content-Type"] = "application/json"
         elif content_type is not None:
             headers["Content-Type"] = content_type
+        elif method not in ("GET", "HEAD"):
+            # The server refuses a state-changing request without a non-form
+            # Content-Type (its guard against cross-site requests from web pages).
+            headers["Content-Type"] = "application/json"
         attempt, waited = 1, 0.0
         while True:
             try:

@@ -34,6 +34,25 @@ pub struct CgroupLimits {
     pub cpu_quota_us: Option<u64>,
 }
 
+/// A group's memory at one moment, for deciding whether more fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryState {
+    /// The cap (`memory.limit_in_bytes` / `memory.max`).
+    pub limit: u64,
+    /// Charged now (`memory.usage_in_bytes` / `memory.current`).
+    pub usage: u64,
+    /// Of that, page cache of ordinary files, which reclaim can free (the file LRU
+    /// lists; tmpfs pages are not on them: without swap they cannot be freed).
+    pub reclaimable: u64,
+}
+
+impl MemoryState {
+    /// Bytes that can still be charged, counting reclaimable cache as free.
+    pub fn room(&self) -> u64 {
+        self.limit.saturating_sub(self.usage).saturating_add(self.reclaimable)
+    }
+}
+
 /// Which limits a driver can enforce on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Enforced {
@@ -75,6 +94,17 @@ pub trait CgroupOps {
     fn apply(&self, limits: &CgroupLimits) -> io::Result<()>;
     /// Moves a process (by host pid) into the group.
     fn add(&self, pid: i32) -> io::Result<()>;
+    /// Moves a process into the group's memory controller only (v1: the memory
+    /// hierarchy alone; v2 has one hierarchy, so this is [`CgroupOps::add`]): what
+    /// the process allocates from then on is charged to the group.
+    fn add_for_memory(&self, pid: i32) -> io::Result<()> {
+        self.add(pid)
+    }
+    /// The group's memory cap, usage and reclaimable cache (`None` without a memory
+    /// controller).
+    fn memory_state(&self) -> Option<MemoryState>;
+    /// Changes the memory cap alone (swap stays at 0).
+    fn set_memory_limit(&self, bytes: u64) -> io::Result<()>;
     /// CPU time of every task so far, in nanoseconds.
     fn cpu_usage_ns(&self) -> Option<u64>;
     /// Peak memory so far, in bytes.
@@ -119,6 +149,24 @@ impl CgroupOps for Cgroup {
         match self {
             Cgroup::V1(g) => g.add(pid),
             Cgroup::V2(g) => g.add(pid),
+        }
+    }
+    fn add_for_memory(&self, pid: i32) -> io::Result<()> {
+        match self {
+            Cgroup::V1(g) => g.add_for_memory(pid),
+            Cgroup::V2(g) => g.add_for_memory(pid),
+        }
+    }
+    fn memory_state(&self) -> Option<MemoryState> {
+        match self {
+            Cgroup::V1(g) => g.memory_state(),
+            Cgroup::V2(g) => g.memory_state(),
+        }
+    }
+    fn set_memory_limit(&self, bytes: u64) -> io::Result<()> {
+        match self {
+            Cgroup::V1(g) => g.set_memory_limit(bytes),
+            Cgroup::V2(g) => g.set_memory_limit(bytes),
         }
     }
     fn cpu_usage_ns(&self) -> Option<u64> {

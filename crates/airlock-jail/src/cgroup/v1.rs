@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{
-    CgroupLimits, CgroupOps, Enforced, Hot, PARENT, own_cgroups, parse_u64, read_keyed, read_pids, rmdir_retry, under,
-    write,
+    CgroupLimits, CgroupOps, Enforced, Hot, MemoryState, PARENT, own_cgroups, parse_keyed, parse_u64, read_keyed,
+    read_pids, rmdir_retry, under, write,
 };
 
 /// The v1 hierarchies usable for sandboxes: each controller's `airlock` parent directory.
@@ -210,6 +210,38 @@ impl CgroupOps for Group {
         Ok(())
     }
 
+    fn add_for_memory(&self, pid: i32) -> io::Result<()> {
+        match &self.memory {
+            Some(m) => write(&m.join("cgroup.procs"), &pid.to_string()),
+            None => Err(io::Error::new(io::ErrorKind::Unsupported, "no memory hierarchy")),
+        }
+    }
+
+    /// Lowering: the cap first (memory + swap may not be below it), then memory + swap.
+    fn set_memory_limit(&self, bytes: u64) -> io::Result<()> {
+        let Some(m) = &self.memory else {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "no memory hierarchy"));
+        };
+        write(&m.join("memory.limit_in_bytes"), &bytes.to_string())?;
+        let memsw = m.join("memory.memsw.limit_in_bytes");
+        if memsw.exists() {
+            write(&memsw, &bytes.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn memory_state(&self) -> Option<MemoryState> {
+        let m = self.memory.as_ref()?;
+        let num = |f: &str| parse_u64(&std::fs::read_to_string(m.join(f)).ok()?);
+        let stat = std::fs::read_to_string(m.join("memory.stat")).ok()?;
+        let file = |k: &str| parse_keyed(&stat, k).unwrap_or(0);
+        Some(MemoryState {
+            limit: num("memory.limit_in_bytes")?,
+            usage: num("memory.usage_in_bytes")?,
+            reclaimable: file("total_inactive_file") + file("total_active_file"),
+        })
+    }
+
     fn cpu_usage_ns(&self) -> Option<u64> {
         parse_u64(&self.hot_cpu.read(&self.cpuacct.as_ref()?.join("cpuacct.usage"))?)
     }
@@ -335,6 +367,22 @@ mod tests {
         std::fs::write(c.join("cpuacct.usage"), "1500000\n").unwrap();
         assert_eq!(g.cpu_usage_ns(), Some(1_500_000));
         assert!(g.pids().is_empty());
+        // Room for more: the cap less the usage, plus the (hierarchical) file cache;
+        // shmem (tmpfs) and anonymous memory cannot be reclaimed without swap.
+        std::fs::write(m.join("memory.usage_in_bytes"), "200000000\n").unwrap();
+        std::fs::write(
+            m.join("memory.stat"),
+            "cache 9\nshmem 100000000\ninactive_file 5\ntotal_shmem 100000000\ntotal_inactive_file 1000\ntotal_active_file 24\n",
+        )
+        .unwrap();
+        let st = g.memory_state().unwrap();
+        assert_eq!((st.limit, st.usage, st.reclaimable), (268_435_456, 200_000_000, 1024));
+        assert_eq!(st.room(), 268_435_456 - 200_000_000 + 1024);
+        // Only the memory hierarchy gets a process moved in for memory.
+        std::fs::write(m.join("cgroup.procs"), "").unwrap();
+        g.add_for_memory(4242).unwrap();
+        assert_eq!(std::fs::read_to_string(m.join("cgroup.procs")).unwrap(), "4242");
+        assert!(!root.path().join("pids/airlock/1-2-sbx_t/cgroup.procs").exists());
         g.kill_all().unwrap();
     }
 }

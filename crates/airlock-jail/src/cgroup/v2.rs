@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{
-    CgroupLimits, CgroupOps, Enforced, Hot, PARENT, own_cgroups, parse_keyed, parse_u64, read_keyed, read_pids,
-    rmdir_retry, under, write,
+    CgroupLimits, CgroupOps, Enforced, Hot, MemoryState, PARENT, own_cgroups, parse_keyed, parse_u64, read_keyed,
+    read_pids, rmdir_retry, under, write,
 };
 
 /// Where v2 sandbox groups are created.
@@ -232,6 +232,21 @@ impl CgroupOps for Group {
         write(&self.f("cgroup.procs"), &pid.to_string())
     }
 
+    fn set_memory_limit(&self, bytes: u64) -> io::Result<()> {
+        write(&self.f("memory.max"), &bytes.to_string())
+    }
+
+    fn memory_state(&self) -> Option<MemoryState> {
+        let num = |f: &str| parse_u64(&std::fs::read_to_string(self.f(f)).ok()?);
+        let stat = std::fs::read_to_string(self.f("memory.stat")).ok()?;
+        let file = |k: &str| parse_keyed(&stat, k).unwrap_or(0);
+        Some(MemoryState {
+            limit: num("memory.max")?,
+            usage: num("memory.current")?,
+            reclaimable: file("inactive_file") + file("active_file"),
+        })
+    }
+
     fn cpu_usage_ns(&self) -> Option<u64> {
         parse_keyed(&self.hot_cpu.read(&self.f("cpu.stat"))?, "usage_usec").map(|us| us.saturating_mul(1000))
     }
@@ -368,6 +383,14 @@ mod tests {
         assert_eq!(g.memory_peak_bytes(), Some(12_345_678));
         assert_eq!(g.oom_kills(), Some(1));
         assert_eq!(g.pids(), vec![101, 102]);
+        assert_eq!(g.memory_state(), None, "no memory.max: no memory controller");
+        std::fs::write(dir.join("memory.max"), "max\n").unwrap();
+        std::fs::write(dir.join("memory.current"), "7000\n").unwrap();
+        std::fs::write(dir.join("memory.stat"), "anon 100\nfile 900\nshmem 600\ninactive_file 200\nactive_file 100\n")
+            .unwrap();
+        let st = g.memory_state().unwrap();
+        assert_eq!((st.limit, st.usage, st.reclaimable), (u64::MAX, 7000, 300));
+        assert_eq!(st.room(), u64::MAX - 6700, "no cap: no overflow either");
     }
 
     #[test]

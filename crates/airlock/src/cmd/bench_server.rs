@@ -134,7 +134,11 @@ impl LocalServer {
             let id = sbx["id"].as_str().context("no sandbox id")?.to_string();
             let cell_body = json!({"code": code});
             let r = measure(n, || ok(self.post(&format!("/v1/sandboxes/{id}/execute"), &cell_body)?));
-            let _ = self.agent.delete(&format!("{}/v1/sandboxes/{id}", self.base)).call();
+            let _ = self
+                .agent
+                .delete(&format!("{}/v1/sandboxes/{id}", self.base))
+                .header("content-type", "application/json")
+                .call();
             r
         })();
         let mut rows = vec![("cli", cli), ("http-oneshot", oneshot), ("http-cell", cell)];
@@ -241,7 +245,11 @@ impl LocalServer {
             ])
         })();
         for id in &ids {
-            let _ = self.agent.delete(&format!("{}/v1/sandboxes/{id}", self.base)).call();
+            let _ = self
+                .agent
+                .delete(&format!("{}/v1/sandboxes/{id}", self.base))
+                .header("content-type", "application/json")
+                .call();
         }
         result
     }

@@ -15,6 +15,7 @@ use airlock_service::{Config, Registry};
 use anyhow::{Context, bail};
 
 use crate::exit;
+use crate::term::Sanitizer;
 
 /// Arguments of `airlock run`.
 #[derive(clap::Args, Debug)]
@@ -87,11 +88,13 @@ pub struct RunArgs {
     #[arg(long, env = "AIRLOCK_PYTHON")]
     python: Option<PathBuf>,
     /// jail: a root file system directory to run in instead of the host's /usr and
-    /// /etc allow-list (--python is then a path inside it). Also $AIRLOCK_JAIL_ROOTFS.
+    /// /etc allow-list (--python is then a path inside it); anywhere on the host, /tmp
+    /// included. Also $AIRLOCK_JAIL_ROOTFS.
     #[arg(long, value_name = "DIR")]
     rootfs: Option<PathBuf>,
-    /// jail: a site-packages directory to make importable, read-only. Repeatable; also
-    /// $AIRLOCK_JAIL_SITE_PACKAGES (colon-separated).
+    /// jail: a site-packages directory to make importable, read-only, at its own path
+    /// (below /airlock when that path is the sandbox's own, such as /tmp/...).
+    /// Repeatable; also $AIRLOCK_JAIL_SITE_PACKAGES (colon-separated).
     #[arg(long = "site-packages", value_name = "DIR")]
     site_packages: Vec<PathBuf>,
     /// Run on this `airlock serve` (e.g. http://127.0.0.1:8787) instead of in a new
@@ -271,21 +274,17 @@ pub fn main(a: RunArgs) -> anyhow::Result<i32> {
     let mut n_results = 0usize;
     let save_dir = a.save_results.clone();
     let saved_in = saved.clone();
+    // Guest text reaches a terminal with its control characters shown, not obeyed
+    // (see term.rs); pipes and files get it byte for byte.
+    let mut out_term = Sanitizer::for_terminal(std::io::stdout().is_terminal());
+    let mut err_term = Sanitizer::for_terminal(std::io::stderr().is_terminal());
     let mut on_event = |ev: Event| {
         if json {
             return;
         }
         match ev {
-            Event::Stdout { text } => {
-                let mut o = std::io::stdout().lock();
-                let _ = o.write_all(text.as_bytes());
-                let _ = o.flush();
-            }
-            Event::Stderr { text } => {
-                let mut e = std::io::stderr().lock();
-                let _ = e.write_all(text.as_bytes());
-                let _ = e.flush();
-            }
+            Event::Stdout { text } => emit(&mut std::io::stdout().lock(), &mut out_term, &text),
+            Event::Stderr { text } => emit(&mut std::io::stderr().lock(), &mut err_term, &text),
             Event::Result { result } => {
                 n_results += 1;
                 if let Some(dir) = &save_dir
@@ -295,26 +294,28 @@ pub fn main(a: RunArgs) -> anyhow::Result<i32> {
                 }
                 if result.is_main_result {
                     if let Some(t) = result.text() {
-                        println!("{t}");
+                        emit(&mut std::io::stdout().lock(), &mut out_term, &format!("{t}\n"));
                     }
                 } else {
                     let kinds: Vec<&str> =
                         result.data.keys().filter(|k| *k != "text/plain").map(|s| s.as_str()).collect();
                     if kinds.is_empty() {
                         if let Some(t) = result.text() {
-                            println!("{t}");
+                            emit(&mut std::io::stdout().lock(), &mut out_term, &format!("{t}\n"));
                         }
                     } else if save_dir.is_none() {
-                        eprintln!("[result: {} — use --save-results DIR or --json to get it]", kinds.join(", "));
+                        let line =
+                            format!("[result: {} — use --save-results DIR or --json to get it]\n", kinds.join(", "));
+                        emit(&mut std::io::stderr().lock(), &mut err_term, &line);
                     }
                 }
             }
             Event::Error { error } if !error.traceback.is_empty() => {
-                let mut e = std::io::stderr().lock();
-                let _ = e.write_all(error.traceback.as_bytes());
-                if !error.traceback.ends_with('\n') {
-                    let _ = e.write_all(b"\n");
+                let mut tb = error.traceback;
+                if !tb.ends_with('\n') {
+                    tb.push('\n');
                 }
+                emit(&mut std::io::stderr().lock(), &mut err_term, &tb);
             }
             Event::Error { .. } => {}
         }
@@ -328,6 +329,9 @@ pub fn main(a: RunArgs) -> anyhow::Result<i32> {
         Some(url) => run_remote(url, &req, &mut on_event)?,
         None => registry.execute(&req, None, &mut on_start, &mut on_event)?,
     };
+    // Whatever the guest left unfinished or coloured ends before airlock's own lines.
+    finish(&mut std::io::stdout().lock(), &mut out_term);
+    finish(&mut std::io::stderr().lock(), &mut err_term);
     write_outputs(&a, &outcome)?;
 
     if json {
@@ -339,6 +343,37 @@ pub fn main(a: RunArgs) -> anyhow::Result<i32> {
         status_line(&outcome, started.elapsed().as_millis() as u64);
     }
     Ok(exit::for_outcome(&outcome))
+}
+
+/// Writes guest text to a stream, through its sanitizer when it is a terminal.
+fn emit(w: &mut dyn Write, term: &mut Option<Sanitizer>, text: &str) {
+    match term {
+        Some(t) => {
+            let mut shown = String::with_capacity(text.len());
+            t.push(text, &mut shown);
+            let _ = w.write_all(shown.as_bytes());
+        }
+        None => {
+            let _ = w.write_all(text.as_bytes());
+        }
+    }
+    let _ = w.flush();
+}
+
+/// Ends a stream's guest text: an unfinished sequence shown, colours reset.
+fn finish(w: &mut dyn Write, term: &mut Option<Sanitizer>) {
+    if let Some(t) = term {
+        let mut tail = String::new();
+        t.finish(&mut tail);
+        let _ = w.write_all(tail.as_bytes());
+        let _ = w.flush();
+    }
+}
+
+/// `text` as it may be written to standard error: control characters shown when that
+/// is a terminal (see term.rs).
+pub fn for_stderr(text: &str) -> std::borrow::Cow<'_, str> {
+    if std::io::stderr().is_terminal() { Sanitizer::clean(text).into() } else { text.into() }
 }
 
 /// Saves files fetched with `--out`.
@@ -358,8 +393,8 @@ fn write_outputs(a: &RunArgs, o: &Outcome) -> anyhow::Result<()> {
             }
             None => eprintln!(
                 "airlock: could not copy '{}': {}",
-                file.path,
-                file.error.as_deref().unwrap_or("unknown error")
+                for_stderr(&file.path),
+                for_stderr(file.error.as_deref().unwrap_or("unknown error"))
             ),
         }
     }
@@ -395,7 +430,8 @@ fn status_line(o: &Outcome, total_ms: u64) {
     if let Some(r) = &o.reason
         && (o.status != Status::Error || o.error.as_ref().is_none_or(|e| e.traceback.is_empty()))
     {
-        line.push_str(&format!(" — {r}"));
+        // The reason can quote the guest (an exception's message).
+        line.push_str(&format!(" — {}", for_stderr(r)));
     }
     line.push_str(&format!(
         " · {}{iso} · {} ms (run {} ms) · cpu {} ms · peak {}",

@@ -117,7 +117,7 @@ pub fn settings(a: &ServiceArgs) -> anyhow::Result<ServerSettings> {
 /// The service over the data directory's store, started: stale sandboxes of dead
 /// servers removed, their unfinished executions marked lost.
 pub async fn start_service(a: &ServiceArgs, s: ServerSettings) -> anyhow::Result<Arc<Service>> {
-    raise_open_file_limit();
+    let _ = raise_open_file_limit();
     let data_dir = s.data_dir();
     let mut config = Config::from_env();
     config.data_dir = data_dir.clone();
@@ -142,14 +142,37 @@ pub async fn start_service(a: &ServiceArgs, s: ServerSettings) -> anyhow::Result
 /// sandbox holds several descriptors (its channel, output pipes, pidfd, workspace and
 /// cgroup), so a server with many sessions needs more than the usual 1,024. Sandboxes
 /// set their own limit (`limits.open_files`), so they do not inherit this one.
-fn raise_open_file_limit() {
+/// Returns the soft limit in force afterwards, if it can be read.
+fn raise_open_file_limit() -> Option<u64> {
     // SAFETY: getrlimit/setrlimit read and write only the local struct.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return None;
         }
+        if r.rlim_cur < r.rlim_max {
+            let mut raised = r;
+            raised.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                r = raised;
+            }
+        }
+        Some(r.rlim_cur as u64)
+    }
+}
+
+/// Keeps `max_connections` within half the open-file limit, so that connections
+/// cannot take the descriptors sandboxes, the store and the listener need: lowered
+/// (and said so) when the limit is smaller than the setting assumes.
+fn fit_connections(s: &mut ServerSettings, open_files: Option<u64>) {
+    let Some(limit) = open_files else { return };
+    let budget = (limit / 2).max(16) as usize;
+    if s.max_connections > budget {
+        eprintln!(
+            "airlock serve: max_connections lowered from {} to {budget}: the open-file limit is {limit} (raise it, e.g. `ulimit -n`, or LimitNOFILE= in a systemd unit, to serve more)",
+            s.max_connections
+        );
+        s.max_connections = budget;
     }
 }
 
@@ -167,7 +190,8 @@ pub fn main(a: ServeArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn run(a: ServeArgs, s: ServerSettings) -> anyhow::Result<()> {
+async fn run(a: ServeArgs, mut s: ServerSettings) -> anyhow::Result<()> {
+    fit_connections(&mut s, raise_open_file_limit());
     let listen = s.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
