@@ -79,6 +79,82 @@ mod cases {
         assert!(o.stdout.starts_with(&"x".repeat(99)));
     }
 
+    pub fn result_cap(b: &dyn Backend) {
+        // The review's flood, small: output_bytes does not cover results, result_bytes does.
+        let limits = Limits { output_bytes: 1024, result_bytes: 256 << 10, ..quick() };
+        let mut s = Session::new(b, limits);
+        assert_status(&s.cell("x = 7"), Status::Ok);
+        let o = s.cell("for i in range(10):\n    display('A' * 100_000)\nprint('not reached')");
+        assert_status(&o, Status::OutputLimit);
+        assert!(o.results_truncated && !o.stdout_truncated, "{:?}", o.reason);
+        assert!(o.reason.as_deref().unwrap_or("").contains("limits.result_bytes"), "{:?}", o.reason);
+        let kept: usize = o.results.iter().map(|r| serde_json::to_vec(&r.data).unwrap().len()).sum();
+        assert!((1..=(256 << 10)).contains(&kept), "{kept} bytes of results kept");
+        assert!(serde_json::to_vec(&o).unwrap().len() < 512 << 10, "the outcome stays small");
+        assert_eq!(o.error.as_ref().map(|e| e.name.as_str()), Some("OutputLimitError"), "{:?}", o.error);
+        assert!(!o.stdout.contains("not reached"), "the cell was stopped");
+        assert_eq!(s.cell("x * 6").text(), Some("42"), "the interpreter survived the stopped cell");
+        // One result far past the budget: skipped unread, and the interrupt that follows
+        // must not cut the driver's frame in half (the session would be lost).
+        let o = s.cell("display('B' * 8_000_000)\nprint('not reached')");
+        assert_status(&o, Status::OutputLimit);
+        assert!(o.results.is_empty() && o.results_truncated);
+        assert_eq!(s.cell("x * 6").text(), Some("42"), "the interpreter survived a skipped frame");
+    }
+
+    pub fn huge_exception_is_bounded(b: &dyn Backend) {
+        let o = run(b, "raise ValueError('E' * 30_000_000)");
+        assert_status(&o, Status::Error);
+        let e = o.error.as_ref().expect("error info");
+        assert_eq!(e.name, "ValueError");
+        assert!(e.value.len() <= airlock_core::ErrorInfo::VALUE_BYTES, "{} bytes of value", e.value.len());
+        assert!(e.traceback.len() <= airlock_core::ErrorInfo::TRACEBACK_BYTES, "{} bytes", e.traceback.len());
+        assert!(e.value.starts_with("EEEE") && e.value.contains("truncated by airlock"), "cut with a marker");
+        assert!(e.traceback.starts_with("Traceback") && e.traceback.contains("truncated by airlock"));
+        assert!(serde_json::to_vec(&o).unwrap().len() < 128 << 10, "the outcome stays small");
+    }
+
+    pub fn outputs_together_are_capped(b: &dyn Backend) {
+        // One 3 MiB file under five names (hard links take no room in the workspace).
+        let limits = Limits { file_bytes: 8 << 20, ..quick() };
+        let mut req = ExecRequest::python(
+            "import os\nopen('a.bin', 'wb').write(b'x' * (3 << 20))\nn = 0\nfor name in 'bcde':\n    try:\n        os.link('a.bin', name + '.bin')\n        n += 1\n    except OSError:\n        pass\nn",
+        );
+        req.limits = limits;
+        req.outputs = ["a", "b", "c", "d", "e"].iter().map(|n| format!("{n}.bin")).collect();
+        let o = run_req(b, &req);
+        if o.text() != Some("4") {
+            eprintln!("skipped: {} cannot hard-link workspace files ({:?})", b.kind(), o.text());
+        } else {
+            let returned: Vec<&str> =
+                o.files.iter().filter(|f| f.content_base64.is_some()).map(|f| f.path.as_str()).collect();
+            assert_eq!(returned, ["a.bin", "b.bin"], "{:?}", o.files);
+            let sent: u64 = o.files.iter().filter(|f| f.content_base64.is_some()).map(|f| f.size).sum();
+            assert!(sent <= limits.file_bytes);
+            for f in &o.files[2..] {
+                assert!(f.error.as_deref().unwrap_or("").contains("together"), "{f:?}");
+            }
+            assert_status(&o, Status::OutputLimit);
+            assert!(o.reason.as_deref().unwrap_or("").contains("limits.file_bytes"), "{:?}", o.reason);
+        }
+        // A file named twice is refused before anything runs.
+        req.outputs = vec!["a.bin".into(), "./a.bin".into()];
+        let err = airlock_core::run_once(b, &req, None, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("more than once"), "{err}");
+    }
+
+    pub fn forged_frames_get_a_short_reason(b: &dyn Backend) {
+        // Raw frames written to the driver's channel (or the wasm door) are the guest's
+        // words: a `done` carrying a long `protocol_error` must not make a long reason.
+        let o = run(
+            b,
+            "import json, os, time\nf = json.dumps({'type': 'done', 'status': 'error', 'protocol_error': 'P' * 900_000}).encode()\ntry:\n    import _host\n    _host.call(f)\nexcept ImportError:\n    os.write(3, len(f).to_bytes(4, 'big') + f)\ntime.sleep(2)",
+        );
+        assert_status(&o, Status::Killed);
+        let reason = o.reason.as_deref().unwrap_or("");
+        assert!(reason.contains("protocol") && reason.len() < 1024, "{} bytes of reason", reason.len());
+    }
+
     pub fn memory_cap(b: &dyn Backend) {
         let limits = Limits { memory_bytes: 256 << 20, ..quick() };
         let o = run_limited(
@@ -273,6 +349,10 @@ macro_rules! conformance_suite {
                 exit_codes,
                 timeout_stops_a_busy_loop,
                 output_cap,
+                result_cap,
+                huge_exception_is_bounded,
+                outputs_together_are_capped,
+                forged_frames_get_a_short_reason,
                 memory_cap,
                 files_in_and_out,
                 workspace_file_api,

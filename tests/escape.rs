@@ -501,6 +501,49 @@ mod cases {
         Ok(())
     }
 
+    pub fn result_flood(b: &dyn Backend) -> Verdict {
+        let limits = Limits { result_bytes: 1 << 20, timeout_ms: 20_000, ..Limits::default() };
+        let started = std::time::Instant::now();
+        let o = run_req(b, &request(include_str!("escape/result_flood.py"), serde_json::json!({}), limits));
+        let kept: usize = o.results.iter().map(|r| serde_json::to_vec(&r.data).unwrap_or_default().len()).sum();
+        if kept as u64 > limits.result_bytes {
+            return Err(format!("airlock kept {kept} bytes of results, more than the {} allowed", limits.result_bytes));
+        }
+        if o.status != Status::OutputLimit || !o.results_truncated {
+            return Err(format!("expected output_limit with results_truncated, got {} ({:?})", o.status, o.reason));
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            return Err(format!("stopping the flood took {:?}", started.elapsed()));
+        }
+        Ok(())
+    }
+
+    pub fn forged_exited(b: &dyn Backend) -> Verdict {
+        let limits = Limits { timeout_ms: 20_000, ..Limits::default() };
+        let o = run_req(b, &request(include_str!("escape/forged_exited.py"), serde_json::json!({}), limits));
+        if o.status == Status::Killed && !o.stdout.contains("not stopped") {
+            Ok(())
+        } else {
+            Err(format!("a forged `exited` frame was believed: {} ({:?})", o.status, o.reason))
+        }
+    }
+
+    pub fn forged_memory_error(b: &dyn Backend) -> Verdict {
+        let o = run_req(
+            b,
+            &request(include_str!("escape/forged_memory_error.py"), serde_json::json!({}), Limits::default()),
+        );
+        // Inside a VM the guest kernel's word is all there is; elsewhere the host measures.
+        let host_measures = b.kind() != airlock_core::BackendKind::Microvm;
+        match o.status {
+            Status::MemoryLimit if host_measures => {
+                Err(format!("a guest's MemoryError claim became memory_limit: {:?}", o.reason))
+            }
+            Status::Error | Status::MemoryLimit => Ok(()),
+            other => Err(format!("expected error, got {other} ({:?})", o.reason)),
+        }
+    }
+
     pub fn leaked_fds(b: &dyn Backend) -> Verdict {
         use std::os::unix::ffi::OsStrExt;
         let dir = std::env::temp_dir().join(unique("fds"));
@@ -582,6 +625,9 @@ macro_rules! escape_suite {
                 disk_fill,
                 symlink_copy_out,
                 output_flood,
+                result_flood,
+                forged_exited,
+                forged_memory_error,
                 leaked_fds,
                 copy_out_tricks,
                 inotify_instances,
@@ -651,6 +697,14 @@ mod checks_detect_escapes {
     }
 
     #[test]
+    fn process_backend_believes_a_memory_error() {
+        // `process` measures no memory, so a guest's MemoryError stands there (and the
+        // check, run on it, has to say so).
+        let Some(b) = process() else { return };
+        assert!(cases::forged_memory_error(b.as_ref()).is_err(), "the check missed a believed claim");
+    }
+
+    #[test]
     fn corpus_files_state_their_fate() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("escape");
         let mut n = 0;
@@ -664,7 +718,7 @@ mod checks_detect_escapes {
             );
             n += 1;
         }
-        assert!(n >= 20, "corpus has {n} programs");
+        assert!(n >= 23, "corpus has {n} programs");
     }
 }
 

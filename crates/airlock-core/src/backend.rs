@@ -9,9 +9,10 @@ use utoipa::ToSchema;
 
 use crate::error::Error;
 use crate::guard::GuardPolicy;
-use crate::outcome::{ErrorInfo, Outcome, OutputFile, ResultBundle, base64_encode};
+use crate::outcome::{ErrorInfo, Outcome, OutputFile, ResultBundle, Status, base64_encode};
 use crate::paths::WorkspacePath;
 use crate::request::{ExecRequest, Language, Limits, NetworkPolicy};
+use crate::units::format_size;
 
 /// The backends airlock knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
@@ -166,6 +167,8 @@ pub struct Cell {
     pub cpu_ms: u64,
     /// Output limit of this cell (stdout + stderr).
     pub output_bytes: u64,
+    /// Limit on this cell's rich results together (bytes of their JSON).
+    pub result_bytes: u64,
     /// The guard's runtime policy, installed in the sandbox before this cell runs
     /// (see [`crate::guard`]). Once a sandbox is guarded it stays guarded.
     pub guard: Option<GuardPolicy>,
@@ -182,6 +185,7 @@ impl Cell {
             timeout_ms: limits.timeout_ms,
             cpu_ms: limits.cpu_ms,
             output_bytes: limits.output_bytes,
+            result_bytes: limits.result_bytes,
             guard: None,
         }
     }
@@ -356,18 +360,58 @@ pub fn run_in(
     let startup_ms = started.elapsed().as_millis() as u64;
     let mut outcome = sandbox.execute(&cell, events)?;
     outcome.usage.startup_ms = startup_ms;
+    collect_outputs(sandbox, req, &mut outcome)?;
+    Ok(outcome)
+}
+
+/// Copies the requested `outputs` into the outcome: each file at most
+/// `limits.file_bytes`, and all of them together at most `limits.file_bytes` too
+/// (the workspace's own size), so a list that names large files many times cannot
+/// make the outcome large. A file that does not fit is listed with an `error` instead
+/// of its content, and an `ok` run becomes `output_limit`.
+fn collect_outputs(sandbox: &mut dyn Sandbox, req: &ExecRequest, outcome: &mut Outcome) -> Result<(), Error> {
+    let cap = req.limits.file_bytes;
+    let mut left = cap;
+    let mut withheld = Vec::new();
     for p in &req.outputs {
         let path = WorkspacePath::parse(p)?;
-        let file = match sandbox.read_file(&path, req.limits.file_bytes) {
-            Ok(bytes) => OutputFile {
-                path: path.to_string(),
-                size: bytes.len() as u64,
-                content_base64: Some(base64_encode(&bytes)),
-                error: None,
-            },
-            Err(e) => OutputFile { path: path.to_string(), size: 0, content_base64: None, error: Some(e.to_string()) },
+        let file = match sandbox.read_file(&path, left) {
+            Ok(bytes) => {
+                left -= bytes.len() as u64;
+                OutputFile {
+                    path: path.to_string(),
+                    size: bytes.len() as u64,
+                    content_base64: Some(base64_encode(&bytes)),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                let too_large = matches!(e, Error::TooLarge(_));
+                let error = if too_large && left < cap {
+                    format!(
+                        "'{path}' was not returned: the requested outputs together may hold at most {} (limits.file_bytes) and only {} was left",
+                        format_size(cap),
+                        format_size(left)
+                    )
+                } else {
+                    e.to_string()
+                };
+                if too_large {
+                    withheld.push(path.to_string());
+                }
+                OutputFile { path: path.to_string(), size: 0, content_base64: None, error: Some(error) }
+            }
         };
         outcome.files.push(file);
     }
-    Ok(outcome)
+    if !withheld.is_empty() && outcome.status == Status::Ok {
+        outcome.status = Status::OutputLimit;
+        outcome.reason = Some(format!(
+            "requested output files exceeded {} (limits.file_bytes, for each file and for all of them together); not returned: {}{}",
+            format_size(cap),
+            withheld.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            if withheld.len() > 5 { format!(" and {} more", withheld.len() - 5) } else { String::new() }
+        ));
+    }
+    Ok(())
 }

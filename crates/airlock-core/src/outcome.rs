@@ -23,7 +23,8 @@ pub enum Status {
     /// The sandbox ran out of its memory limit (the kernel's OOM killer or the
     /// runtime's allocator refused memory).
     MemoryLimit,
-    /// stdout and stderr exceeded `limits.output_bytes`.
+    /// stdout and stderr exceeded `limits.output_bytes`, rich results exceeded
+    /// `limits.result_bytes`, or a requested output file did not fit `limits.file_bytes`.
     OutputLimit,
     /// The guest was killed by a signal it did not ask for (e.g. `SIGSYS` from seccomp),
     /// or it broke the guest protocol.
@@ -76,6 +77,10 @@ impl std::str::FromStr for Status {
 }
 
 /// An uncaught exception (Python) or a failed script, cleaned of airlock's own frames.
+///
+/// Its parts are bounded ([`ErrorInfo::NAME_BYTES`], [`ErrorInfo::VALUE_BYTES`],
+/// [`ErrorInfo::TRACEBACK_BYTES`]); a part that was longer is cut, and the cut is
+/// marked in the text (`...[truncated by airlock: N bytes in all]...`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorInfo {
     /// The exception type, e.g. `ZeroDivisionError`.
@@ -84,6 +89,53 @@ pub struct ErrorInfo {
     pub value: String,
     /// The formatted traceback, showing only the user's code.
     pub traceback: String,
+}
+
+impl ErrorInfo {
+    /// The most bytes of `name` an outcome carries.
+    pub const NAME_BYTES: usize = 256;
+    /// The most bytes of `value` an outcome carries (its start is kept).
+    pub const VALUE_BYTES: usize = 16 << 10;
+    /// The most bytes of `traceback` an outcome carries (its start and its end, where
+    /// the exception line is, are kept).
+    pub const TRACEBACK_BYTES: usize = 64 << 10;
+
+    /// This error with each part cut to its bound, the cuts marked.
+    pub fn bounded(self) -> ErrorInfo {
+        self.cut_to(Self::NAME_BYTES, Self::VALUE_BYTES, Self::TRACEBACK_BYTES)
+    }
+
+    /// This error with `name` cut to `name` bytes, `value` to `value` bytes (keeping
+    /// its start) and `traceback` to `traceback` bytes (keeping its start and end),
+    /// each cut marked. Parts already within their bound are left as they are.
+    pub fn cut_to(self, name: usize, value: usize, traceback: usize) -> ErrorInfo {
+        ErrorInfo {
+            name: cut_text(self.name, name, false),
+            value: cut_text(self.value, value, false),
+            traceback: cut_text(self.traceback, traceback, true),
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes (whole UTF-8 characters) with a marker saying how
+/// long it was: the start is kept, and with `keep_end` the end too (half each side).
+pub fn cut_text(s: String, max: usize, keep_end: bool) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let marker = format!("\n...[truncated by airlock: {} bytes in all]...\n", s.len());
+    if marker.len() >= max {
+        return s[..s.floor_char_boundary(max)].to_string();
+    }
+    let room = max - marker.len();
+    let (head, tail) = if keep_end { (room / 2, room - room / 2) } else { (room, 0) };
+    let head_end = s.floor_char_boundary(head);
+    let tail_start = s.ceil_char_boundary(s.len() - tail);
+    let mut out = String::with_capacity(max);
+    out.push_str(&s[..head_end]);
+    out.push_str(&marker);
+    out.push_str(&s[tail_start..]);
+    out
 }
 
 /// One rich result: the same value in several MIME types, as Jupyter and E2B return.
@@ -164,9 +216,12 @@ pub struct Outcome {
     #[serde(default)]
     pub stderr_truncated: bool,
     /// Rich results: displayed values and figures, and the last expression's value
-    /// (flagged `is_main_result`).
+    /// (flagged `is_main_result`), at most `limits.result_bytes` of them together.
     #[serde(default)]
     pub results: Vec<ResultBundle>,
+    /// True when results were dropped at `limits.result_bytes`.
+    #[serde(default)]
+    pub results_truncated: bool,
     /// The uncaught exception or failure, if any.
     #[serde(default)]
     pub error: Option<ErrorInfo>,
@@ -214,6 +269,7 @@ impl Outcome {
             stdout_truncated: false,
             stderr_truncated: false,
             results: Vec::new(),
+            results_truncated: false,
             error: None,
             exit_code: None,
             signal: None,
@@ -289,6 +345,29 @@ mod tests {
         assert_eq!(v["backend"], "process");
         assert_eq!(v["isolation"], "none");
         assert_eq!(v["results"][0]["is_main_result"], true);
+    }
+
+    #[test]
+    fn errors_are_cut_with_a_marker() {
+        let e = ErrorInfo {
+            name: "N".repeat(1000),
+            value: "é".repeat(100_000),
+            traceback: format!("Traceback\n{}\nValueError: end", "x".repeat(1 << 20)),
+        };
+        let b = e.bounded();
+        assert!(b.name.len() <= ErrorInfo::NAME_BYTES, "{}", b.name.len());
+        assert!(
+            b.value.len() <= ErrorInfo::VALUE_BYTES && b.value.contains("[truncated by airlock: 200000 bytes in all]")
+        );
+        assert!(b.value.starts_with("éé"));
+        assert!(b.traceback.len() <= ErrorInfo::TRACEBACK_BYTES);
+        assert!(
+            b.traceback.starts_with("Traceback\n") && b.traceback.ends_with("\nValueError: end"),
+            "the exception line is kept"
+        );
+        let small = ErrorInfo { name: "E".into(), value: "v".into(), traceback: "t".into() };
+        assert_eq!(small.clone().bounded(), small);
+        assert_eq!(cut_text("abcdef".into(), 3, true), "abc");
     }
 
     #[test]

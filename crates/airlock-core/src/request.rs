@@ -74,6 +74,10 @@ pub struct Limits {
     /// stdout and stderr together, in bytes (default 1 MiB). Beyond it output is
     /// truncated and the run stops with status `output_limit`.
     pub output_bytes: u64,
+    /// Rich results of one execution together (`display()` values, figures, the last
+    /// expression's value), in bytes of their JSON (default 16 MiB). Results beyond it
+    /// are dropped as they arrive and the run stops with status `output_limit`.
+    pub result_bytes: u64,
     /// The largest file the code may write, and the size of the workspace, in bytes
     /// (default 64 MiB).
     pub file_bytes: u64,
@@ -92,6 +96,7 @@ impl Default for Limits {
             memory_bytes: 512 * MIB,
             processes: 64,
             output_bytes: MIB,
+            result_bytes: 16 * MIB,
             file_bytes: 64 * MIB,
             open_files: 256,
         }
@@ -106,6 +111,7 @@ impl Limits {
         memory_bytes: 16 * MIB,
         processes: 1,
         output_bytes: 0,
+        result_bytes: 0,
         file_bytes: 0,
         open_files: 16,
     };
@@ -115,12 +121,13 @@ impl Limits {
     pub fn validate(&self, max: &Limits) -> Result<(), Error> {
         let min = Limits::MIN;
         type Check = (&'static str, u64, u64, u64, fn(u64) -> String);
-        let checks: [Check; 7] = [
+        let checks: [Check; 8] = [
             ("timeout_ms", self.timeout_ms, min.timeout_ms, max.timeout_ms, format_duration_ms),
             ("cpu_ms", self.cpu_ms, min.cpu_ms, max.cpu_ms, format_duration_ms),
             ("memory_bytes", self.memory_bytes, min.memory_bytes, max.memory_bytes, format_size),
             ("processes", self.processes.into(), min.processes.into(), max.processes.into(), |v| v.to_string()),
             ("output_bytes", self.output_bytes, min.output_bytes, max.output_bytes, format_size),
+            ("result_bytes", self.result_bytes, min.result_bytes, max.result_bytes, format_size),
             ("file_bytes", self.file_bytes, min.file_bytes, max.file_bytes, format_size),
             ("open_files", self.open_files.into(), min.open_files.into(), max.open_files.into(), |v| v.to_string()),
         ];
@@ -151,6 +158,7 @@ impl Limits {
             memory_bytes: 64 * 1024 * MIB,
             processes: 4096,
             output_bytes: 1024 * MIB,
+            result_bytes: 1024 * MIB,
             file_bytes: 16 * 1024 * MIB,
             open_files: 65_536,
         }
@@ -236,7 +244,9 @@ pub struct ExecRequest {
     /// The backend to run on; omitted means the safest one that works on this host.
     #[serde(default)]
     pub backend: Option<BackendKind>,
-    /// Workspace paths to return in [`crate::Outcome::files`] after the run.
+    /// Workspace paths to return in [`crate::Outcome::files`] after the run, each
+    /// named once. Each file is at most `limits.file_bytes`, and so are all of them
+    /// together.
     #[serde(default)]
     pub outputs: Vec<String>,
     /// The guard: a static policy checked on the host before anything starts, and a
@@ -283,8 +293,12 @@ impl ExecRequest {
                 )));
             }
         }
+        let mut seen = std::collections::BTreeSet::new();
         for p in &self.outputs {
-            WorkspacePath::parse(p)?;
+            let path = WorkspacePath::parse(p)?;
+            if !seen.insert(path) {
+                return Err(Error::invalid(format!("outputs names '{p}' more than once; list each file once")));
+            }
         }
         self.guard.validate()?;
         validate_env(&self.env)
@@ -292,8 +306,8 @@ impl ExecRequest {
 }
 
 /// The limits a cell may give: each one omitted takes the sandbox's. `timeout_ms`,
-/// `cpu_ms` and `output_bytes` may differ from the sandbox's; the others are fixed
-/// when the sandbox is created and, when given, must equal its values.
+/// `cpu_ms`, `output_bytes` and `result_bytes` may differ from the sandbox's; the
+/// others are fixed when the sandbox is created and, when given, must equal its values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CellLimits {
@@ -303,9 +317,12 @@ pub struct CellLimits {
     /// CPU time of this cell, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_ms: Option<u64>,
-    /// Output of this cell, in bytes.
+    /// stdout and stderr of this cell, in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_bytes: Option<u64>,
+    /// Rich results of this cell, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_bytes: Option<u64>,
     /// Fixed at creation: must equal the sandbox's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
@@ -426,7 +443,7 @@ impl CellRequest {
         for (name, asked, fixed) in same {
             if asked.is_some_and(|a| a != fixed) {
                 return Err(Error::invalid(format!(
-                    "limits.{name} is fixed when the sandbox is created ({fixed}); a cell may change only timeout_ms, cpu_ms and output_bytes"
+                    "limits.{name} is fixed when the sandbox is created ({fixed}); a cell may change only timeout_ms, cpu_ms, output_bytes and result_bytes"
                 )));
             }
         }
@@ -434,6 +451,7 @@ impl CellRequest {
             timeout_ms: l.timeout_ms.unwrap_or(base.timeout_ms),
             cpu_ms: l.cpu_ms.unwrap_or(base.cpu_ms),
             output_bytes: l.output_bytes.unwrap_or(base.output_bytes),
+            result_bytes: l.result_bytes.unwrap_or(base.result_bytes),
             ..base
         };
         let req = ExecRequest {
@@ -519,6 +537,16 @@ mod tests {
         let mut r = ExecRequest::python("print(1)");
         r.env.insert("A=B".into(), "x".into());
         assert!(r.validate(&Limits::generous_max()).is_err());
+    }
+
+    #[test]
+    fn an_output_named_twice_is_refused() {
+        let mut r = ExecRequest::python("1");
+        r.outputs = vec!["a.txt".into(), "b.txt".into(), "/workspace/./a.txt".into()];
+        let e = r.validate(&Limits::generous_max()).unwrap_err().to_string();
+        assert!(e.contains("more than once") && e.contains("/workspace/./a.txt"), "{e}");
+        r.outputs.pop();
+        r.validate(&Limits::generous_max()).unwrap();
     }
 
     #[test]

@@ -23,6 +23,14 @@ PROTOCOL = 1
 # The host compiles this file under a name of its own, so tracebacks can drop its frames.
 _DRIVER_FILE = sys._getframe().f_code.co_filename
 _MAX_TEXT = 1 << 20  # cap on one text/plain or text/html representation, in characters
+# Text per "stream" frame, in characters: longer writes go as several frames, so every
+# stream frame stays far below the host's limit for frames that are not results.
+_STREAM_FRAME_CHARS = 1 << 16
+# Error text sent to the host, in characters (the host keeps at most 16 KiB of a
+# message and 64 KiB of a traceback, and cuts again what is longer).
+_ERROR_NAME_CHARS = 256
+_ERROR_VALUE_CHARS = 8 << 10
+_ERROR_TRACEBACK_CHARS = 32 << 10
 
 
 # ---- JSON through the C accelerator (the `json` package costs ~10 ms to import) ----
@@ -83,12 +91,18 @@ class Channel:
         self._pending = []
         self._pending_len = 0
         self._pending_name = None
+        # The thread writing a frame now, and whether an interrupt arrived meanwhile:
+        # a frame is never left half-written (see _on_sigint).
+        self.writer = None
+        self.deferred_interrupt = False
         try:
             import _thread
 
             self._lock = _thread.allocate_lock()
+            self._ident = _thread.get_ident
         except ImportError:  # a build without threads
             self._lock = None
+            self._ident = lambda: 0
 
     def _read_exact(self, n):
         buf = bytearray()
@@ -106,16 +120,25 @@ class Channel:
     def _write(self, obj):
         data = dumps(obj).encode("utf-8")
         view = memoryview(len(data).to_bytes(4, "big") + data)
-        while view:
-            n = os.write(self.wfd, view)
-            view = view[n:]
+        self.writer = self._ident()
+        try:
+            while view:
+                n = os.write(self.wfd, view)
+                view = view[n:]
+        finally:
+            self.writer = None
+        if self.deferred_interrupt:
+            self.deferred_interrupt = False
+            if _driver is not None and _driver.running:
+                raise SandboxInterrupt(_STOPPED)
 
     def _flush_locked(self):
         if self._pending:
             text = "".join(self._pending)
             self._pending = []
             self._pending_len = 0
-            self._write({"type": "stream", "name": self._pending_name, "text": text})
+            for i in range(0, len(text), _STREAM_FRAME_CHARS):
+                self._write({"type": "stream", "name": self._pending_name, "text": text[i:i + _STREAM_FRAME_CHARS]})
 
     def _locked(self, fn, *args):
         lock = self._lock
@@ -217,6 +240,17 @@ def _clip(s):
     if len(s) > _MAX_TEXT:
         return s[:_MAX_TEXT] + "\n...[truncated by airlock: %d characters in all]" % len(s)
     return s
+
+
+def _cut(s, limit, keep_end):
+    """`s` cut to about `limit` characters with a marker; with keep_end, its start and end."""
+    if len(s) <= limit:
+        return s
+    marker = "\n...[truncated by airlock: %d characters in all]...\n" % len(s)
+    if keep_end:
+        half = limit // 2
+        return s[:half] + marker + s[len(s) - half:]
+    return s[:limit] + marker
 
 
 def _b64(data):
@@ -959,6 +993,9 @@ class SandboxInterrupt(KeyboardInterrupt):
     """Raised in a running cell when the host stops it (a time, CPU or output limit)."""
 
 
+_STOPPED = "the cell was stopped by the sandbox (time, CPU or output limit reached)"
+
+
 class Driver:
     def __init__(self, channel, workspace):
         self.ch = channel
@@ -1035,7 +1072,11 @@ class Driver:
             value = str(e)
         except Exception:
             value = "<unprintable %s>" % type(e).__name__
-        return {"name": type(e).__name__, "value": value, "traceback": text}
+        return {
+            "name": _cut(type(e).__name__, _ERROR_NAME_CHARS, False),
+            "value": _cut(value, _ERROR_VALUE_CHARS, False),
+            "traceback": _cut(text, _ERROR_TRACEBACK_CHARS, True),
+        }
 
     # -- usage --
 
@@ -1145,6 +1186,7 @@ class Driver:
 
     def execute(self, msg):
         self.count += 1
+        self.ch.deferred_interrupt = False
         code = msg.get("code", "")
         language = msg.get("language", "python")
         name = "<cell-%d>" % self.count
@@ -1273,7 +1315,7 @@ class DoorChannel(Channel):
 
     def _write(self, obj):
         if self._call(dumps(obj).encode("utf-8")) == b"stop" and _driver is not None and _driver.running:
-            raise SandboxInterrupt("the cell was stopped by the sandbox (time, CPU or output limit reached)")
+            raise SandboxInterrupt(_STOPPED)
 
 
 def _reseed():
@@ -1325,7 +1367,13 @@ def wasi_turn():
 
 def _on_sigint(signum, frame):
     if _driver is not None and _driver.running:
-        raise SandboxInterrupt("the cell was stopped by the sandbox (time, CPU or output limit reached)")
+        ch = _driver.ch
+        if ch.writer is not None and ch.writer == ch._ident():
+            # This thread is in the middle of a frame: raising now would leave it half
+            # written and the host could not read what follows. The frame's end raises.
+            ch.deferred_interrupt = True
+            return
+        raise SandboxInterrupt(_STOPPED)
 
 
 _driver = None

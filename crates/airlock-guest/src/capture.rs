@@ -1,10 +1,14 @@
 //! Output capture shared by every host loop: a cell's stdout and stderr kept within
 //! one cap (`limits.output_bytes`, shared by both streams) and streamed as events in
-//! whole UTF-8 characters. Bytes past the cap are dropped as they arrive, so a flood
+//! whole UTF-8 characters, and its rich results kept within another
+//! (`limits.result_bytes`). Bytes past a cap are dropped as they arrive, so a flood
 //! never grows the host's memory.
 
 use airlock_core::backend::EventSink;
-use airlock_core::{ErrorInfo, Event, Status};
+use airlock_core::units::format_size;
+use airlock_core::{Cell, ErrorInfo, Event, Status};
+
+use crate::protocol::CONTROL_FRAME_BYTES;
 
 /// Captured output of one stream of one cell.
 #[derive(Debug, Default)]
@@ -64,6 +68,56 @@ pub fn accept(s: &mut Stream, bytes: &[u8], total: &mut u64, cap: u64) -> bool {
     false
 }
 
+/// A cell's budget for rich results: the bytes of `result` frames (their JSON on the
+/// wire) it may still keep.
+#[derive(Debug, Clone)]
+pub struct ResultBudget {
+    left: u64,
+    /// True once a result was dropped at the cap.
+    pub truncated: bool,
+}
+
+impl ResultBudget {
+    /// A budget of `cap` bytes (`limits.result_bytes`).
+    pub fn new(cap: u64) -> Self {
+        ResultBudget { left: cap, truncated: false }
+    }
+
+    /// The longest frame worth reading now: a frame the budget cannot take (and that
+    /// is longer than any control frame) is dropped unread by the decoder.
+    pub fn frame_allowance(&self) -> usize {
+        usize::try_from(self.left).unwrap_or(usize::MAX).max(CONTROL_FRAME_BYTES)
+    }
+
+    /// Charges a result of `bytes`; false (and `truncated`) when it does not fit, and
+    /// then the result is dropped.
+    pub fn admit(&mut self, bytes: usize) -> bool {
+        let bytes = bytes as u64;
+        if bytes > self.left {
+            self.truncated = true;
+            return false;
+        }
+        self.left -= bytes;
+        true
+    }
+
+    /// Records a frame dropped unread for being longer than [`ResultBudget::frame_allowance`].
+    pub fn dropped(&mut self) {
+        self.truncated = true;
+    }
+}
+
+/// The reason of an `output_limit` outcome: which caps were passed.
+pub fn output_limit_reason(cell: &Cell, streams: bool, results: bool) -> String {
+    let streams_part = format!("stdout and stderr exceeded {} (limits.output_bytes)", format_size(cell.output_bytes));
+    let results_part = format!("rich results exceeded {} (limits.result_bytes)", format_size(cell.result_bytes));
+    match (streams, results) {
+        (true, true) => format!("{streams_part} and {results_part}; the rest was discarded"),
+        (false, true) => format!("{results_part}; the results past it were discarded"),
+        _ => format!("{streams_part}; the rest was discarded"),
+    }
+}
+
 /// Sends what is new in `s` as a stdout (`is_out`) or stderr event.
 pub fn emit(s: &mut Stream, is_out: bool, flush: bool, events: &mut EventSink<'_>) {
     if let Some(text) = s.take_new_text(flush) {
@@ -87,6 +141,17 @@ pub fn relabel_interrupt(e: &mut ErrorInfo, status: Status, reason: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_budget_drops_what_does_not_fit() {
+        let mut b = ResultBudget::new(100);
+        assert_eq!(b.frame_allowance(), CONTROL_FRAME_BYTES);
+        assert!(b.admit(60));
+        assert!(!b.admit(60) && b.truncated);
+        assert!(b.admit(40));
+        let big = ResultBudget::new(64 << 20);
+        assert_eq!(big.frame_allowance(), 64 << 20);
+    }
 
     #[test]
     fn cap_is_shared_and_characters_are_whole() {

@@ -4,8 +4,10 @@
 //!
 //! The loop enforces the per-cell limits that do not need the kernel's help: wall
 //! time (interrupt first, so a session keeps its state; kill after a grace period),
-//! CPU time where the backend can measure it, and the output cap (output beyond it is
-//! discarded as it is read, so a 10 GB print never grows airlock's memory).
+//! CPU time where the backend can measure it, and the output caps: stdout and stderr
+//! (`limits.output_bytes`) and rich results (`limits.result_bytes`). What passes a cap
+//! is discarded as it is read (a frame too long for what is left is skipped unread),
+//! so a 10 GB print or display never grows airlock's memory.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -15,13 +17,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use airlock_core::backend::{Canceller, EventSink};
+use airlock_core::outcome::cut_text;
 use airlock_core::units::{format_duration_ms, format_size};
 use airlock_core::{BackendKind, Cell, Error, ErrorInfo, Event, Isolation, Outcome, ResultBundle, Status};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::capture::{Stream, accept, emit, relabel_interrupt};
-use crate::protocol::{FrameDecoder, GuestFrame, HostFrame, PROTOCOL_VERSION, encode};
+use crate::capture::{ResultBudget, Stream, accept, emit, output_limit_reason, relabel_interrupt};
+use crate::protocol::{Decoded, FrameDecoder, GuestFrame, HostFrame, PROTOCOL_VERSION, encode};
 
+/// The most bytes of a protocol violation's description an outcome's reason carries.
+pub const PROTOCOL_REASON_BYTES: usize = 512;
 /// How long an interrupted cell may take to stop before the sandbox is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
 /// How often the loop wakes to check CPU use and whether the guest is still alive.
@@ -65,6 +70,20 @@ pub trait Supervisor: Send {
     /// signal says (e.g. the cgroup's OOM counter went up).
     fn explain_death(&mut self, _exit: &ExitInfo) -> Option<(Status, String)> {
         None
+    }
+    /// Whether the sandbox's memory reached its limit, as the host measures it, when a
+    /// cell ends in `MemoryError` (the guest's own claim, which code can also make with
+    /// `raise MemoryError()`): `Some(true)` it did, `Some(false)` it did not (the cell
+    /// is then an ordinary `error`), `None` this backend cannot tell (the claim stands).
+    fn memory_limit_reached(&mut self) -> Option<bool> {
+        None
+    }
+    /// True when an agent inside the sandbox supervises the interpreter and reports
+    /// its end with an `exited` frame (`microvm`). Everywhere else the host waits for
+    /// the interpreter itself, and an `exited` frame is a forgery: a protocol
+    /// violation that kills the sandbox.
+    fn accepts_exited_frames(&self) -> bool {
+        false
     }
     /// How long an interrupted cell may take to stop before the sandbox is killed
     /// (longer for guests that run slowly, e.g. an emulated VM).
@@ -419,6 +438,7 @@ impl<S: Supervisor> Guest<S> {
         let mut out = Stream::pipe();
         let mut err = Stream::pipe();
         let mut total: u64 = 0;
+        let mut results = ResultBudget::new(cell.result_bytes);
         let mut stop: Option<Stop> = None;
         let mut kill_at: Option<Instant> = None;
         let mut killed = false;
@@ -506,19 +526,29 @@ impl<S: Supervisor> Guest<S> {
             }
             let mut finished = None;
             loop {
-                match self.decoder.next_frame::<GuestFrame>() {
+                // A frame longer than the results left to keep is skipped unread.
+                self.decoder.drop_above(Some(results.frame_allowance()));
+                match self.decoder.next_decoded::<GuestFrame>() {
                     Ok(None) => break,
-                    Ok(Some(GuestFrame::Result { data, main })) => {
-                        let r = ResultBundle { data, is_main_result: main };
-                        events(Event::Result { result: r.clone() });
-                        outcome.results.push(r);
+                    Ok(Some(Decoded::Dropped(_))) => {
+                        results.dropped();
+                        stop.get_or_insert(Stop::OutputLimit);
                     }
-                    Ok(Some(GuestFrame::Error { name, value, traceback })) => {
+                    Ok(Some(Decoded::Frame(GuestFrame::Result { data, main }, len))) => {
+                        if results.admit(len) {
+                            let r = ResultBundle { data, is_main_result: main };
+                            events(Event::Result { result: r.clone() });
+                            outcome.results.push(r);
+                        } else {
+                            stop.get_or_insert(Stop::OutputLimit);
+                        }
+                    }
+                    Ok(Some(Decoded::Frame(GuestFrame::Error { name, value, traceback }, _))) => {
                         // Delivered as an event after the outcome is classified, so the
                         // stream and the outcome agree (e.g. a timeout's error).
-                        error = Some(ErrorInfo { name, value, traceback });
+                        error = Some(ErrorInfo { name, value, traceback }.bounded());
                     }
-                    Ok(Some(GuestFrame::Stream { name, text })) => {
+                    Ok(Some(Decoded::Frame(GuestFrame::Stream { name, text }, _))) => {
                         let is_out = name != "stderr";
                         let s = if is_out { &mut out } else { &mut err };
                         if accept(s, text.as_bytes(), &mut total, cell.output_bytes) && stop.is_none() {
@@ -526,16 +556,19 @@ impl<S: Supervisor> Guest<S> {
                         }
                         emit(s, is_out, false, events);
                     }
-                    Ok(Some(GuestFrame::Done {
-                        status,
-                        exit_code,
-                        signal,
-                        execution_count,
-                        cpu_ms,
-                        peak_memory_bytes,
-                        memory_error,
-                        protocol_error,
-                    })) => {
+                    Ok(Some(Decoded::Frame(
+                        GuestFrame::Done {
+                            status,
+                            exit_code,
+                            signal,
+                            execution_count,
+                            cpu_ms,
+                            peak_memory_bytes,
+                            memory_error,
+                            protocol_error,
+                        },
+                        _,
+                    ))) => {
                         if let Some(p) = protocol_error {
                             finished = Some(End::Protocol(p));
                         } else {
@@ -551,12 +584,17 @@ impl<S: Supervisor> Guest<S> {
                         }
                         break;
                     }
-                    Ok(Some(GuestFrame::Exited { code, signal, oom_kill })) => {
-                        let e = ExitInfo { code, signal, ..ExitInfo::default() };
-                        finished = Some(End::Exited(e, oom_kill));
+                    Ok(Some(Decoded::Frame(GuestFrame::Exited { code, signal, oom_kill }, _))) => {
+                        finished = Some(if self.sup.accepts_exited_frames() {
+                            End::Exited(ExitInfo { code, signal, ..ExitInfo::default() }, oom_kill)
+                        } else {
+                            End::Protocol(
+                                "an `exited` frame, which only an agent inside a virtual machine may send".into(),
+                            )
+                        });
                         break;
                     }
-                    Ok(Some(GuestFrame::Hello { .. })) => {
+                    Ok(Some(Decoded::Frame(GuestFrame::Hello { .. }, _))) => {
                         finished = Some(End::Protocol("unexpected hello".into()));
                         break;
                     }
@@ -600,7 +638,7 @@ impl<S: Supervisor> Guest<S> {
             }
             emit(s, is_out, true, events);
         }
-        if out.truncated || err.truncated {
+        if out.truncated || err.truncated || results.truncated {
             stop.get_or_insert(Stop::OutputLimit);
         }
 
@@ -619,6 +657,7 @@ impl<S: Supervisor> Guest<S> {
         outcome.stderr = String::from_utf8_lossy(&err.bytes).into_owned();
         outcome.stdout_truncated = out.truncated;
         outcome.stderr_truncated = err.truncated;
+        outcome.results_truncated = results.truncated;
         outcome.error = error;
         let outcome = self.finish(outcome, end, stop, &exit, cpu_start, started, cell);
         if let Some(e) = &outcome.error {
@@ -655,6 +694,7 @@ impl<S: Supervisor> Guest<S> {
             _ => guest_cpu.unwrap_or(0),
         };
         o.usage.peak_memory_bytes = self.sup.peak_memory_bytes().or(guest_peak).unwrap_or(0);
+        let (streams_over, results_over) = (o.stdout_truncated || o.stderr_truncated, o.results_truncated);
 
         let limit_reason = |s: Stop| match s {
             Stop::Timeout => (
@@ -668,13 +708,7 @@ impl<S: Supervisor> Guest<S> {
                 Status::Timeout,
                 format!("execution used more than {} of CPU time (limits.cpu_ms)", format_duration_ms(cell.cpu_ms)),
             ),
-            Stop::OutputLimit => (
-                Status::OutputLimit,
-                format!(
-                    "stdout and stderr exceeded {} (limits.output_bytes); the rest was discarded",
-                    format_size(cell.output_bytes)
-                ),
-            ),
+            Stop::OutputLimit => (Status::OutputLimit, output_limit_reason(cell, streams_over, results_over)),
         };
 
         let (status, reason) = match end {
@@ -683,6 +717,8 @@ impl<S: Supervisor> Guest<S> {
             }
             End::Protocol(p) => {
                 self.alive = false;
+                // The guest's own words (a `protocol_error`) are kept short.
+                let p = cut_text(p, PROTOCOL_REASON_BYTES, false);
                 (Status::Killed, Some(format!("the guest broke the airlock protocol ({p}); the sandbox was killed")))
             }
             End::Exited(e, true) => {
@@ -727,13 +763,24 @@ impl<S: Supervisor> Guest<S> {
                     match status.as_str() {
                         "ok" => (Status::Ok, None),
                         _ => match o.error.as_ref() {
-                            Some(_) if memory_error => (
-                                Status::MemoryLimit,
-                                Some(format!(
-                                    "the program ran out of memory (MemoryError) under the {} limit (limits.memory_bytes)",
-                                    format_size(self.meta.memory_bytes)
-                                )),
-                            ),
+                            Some(e) if memory_error => match self.sup.memory_limit_reached() {
+                                Some(false) => (
+                                    Status::Error,
+                                    Some(format!(
+                                        "{}: {} (the sandbox's memory stayed below its {} limit, so this is the program's own error, not limits.memory_bytes)",
+                                        e.name,
+                                        first_line(&e.value),
+                                        format_size(self.meta.memory_bytes)
+                                    )),
+                                ),
+                                _ => (
+                                    Status::MemoryLimit,
+                                    Some(format!(
+                                        "the program ran out of memory (MemoryError) under the {} limit (limits.memory_bytes)",
+                                        format_size(self.meta.memory_bytes)
+                                    )),
+                                ),
+                            },
                             Some(e) => (Status::Error, Some(format!("{}: {}", e.name, first_line(&e.value)))),
                             None => match o.exit_code {
                                 Some(c) => (Status::Error, Some(format!("the program exited with status {c}"))),

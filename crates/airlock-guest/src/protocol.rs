@@ -15,8 +15,16 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this host speaks. A guest announcing another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// The largest frame accepted from a guest (a frame carries at most one result, e.g. a PNG).
+/// The largest frame accepted from a guest outside a cell (its greeting, an agent's
+/// replies). While a cell runs the host's loop is stricter: see [`CONTROL_FRAME_BYTES`].
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// The largest frame a cell may send that is not counted against its result budget
+/// (`stream`, `error`, `done`). The driver sends at most 64 Ki characters of text per
+/// `stream` frame and cuts error text below this, so an honest guest never comes near
+/// it; while a cell runs, a longer frame is accepted only when it fits what is left
+/// of `limits.result_bytes`, and is dropped unread otherwise.
+pub const CONTROL_FRAME_BYTES: usize = 1 << 20;
 
 /// Frames the host sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,10 +171,27 @@ impl std::fmt::Display for ProtocolError {
     }
 }
 
+/// What [`FrameDecoder::next_decoded`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded<T> {
+    /// A complete frame, and its length on the wire (without the length prefix).
+    Frame(T, usize),
+    /// A frame announced longer than the decoder's drop limit: its bytes are being
+    /// discarded as they arrive, never buffered. Carries its announced length.
+    Dropped(usize),
+}
+
 /// Incremental frame decoder: feed it bytes as they arrive, take frames out.
+///
+/// It never holds more than one frame's bytes (plus the last chunk pushed): frames
+/// longer than [`MAX_FRAME_BYTES`] are a protocol error, and with a drop limit
+/// ([`FrameDecoder::drop_above`]) frames longer than that are skipped unread.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// Bytes of a dropped frame still to discard.
+    skipping: usize,
+    drop_above: Option<usize>,
 }
 
 impl FrameDecoder {
@@ -175,8 +200,22 @@ impl FrameDecoder {
         Self::default()
     }
 
-    /// Appends received bytes.
-    pub fn push(&mut self, bytes: &[u8]) {
+    /// Frames announced longer than `max` are dropped ([`Decoded::Dropped`]) instead
+    /// of buffered, whatever their size, and `max` replaces [`MAX_FRAME_BYTES`] as the
+    /// largest frame buffered; `None` restores the [`MAX_FRAME_BYTES`] error.
+    /// Checked each time a frame's length is read, so a lower limit applies to the
+    /// next frame even if its first bytes already arrived.
+    pub fn drop_above(&mut self, max: Option<usize>) {
+        self.drop_above = max;
+    }
+
+    /// Appends received bytes (the rest of a dropped frame is discarded here).
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        if self.skipping > 0 {
+            let n = self.skipping.min(bytes.len());
+            self.skipping -= n;
+            bytes = &bytes[n..];
+        }
         self.buf.extend_from_slice(bytes);
     }
 
@@ -185,13 +224,37 @@ impl FrameDecoder {
         self.buf.len()
     }
 
+    /// True while the rest of a dropped frame is being discarded.
+    pub fn is_skipping(&self) -> bool {
+        self.skipping > 0
+    }
+
     /// The next complete frame, `Ok(None)` if more bytes are needed.
     pub fn next_frame<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, ProtocolError> {
-        if self.buf.len() < 4 {
+        match self.next_decoded()? {
+            None => Ok(None),
+            Some(Decoded::Frame(f, _)) => Ok(Some(f)),
+            Some(Decoded::Dropped(len)) => Err(ProtocolError(format!("frame of {len} bytes exceeds the drop limit"))),
+        }
+    }
+
+    /// The next complete frame or dropped frame, `Ok(None)` if more bytes are needed.
+    pub fn next_decoded<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<Decoded<T>>, ProtocolError> {
+        if self.skipping > 0 || self.buf.len() < 4 {
             return Ok(None);
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if len > MAX_FRAME_BYTES {
+        if len > self.drop_above.unwrap_or(usize::MAX) {
+            let have = self.buf.len() - 4;
+            if have >= len {
+                self.buf.drain(..4 + len);
+            } else {
+                self.buf.clear();
+                self.skipping = len - have;
+            }
+            return Ok(Some(Decoded::Dropped(len)));
+        }
+        if self.drop_above.is_none() && len > MAX_FRAME_BYTES {
             return Err(ProtocolError(format!("frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte maximum")));
         }
         if self.buf.len() < 4 + len {
@@ -200,7 +263,7 @@ impl FrameDecoder {
         let parsed =
             serde_json::from_slice(&self.buf[4..4 + len]).map_err(|e| ProtocolError(format!("malformed frame: {e}")));
         self.buf.drain(..4 + len);
-        parsed.map(Some)
+        parsed.map(|f| Some(Decoded::Frame(f, len)))
     }
 }
 
@@ -230,6 +293,41 @@ mod tests {
         let mut d = FrameDecoder::new();
         d.push(&encode(&serde_json::json!({"type": "nonsense"})));
         assert!(d.next_frame::<GuestFrame>().unwrap_err().0.contains("malformed"));
+    }
+
+    #[test]
+    fn frames_past_the_drop_limit_are_skipped_unbuffered() {
+        let mut d = FrameDecoder::new();
+        d.drop_above(Some(1000));
+        let big = encode(&GuestFrame::Stream { name: "stdout".into(), text: "x".repeat(10 << 20) });
+        let small = GuestFrame::Error { name: "E".into(), value: "v".into(), traceback: "t".into() };
+        let mut bytes = big.clone();
+        bytes.extend_from_slice(&encode(&small));
+        let mut dropped = Vec::new();
+        let mut frames = Vec::new();
+        for chunk in bytes.chunks(64 << 10) {
+            d.push(chunk);
+            assert!(d.pending() <= (64 << 10), "{} bytes buffered while dropping", d.pending());
+            while let Some(x) = d.next_decoded::<GuestFrame>().unwrap() {
+                match x {
+                    Decoded::Dropped(n) => dropped.push(n),
+                    Decoded::Frame(f, _) => frames.push(f),
+                }
+            }
+        }
+        assert_eq!(dropped, [big.len() - 4]);
+        assert_eq!(frames, [small], "the frame after a dropped one is read whole");
+        assert!(!d.is_skipping() && d.pending() == 0);
+        // A frame whose bytes all arrived at once is dropped whole too.
+        let mut d = FrameDecoder::new();
+        d.drop_above(Some(10));
+        d.push(&big[..]);
+        assert_eq!(d.next_decoded::<GuestFrame>().unwrap(), Some(Decoded::Dropped(big.len() - 4)));
+        assert_eq!(d.pending(), 0);
+        // Without a drop limit the 64 MiB maximum is a protocol error, as before.
+        let mut d = FrameDecoder::new();
+        d.push(&((MAX_FRAME_BYTES + 1) as u32).to_be_bytes());
+        assert!(d.next_decoded::<GuestFrame>().is_err());
     }
 
     #[test]

@@ -164,6 +164,14 @@ impl Supervisor for JailSupervisor {
         self.cgroup.as_ref()?.memory_peak_bytes()
     }
 
+    /// From the cgroup's peak: a `MemoryError` counts as the memory limit only if the
+    /// sandbox came within a sixteenth of it (the kernel charges pages, not the
+    /// allocation that failed). Without a memory cgroup (RLIMIT_DATA) it cannot tell.
+    fn memory_limit_reached(&mut self) -> Option<bool> {
+        let peak = self.cgroup.as_ref()?.memory_peak_bytes()?;
+        Some(peak >= self.memory_bytes - self.memory_bytes / 16)
+    }
+
     fn explain_death(&mut self, exit: &ExitInfo) -> Option<(Status, String)> {
         let oom = self.cgroup.as_ref()?.oom_kills()?;
         let new_kills = oom > self.oom_seen;

@@ -568,6 +568,11 @@ impl Supervisor for VmSupervisor {
         })
     }
 
+    /// The agent inside the VM supervises the interpreter and reports its end.
+    fn accepts_exited_frames(&self) -> bool {
+        true
+    }
+
     fn explain_death(&mut self, exit: &ExitInfo) -> Option<(Status, String)> {
         // Only QEMU's own end is ours to explain (a guest process killed by a signal
         // inside the VM is classified by the loop).

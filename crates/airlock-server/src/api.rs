@@ -201,9 +201,9 @@ pub async fn delete_sandbox(
 ///
 /// The body is a `CellRequest`: an `ExecRequest` without what is fixed at creation
 /// (`env`, `network`, `backend`, `guard`); omitted limits take the sandbox's, and only
-/// `timeout_ms`, `cpu_ms` and `output_bytes` may differ from them. A guarded sandbox's
-/// cells are checked before they run (status `denied` with findings). One cell runs at
-/// a time: a second call while one runs gets `409 busy`.
+/// `timeout_ms`, `cpu_ms`, `output_bytes` and `result_bytes` may differ from them. A
+/// guarded sandbox's cells are checked before they run (status `denied` with
+/// findings). One cell runs at a time: a second call while one runs gets `409 busy`.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/execute", tag = "sandboxes", request_body = CellRequest,
     params(("id" = String, Path, description = "Sandbox id")),
     responses(

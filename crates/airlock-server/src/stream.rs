@@ -18,6 +18,7 @@
 use std::convert::Infallible;
 
 use airlock_core::{ErrorInfo, Event, Outcome, ResultBundle};
+use airlock_service::events::event_channel;
 use airlock_service::service::{AuditState, Finished};
 use airlock_service::{Pending, ServiceError};
 use axum::body::Body;
@@ -26,8 +27,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorDetail};
@@ -156,7 +156,9 @@ pub async fn respond(pending: Pending, mode: Mode) -> Response {
     if mode == Mode::Json {
         return finished_response(pending.start(None).finish().await);
     }
-    let (tx, rx) = mpsc::unbounded_channel::<Event>();
+    // Bounded: a client that reads slowly slows the run (up to its wall-clock limit)
+    // instead of making the server buffer its output.
+    let (tx, rx) = event_channel();
     let mut run = pending.start(Some(tx));
     if !run.started().await {
         // Nothing runs: a refusal is an ordinary error response; a replay is a stream
@@ -172,7 +174,7 @@ pub async fn respond(pending: Pending, mode: Mode) -> Response {
         return r;
     }
     let id = run.execution_id().to_string();
-    let events = UnboundedReceiverStream::new(rx).map(move |e| encode(mode, &StreamEvent::from(e)));
+    let events = ReceiverStream::new(rx).map(move |e| encode(mode, &StreamEvent::from(e)));
     let end = futures_util::stream::once(async move { encode(mode, &StreamEvent::finished(run.finish().await)) });
     stream_response(mode, events.chain(end).boxed(), Some(id))
 }

@@ -1077,3 +1077,100 @@ async fn host_faults_reach_the_client_as_an_error_id_not_as_host_details() {
         assert!(id.starts_with("err_") && r.message().contains(&id), "{body}");
     }
 }
+
+/// Sends an NDJSON request and returns the response's body as a stream of chunks.
+async fn ndjson(h: &Harness, uri: &str, body: Value) -> (HeaderMap, axum::body::BodyDataStream) {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::HOST, "localhost:8080")
+        .header("content-type", "application/json")
+        .header("accept", "application/x-ndjson")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let headers = resp.headers().clone();
+    (headers, resp.into_body().into_data_stream())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_stream_reader_holds_the_run_back_instead_of_filling_memory() {
+    let h = harness(settings());
+    let code = "for i in range(300):\n    print(i, flush=True)\n'done'";
+    let (_, mut stream) = ndjson(&h, "/v1/execute", json!({ "code": code })).await;
+    let mut buf = stream.next().await.unwrap().unwrap().to_vec();
+    // Not reading: the server may hold a bounded queue of events, so the run has to
+    // wait for this reader instead of running ahead into memory.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk.unwrap());
+    }
+    let lines: Vec<Value> = String::from_utf8(buf).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let text: String =
+        lines.iter().filter(|l| l["type"] == "stdout").map(|l| l["text"].as_str().unwrap().to_string()).collect();
+    let want: String = (0..300).map(|i| format!("{i}\n")).collect();
+    assert_eq!(text, want, "every event arrived, in order, none dropped");
+    let end = lines.last().unwrap();
+    assert_eq!(end["type"], "end");
+    assert_eq!(end["outcome"]["status"], "ok", "{end}");
+    let wall = end["outcome"]["usage"]["wall_ms"].as_u64().unwrap();
+    assert!(
+        wall >= 1000,
+        "the run finished in {wall} ms while its reader read nothing for 1.5 s: its events were buffered without bound"
+    );
+    // The queue must be smaller than what this run produced for the test to mean anything.
+    const { assert!(airlock_service::events::EVENT_QUEUE < 300) };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_reader_that_goes_away_does_not_stop_the_run() {
+    let h = harness(settings());
+    let code = "for i in range(300):\n    print(i, flush=True)\n'done'";
+    let (headers, mut stream) = ndjson(&h, "/v1/execute", json!({ "code": code })).await;
+    let id = headers["x-airlock-execution-id"].to_str().unwrap().to_string();
+    let _ = stream.next().await;
+    drop(stream);
+    let end = Instant::now() + Duration::from_secs(20);
+    let rec = loop {
+        let rec = h.get(&format!("/v1/executions/{id}")).await.json();
+        if rec["status"] != "running" {
+            break rec;
+        }
+        assert!(Instant::now() < end, "the run never finished after its reader went away: {rec}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(rec["status"], "ok", "{rec}");
+    assert!(rec["stdout"].as_str().unwrap().ends_with("299\n"), "{rec}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_huge_exception_gives_a_small_outcome_and_audit_record() {
+    let h = harness(settings());
+    let r = h.post("/v1/execute", json!({"code": "raise ValueError('E' * 30_000_000)"})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.len() < 128 << 10, "the outcome is {} bytes", r.body.len());
+    let o = r.json();
+    assert_eq!(o["status"], "error");
+    assert!(o["error"]["value"].as_str().unwrap().contains("truncated by airlock"), "{}", o["error"]["value"]);
+    let id = o["id"].as_str().unwrap();
+    let rec = h.get(&format!("/v1/executions/{id}")).await;
+    assert!(rec.body.len() < 160 << 10, "the audit record is {} bytes", rec.body.len());
+    assert_eq!(rec.json()["error"]["name"], "ValueError");
+    let page = h.get("/v1/executions").await;
+    assert!(page.body.len() < 160 << 10, "the audit listing is {} bytes", page.body.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_display_flood_is_cut_at_the_default_result_limit() {
+    // The review's reproduction: output_bytes alone never bounded results.
+    let h = harness(settings());
+    let code = "for i in range(40):\n    display('A' * 1_000_000)";
+    let r = h.post("/v1/execute", json!({"code": code, "limits": {"output_bytes": 1024}})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cap = 16 << 20; // the default limits.result_bytes
+    assert!(r.body.len() < cap + (1 << 20), "the outcome is {} bytes", r.body.len());
+    let o = r.json();
+    assert_eq!(o["status"], "output_limit", "{}", o["reason"]);
+    assert_eq!(o["results_truncated"], true);
+}

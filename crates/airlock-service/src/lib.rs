@@ -10,6 +10,7 @@ use airlock_core::backend::{Canceller, EventSink, run_in};
 use airlock_core::{Backend, BackendKind, Error, ExecRequest, Limits, Outcome, Probe, Sandbox, SandboxSpec};
 
 pub mod admission;
+pub mod events;
 pub mod keys;
 pub mod metrics;
 pub mod pool;

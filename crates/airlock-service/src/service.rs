@@ -4,9 +4,8 @@
 //! render what they return; nothing here knows about HTTP.
 //!
 //! Backends are synchronous: every backend call runs on a blocking thread
-//! (`spawn_blocking`), and events a running cell produces are forwarded to an
-//! unbounded channel whose contents are bounded by the cell's output limit (the
-//! same data the outcome keeps anyway).
+//! (`spawn_blocking`), and events a running cell produces are forwarded through a
+//! bounded queue with back-pressure (`events.rs`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -19,14 +18,15 @@ use airlock_core::paths::WorkspacePath;
 use airlock_core::request::validate_env;
 use airlock_core::units::format_size;
 use airlock_core::{
-    BackendKind, CellRequest, Error, Event, ExecRequest, FileEntry, Isolation, Limits, NetworkPolicy, Outcome,
+    BackendKind, CellRequest, Error, ErrorInfo, ExecRequest, FileEntry, Isolation, Limits, NetworkPolicy, Outcome,
     SandboxSpec,
 };
 use serde_json::Value;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::Registry;
 use crate::admission::{Admission, Rejected, Slot};
+use crate::events::{EventSender, Forwarder};
 use crate::keys::{Principal, check_shape, hash_key};
 use crate::metrics::{Gauges, Metrics};
 use crate::session::{
@@ -1626,15 +1626,17 @@ impl Pending {
     }
 
     /// Runs the execution: records it, runs it on a blocking thread, forwards its
-    /// events to `events` as they happen, records the end, and returns the outcome.
-    /// The run continues to its end even if the caller stops waiting.
-    pub async fn run(self, events: Option<mpsc::UnboundedSender<Event>>) -> Result<Outcome, ServiceError> {
+    /// events to `events` as they happen (a bounded queue from
+    /// [`crate::events::event_channel`]: a reader that falls behind slows the run, up
+    /// to its wall-clock limit), records the end, and returns the outcome. The run
+    /// continues to its end even if the caller stops waiting or reading.
+    pub async fn run(self, events: Option<EventSender>) -> Result<Outcome, ServiceError> {
         self.start(events).finish().await.result
     }
 
     /// Starts the execution (as [`Pending::run`] does) and returns a handle that says
     /// when its start is recorded and how it finished, with what the audit log holds.
-    pub fn start(mut self, events: Option<mpsc::UnboundedSender<Event>>) -> RunHandle {
+    pub fn start(mut self, events: Option<EventSender>) -> RunHandle {
         let work = self.work.take().expect("a pending execution runs once");
         let permit = self.permit.take();
         let svc = self.service.clone();
@@ -1706,7 +1708,7 @@ impl Service {
         self: &Arc<Self>,
         work: Work,
         job: Job,
-        events: Option<mpsc::UnboundedSender<Event>>,
+        events: Option<EventSender>,
         begun: oneshot::Sender<bool>,
     ) -> Finished {
         let svc = self.clone();
@@ -1786,7 +1788,7 @@ impl Service {
         &self,
         work: Work,
         job: Job,
-        events: Option<mpsc::UnboundedSender<Event>>,
+        events: Option<EventSender>,
         begun: oneshot::Sender<bool>,
     ) -> Finished {
         let Job { id, principal, backend, accepted, accepted_ms, idempotency } = job;
@@ -1836,11 +1838,8 @@ impl Service {
             }
         }
 
-        let mut sink = |ev: Event| {
-            if let Some(tx) = &events {
-                let _ = tx.send(ev);
-            }
-        };
+        let mut events = Forwarder::new(events, Instant::now() + Duration::from_millis(req.limits.timeout_ms));
+        let wrap = events.cancel_wrapper();
         let exe = id.to_string();
         // The drain timeout, when shutdown stopped this run.
         let drained = std::cell::Cell::new(None);
@@ -1852,7 +1851,7 @@ impl Service {
                         Some(c) => {
                             running.insert(
                                 exe.clone(),
-                                Running { backend, oneshot: true, canceller: Some(c), drained: None },
+                                Running { backend, oneshot: true, canceller: Some(wrap(c)), drained: None },
                             );
                         }
                         None => {
@@ -1863,7 +1862,7 @@ impl Service {
                     }
                 };
                 let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    self.registry.execute(&req, Some(exe.clone()), &mut on_start, &mut sink)
+                    self.registry.execute(&req, Some(exe.clone()), &mut on_start, &mut |ev| events.send(ev))
                 }));
                 if let Some(r) = lock(&self.running).remove(&exe) {
                     drained.set(r.drained);
@@ -1876,7 +1875,7 @@ impl Service {
             Work::Cell { mut lease, req, .. } => {
                 let sess = lease.session.clone();
                 let mut sandbox = lease.sandbox.take().expect("a lease holds its sandbox");
-                let c = sandbox.canceller();
+                let c = sandbox.canceller().map(wrap);
                 sess.set_canceller(c.clone());
                 lock(&self.running)
                     .insert(exe.clone(), Running { backend, oneshot: false, canceller: c, drained: None });
@@ -1885,6 +1884,7 @@ impl Service {
                     Ok(Err(ServiceError::gone(format!("sandbox {} was deleted before the cell started", sess.id))))
                 } else {
                     std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        let mut sink = |ev| events.send(ev);
                         crate::screen_then_run(&req, &exe, (sess.backend, sess.isolation), &mut sink, |sink| {
                             run_in(sandbox.as_mut(), &req, Some(exe.clone()), Instant::now(), sink)
                         })
@@ -1932,7 +1932,10 @@ impl Service {
                     stdout,
                     stderr,
                     output_truncated: c1 || c2 || o.stdout_truncated || o.stderr_truncated,
-                    error: o.error.clone(),
+                    error: o.error.clone().map(|e| {
+                        let cap = usize::try_from(self.settings.audit_output_bytes).unwrap_or(usize::MAX);
+                        e.cut_to(ErrorInfo::NAME_BYTES, cap, cap)
+                    }),
                     usage: Some(o.usage),
                     finished_at_ms: now_ms(),
                     response,

@@ -25,9 +25,9 @@ pub struct CreateSandbox {
     /// The backend; omitted means the server's default (the safest that works).
     pub backend: Option<BackendKind>,
     /// Limits of the sandbox. `memory_bytes`, `processes`, `file_bytes` and
-    /// `open_files` hold for its whole life; `timeout_ms`, `cpu_ms` and
-    /// `output_bytes` are the defaults of each cell. Omitted fields take the server's
-    /// defaults.
+    /// `open_files` hold for its whole life; `timeout_ms`, `cpu_ms`, `output_bytes`
+    /// and `result_bytes` are the defaults of each cell. Omitted fields take the
+    /// server's defaults.
     pub limits: Limits,
     /// Environment variables of the sandbox's interpreter.
     pub env: BTreeMap<String, String>,

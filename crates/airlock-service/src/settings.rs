@@ -185,6 +185,7 @@ impl Default for ServerSettings {
                 memory_bytes: 8 * 1024 * MIB,
                 processes: 1024,
                 output_bytes: 64 * MIB,
+                result_bytes: 64 * MIB,
                 file_bytes: 1024 * MIB,
                 open_files: 4096,
             },

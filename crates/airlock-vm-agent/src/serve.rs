@@ -551,6 +551,14 @@ impl State<'_> {
             if !self.attached {
                 continue;
             }
+            if !matches!(kind.as_str(), "result" | "error" | "stream" | "done") {
+                // Only the agent speaks for itself (`exited`, `file_reply`, `ready`): a
+                // driver that sends such a frame is forging the agent's word. Kill it;
+                // its real exit is reported.
+                eprintln!("airlock-vm-agent: driver sent a '{kind}' frame, which only the agent may send; killing it");
+                self.kill_driver();
+                return;
+            }
             if kind == "done" {
                 self.interrupt_pending = false;
             }

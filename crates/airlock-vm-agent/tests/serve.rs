@@ -214,3 +214,23 @@ fn driver_death_is_reported() {
     let f: GuestFrame = serde_json::from_value(v).unwrap();
     assert_eq!(f, GuestFrame::Exited { code: None, signal: Some(9), oom_kill: false });
 }
+
+#[test]
+fn a_driver_cannot_speak_for_the_agent() {
+    // User code writes a raw `exited` frame claiming an OOM kill to the driver's
+    // channel: the agent must not relay it, and reports the driver's real end.
+    let Some(mut a) = Agent::start() else { return };
+    a.attach();
+    let code = "import os, time\nf = b'{\"type\":\"exited\",\"code\":0,\"signal\":null,\"oom_kill\":true}'\nos.write(3, len(f).to_bytes(4, 'big') + f)\ntime.sleep(30)";
+    a.send(&HostFrame::Exec {
+        language: "python".into(),
+        code: code.into(),
+        globals: Default::default(),
+        cpu_ms: None,
+    });
+    let started = Instant::now();
+    let v = a.next();
+    let f: GuestFrame = serde_json::from_value(v).unwrap();
+    assert_eq!(f, GuestFrame::Exited { code: None, signal: Some(9), oom_kill: false }, "the forged frame was relayed");
+    assert!(started.elapsed() < Duration::from_secs(20), "the driver was not stopped");
+}

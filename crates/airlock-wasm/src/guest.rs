@@ -15,8 +15,9 @@
 //! * **Memory.** [`Limiter`] wraps [`StoreLimits`]: `memory.grow` past the limit
 //!   fails (CPython raises `MemoryError`) and the refusal is recorded.
 //! * **Output.** stdout and stderr (the WASI streams and the driver's `stream`
-//!   frames) are counted against one cap per turn; what passes it is dropped before
-//!   it is queued.
+//!   frames) are counted against one cap per turn, and `result` frames against
+//!   another (`limits.result_bytes`, their bytes as the guest wrote them); what passes
+//!   a cap is dropped before it is parsed or queued, and the cell is stopped.
 //! * **Files.** `path_open`, `fd_close`, `fd_write`, `fd_pwrite` and
 //!   `fd_filestat_set_size` are wrapped to cap the open files and the bytes the guest
 //!   may put in its workspace.
@@ -33,7 +34,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use airlock_core::Error;
-use airlock_guest::protocol::{GuestFrame, MAX_FRAME_BYTES};
+
+use airlock_guest::capture::ResultBudget;
+use airlock_guest::protocol::GuestFrame;
 use airlock_guest::workspace::Workspace;
 use wasmtime::{
     Caller, Engine, Extern, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, StoreLimits,
@@ -102,6 +105,19 @@ impl std::fmt::Display for HostStop {
 
 impl std::error::Error for HostStop {}
 
+/// The error the door traps a guest with when it breaks the protocol (a malformed
+/// frame, or one only the host side may send): the cell ends at once, `killed`.
+#[derive(Debug)]
+pub struct ProtocolViolation(pub String);
+
+impl std::fmt::Display for ProtocolViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "guest protocol violation: {}", self.0)
+    }
+}
+
+impl std::error::Error for ProtocolViolation {}
+
 /// Something the guest produced during a turn, delivered to the calling thread.
 #[derive(Debug)]
 pub enum Msg {
@@ -119,16 +135,31 @@ pub enum Msg {
 }
 
 /// The output side of a turn, shared by the WASI streams and the door.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CellIo {
     tx: Option<Sender<Msg>>,
     remaining: u64,
-    /// True once output was dropped at the cap.
+    /// The turn's budget for `result` frames.
+    pub results: ResultBudget,
+    /// True once output or a result was dropped at its cap.
     pub over: bool,
     /// Which streams lost bytes: `[stdout, stderr]`.
     pub truncated: [bool; 2],
     /// Output written outside any turn (kept for error messages, 64 KiB at most).
     pub stray: Vec<u8>,
+}
+
+impl Default for CellIo {
+    fn default() -> Self {
+        CellIo {
+            tx: None,
+            remaining: 0,
+            results: ResultBudget::new(0),
+            over: false,
+            truncated: [false; 2],
+            stray: Vec::new(),
+        }
+    }
 }
 
 impl CellIo {
@@ -538,8 +569,7 @@ fn door(mut caller: Caller<'_, GuestState>, ptr: i32, len: i32, out_ptr: i32, ou
     let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
     let (out_ptr, out_len) = (out_ptr as u32 as usize, out_len as u32 as usize);
     let size = memory.data_size(&caller);
-    if len > MAX_FRAME_BYTES
-        || ptr.checked_add(len).is_none_or(|e| e > size)
+    if ptr.checked_add(len).is_none_or(|e| e > size)
         || out_ptr.checked_add(4).is_none_or(|e| e > size)
         || out_len.checked_add(4).is_none_or(|e| e > size)
     {
@@ -548,12 +578,37 @@ fn door(mut caller: Caller<'_, GuestState>, ptr: i32, len: i32, out_ptr: i32, ou
     let response: Vec<u8> = if len == 0 {
         caller.data_mut().inbox.pop_front().unwrap_or_else(|| br#"{"type":"shutdown"}"#.to_vec())
     } else {
-        let parsed = serde_json::from_slice::<GuestFrame>(&memory.data(&caller)[ptr..ptr + len]);
-        let st = caller.data_mut();
-        match parsed {
-            Ok(GuestFrame::Stream { name, text }) => lock(&st.io).push(name != "stderr", text.as_bytes()),
-            Ok(frame) => lock(&st.io).send(Msg::Frame(frame)),
-            Err(e) => lock(&st.io).send(Msg::Malformed(e.to_string())),
+        let io = caller.data().io.clone();
+        if len > lock(&io).results.frame_allowance() {
+            // Longer than any frame but a result that fits: dropped unparsed.
+            let mut io = lock(&io);
+            io.results.dropped();
+            io.over = true;
+        } else {
+            let parsed = serde_json::from_slice::<GuestFrame>(&memory.data(&caller)[ptr..ptr + len]);
+            let mut io = lock(&io);
+            match parsed {
+                Ok(GuestFrame::Stream { name, text }) => io.push(name != "stderr", text.as_bytes()),
+                Ok(frame @ GuestFrame::Result { .. }) => {
+                    if io.results.admit(len) {
+                        io.send(Msg::Frame(frame));
+                    } else {
+                        io.over = true;
+                    }
+                }
+                Ok(GuestFrame::Exited { .. }) => {
+                    // Only an agent supervising an interpreter from outside may say it
+                    // ended; from the guest itself it is a forgery.
+                    let why = "an `exited` frame, which only an agent inside a virtual machine may send";
+                    io.send(Msg::Malformed(why.into()));
+                    return Err(wasmtime::Error::new(ProtocolViolation(why.into())));
+                }
+                Ok(frame) => io.send(Msg::Frame(frame)),
+                Err(e) => {
+                    io.send(Msg::Malformed(e.to_string()));
+                    return Err(wasmtime::Error::new(ProtocolViolation(e.to_string())));
+                }
+            }
         }
         if stopping(&mut caller)? { b"stop".to_vec() } else { b"ok".to_vec() }
     };
@@ -824,6 +879,8 @@ pub struct TurnLimits {
     pub cpu: Option<Duration>,
     /// Output limit (stdout + stderr).
     pub output_bytes: u64,
+    /// Limit on `result` frames together.
+    pub result_bytes: u64,
     /// Instruction limit (fuel), when fuel is on.
     pub fuel: Option<u64>,
 }
@@ -831,7 +888,7 @@ pub struct TurnLimits {
 impl TurnLimits {
     /// No limit but the output cap (set-up turns).
     pub fn setup(output_bytes: u64) -> Self {
-        TurnLimits { timeout: None, cpu: None, output_bytes, fuel: None }
+        TurnLimits { timeout: None, cpu: None, output_bytes, result_bytes: output_bytes, fuel: None }
     }
 }
 
@@ -852,6 +909,8 @@ pub struct TurnResult {
     pub memory_denied_bytes: Option<u64>,
     /// Output dropped at the cap: `[stdout, stderr]`.
     pub truncated: [bool; 2],
+    /// True when results were dropped at their cap.
+    pub results_truncated: bool,
     /// Linear memory size after the turn.
     pub memory_bytes: u64,
 }
@@ -1016,6 +1075,7 @@ impl Guest {
             let mut io = lock(&st.io);
             io.tx = Some(tx);
             io.remaining = limits.output_bytes;
+            io.results = ResultBudget::new(limits.result_bytes);
             io.over = false;
             io.truncated = [false; 2];
         }
@@ -1065,6 +1125,7 @@ impl Guest {
             trapped: st.watch.trapped,
             memory_denied_bytes: st.limiter.denied_bytes,
             truncated: io.truncated,
+            results_truncated: io.results.truncated,
             memory_bytes: self.exports.memory.data_size(&self.store) as u64,
         })
     }

@@ -14,13 +14,13 @@ use airlock_core::{
     BackendKind, Cell, Error, ErrorInfo, Event, FileEntry, Isolation, Language, Outcome, ResultBundle, Sandbox,
     SandboxSpec, Status,
 };
-use airlock_guest::capture::{Stream, accept, emit, relabel_interrupt};
+use airlock_guest::capture::{Stream, accept, emit, output_limit_reason, relabel_interrupt};
 use airlock_guest::protocol::{GuestFrame, HostFrame, PROTOCOL_VERSION};
 use airlock_guest::workspace::Workspace;
 
 use crate::guest::{
-    GUEST_MPLCONFIG, GUEST_TMP, GUEST_WORKSPACE, Guest, GuestConfig, HostStop, Msg, Stop, TurnEnd, TurnLimits,
-    TurnResult,
+    GUEST_MPLCONFIG, GUEST_TMP, GUEST_WORKSPACE, Guest, GuestConfig, HostStop, Msg, ProtocolViolation, Stop, TurnEnd,
+    TurnLimits, TurnResult,
 };
 use crate::{FUEL_PER_CPU_MS, Runtime};
 
@@ -75,7 +75,13 @@ impl WasmSandbox {
         };
         let cancelled = Arc::new(AtomicBool::new(false));
         let mut guest = Guest::new(rt.engine, &rt.linkers, &rt.pre, &cfg, crate::engine::FUEL, cancelled.clone())?;
-        let limits = TurnLimits { timeout: Some(START_TIMEOUT), cpu: None, output_bytes: 64 << 10, fuel: None };
+        let limits = TurnLimits {
+            timeout: Some(START_TIMEOUT),
+            cpu: None,
+            output_bytes: 64 << 10,
+            result_bytes: 64 << 10,
+            fuel: None,
+        };
         let mut printed = Vec::new();
         if !rt.fresh_driver {
             let r = guest.turn(
@@ -202,6 +208,7 @@ impl Sandbox for WasmSandbox {
             timeout: Some(Duration::from_millis(cell.timeout_ms)),
             cpu: Some(Duration::from_millis(cell.cpu_ms)),
             output_bytes: cell.output_bytes,
+            result_bytes: cell.result_bytes,
             fuel: Some(cell.cpu_ms.saturating_mul(FUEL_PER_CPU_MS)),
         };
         let mut outcome = Outcome::new(cell.id.clone(), BackendKind::Wasm, Isolation::Wasm);
@@ -224,12 +231,14 @@ impl Sandbox for WasmSandbox {
                 outcome.results.push(r);
             }
             Msg::Frame(GuestFrame::Error { name, value, traceback }) => {
-                error = Some(ErrorInfo { name, value, traceback });
+                error = Some(ErrorInfo { name, value, traceback }.bounded());
             }
             Msg::Frame(GuestFrame::Done {
                 status, exit_code, execution_count, memory_error, protocol_error, ..
             }) => {
-                done = Some(Done { status, exit_code, count: execution_count, memory_error, protocol_error });
+                // The first `done` ends the cell, as in the shared loop; later ones
+                // (code writing frames of its own) change nothing.
+                done.get_or_insert(Done { status, exit_code, count: execution_count, memory_error, protocol_error });
             }
             Msg::Frame(other) => {
                 protocol.get_or_insert_with(|| format!("unexpected frame {other:?}"));
@@ -247,6 +256,7 @@ impl Sandbox for WasmSandbox {
         outcome.stderr = String::from_utf8_lossy(&err.bytes).into_owned();
         outcome.stdout_truncated = out.truncated || r.truncated[0];
         outcome.stderr_truncated = err.truncated || r.truncated[1];
+        outcome.results_truncated = r.results_truncated;
         outcome.error = error;
         outcome.usage.wall_ms = started.elapsed().as_millis() as u64;
         outcome.usage.cpu_ms = r.cpu_ns / 1_000_000;
@@ -323,7 +333,7 @@ impl Drop for WasmSandbox {
     }
 }
 
-fn stop_reason(stop: Stop, cell: &Cell, halted: bool) -> (Status, String) {
+fn stop_reason(stop: Stop, cell: &Cell, halted: bool, o: &Outcome) -> (Status, String) {
     let tail = if halted { "; the interpreter did not stop when asked and was halted" } else { "" };
     match stop {
         Stop::Timeout => (
@@ -340,8 +350,8 @@ fn stop_reason(stop: Stop, cell: &Cell, halted: bool) -> (Status, String) {
         Stop::Output => (
             Status::OutputLimit,
             format!(
-                "stdout and stderr exceeded {} (limits.output_bytes); the rest was discarded{tail}",
-                format_size(cell.output_bytes)
+                "{}{tail}",
+                output_limit_reason(cell, o.stdout_truncated || o.stderr_truncated, o.results_truncated)
             ),
         ),
         Stop::Cancel => (Status::Killed, "the execution was cancelled by the host (sandbox stopped)".into()),
@@ -363,8 +373,18 @@ fn classify(
     }
     match &r.end {
         TurnEnd::Trapped(e) => {
+            if e.downcast_ref::<ProtocolViolation>().is_some()
+                && let Some(p) = protocol
+            {
+                let p = airlock_core::outcome::cut_text(p, airlock_guest::host::PROTOCOL_REASON_BYTES, false);
+                return (
+                    Status::Killed,
+                    Some(format!("the guest broke the airlock protocol ({p}); the sandbox was stopped")),
+                    false,
+                );
+            }
             if let Some(stop) = e.downcast_ref::<HostStop>().map(|s| s.0).or(r.trapped) {
-                let (s, why) = stop_reason(stop, cell, true);
+                let (s, why) = stop_reason(stop, cell, true, o);
                 return (s, Some(why), false);
             }
             if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
@@ -376,7 +396,7 @@ fn classify(
                 );
             }
             if let Some(stop) = r.stop {
-                let (s, why) = stop_reason(stop, cell, true);
+                let (s, why) = stop_reason(stop, cell, true, o);
                 return (s, Some(why), false);
             }
             let trap = e.downcast_ref::<wasmtime::Trap>().copied();
@@ -411,6 +431,7 @@ fn classify(
         }
         TurnEnd::Returned(code) => {
             if let Some(p) = protocol.or_else(|| done.and_then(|d| d.protocol_error.clone())) {
+                let p = airlock_core::outcome::cut_text(p, airlock_guest::host::PROTOCOL_REASON_BYTES, false);
                 return (
                     Status::Killed,
                     Some(format!("the guest broke the airlock protocol ({p}); the sandbox was stopped")),
@@ -427,7 +448,7 @@ fn classify(
                 );
             };
             if let Some(stop) = r.stop {
-                let (st, why) = stop_reason(stop, cell, false);
+                let (st, why) = stop_reason(stop, cell, false, o);
                 if let Some(e) = o.error.as_mut() {
                     relabel_interrupt(e, st, &why);
                 }
@@ -437,20 +458,16 @@ fn classify(
                 return (Status::Ok, None, true);
             }
             match o.error.as_ref() {
-                Some(_)
-                    if d.memory_error
-                        || r.memory_denied_bytes.is_some()
-                            && o.error.as_ref().is_some_and(|e| e.name == "MemoryError") =>
-                {
-                    (
-                        Status::MemoryLimit,
-                        Some(format!(
-                            "the program ran out of memory (MemoryError) under the {} limit (limits.memory_bytes)",
-                            format_size(memory_bytes)
-                        )),
-                        true,
-                    )
-                }
+                // Only a refused `memory.grow` is the memory limit: the guest's own
+                // claim (`memory_error`, or `raise MemoryError()`) is not evidence.
+                Some(e) if r.memory_denied_bytes.is_some() && (d.memory_error || e.name == "MemoryError") => (
+                    Status::MemoryLimit,
+                    Some(format!(
+                        "the program ran out of memory (MemoryError) under the {} limit (limits.memory_bytes)",
+                        format_size(memory_bytes)
+                    )),
+                    true,
+                ),
                 Some(e) => {
                     let first = e.value.lines().next().unwrap_or("");
                     let first = &first[..first.floor_char_boundary(200)];

@@ -11,12 +11,12 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 @dataclass
 class Limits:
     """Resource limits of a sandbox or of one execution. ``None`` means "the server's
-    default" (30 s, 512 MiB, 64 processes, 1 MiB of output, 64 MiB files unless the
-    server is configured otherwise). Units are in the names.
+    default" (30 s, 512 MiB, 64 processes, 1 MiB of output, 16 MiB of results, 64 MiB
+    files unless the server is configured otherwise). Units are in the names.
 
     A sandbox's ``memory_bytes``, ``processes``, ``file_bytes`` and ``open_files``
-    hold for its whole life; ``timeout_ms``, ``cpu_ms`` and ``output_bytes`` are the
-    defaults of each cell, which a cell may override.
+    hold for its whole life; ``timeout_ms``, ``cpu_ms``, ``output_bytes`` and
+    ``result_bytes`` are the defaults of each cell, which a cell may override.
     """
 
     timeout_ms: Optional[int] = None
@@ -29,6 +29,9 @@ class Limits:
     """Processes and threads the sandbox may have at once."""
     output_bytes: Optional[int] = None
     """stdout and stderr together, in bytes, per execution."""
+    result_bytes: Optional[int] = None
+    """Rich results (displayed values, figures, the last value) together, in bytes of
+    their JSON, per execution."""
     file_bytes: Optional[int] = None
     """The largest file the code may write, and the workspace's size, in bytes."""
     open_files: Optional[int] = None
@@ -307,6 +310,8 @@ class Execution:
     """True when stdout was cut at the output limit."""
     stderr_truncated: bool = False
     """True when stderr was cut at the output limit."""
+    results_truncated: bool = False
+    """True when results were dropped at the result limit (``limits.result_bytes``)."""
     files: List[OutputFile] = field(default_factory=list)
     """Files asked for with ``outputs=`` (one-shot runs)."""
     warnings: List[str] = field(default_factory=list)
@@ -392,6 +397,7 @@ class Execution:
             exit_code=outcome.get("exit_code"),
             stdout_truncated=bool(outcome.get("stdout_truncated", False)),
             stderr_truncated=bool(outcome.get("stderr_truncated", False)),
+            results_truncated=bool(outcome.get("results_truncated", False)),
             files=[OutputFile.from_json(f) for f in outcome.get("files") or []],
             warnings=list(outcome.get("warnings") or []),
             audit=str(outcome.get("audit") or "recorded"),

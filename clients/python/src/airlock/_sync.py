@@ -533,7 +533,7 @@ class Sandbox:
             code: Python source (or a bash script with ``language="bash"``).
             language: ``python`` or ``bash``.
             timeout: This cell's time limit in seconds (default: the sandbox's).
-            limits: This cell's ``timeout_ms``, ``cpu_ms`` and ``output_bytes`` (the
+            limits: This cell's ``timeout_ms``, ``cpu_ms``, ``output_bytes`` and ``result_bytes`` (the
                 sandbox's other limits are fixed).
             global_variables: JSON values to define as globals before the code runs.
             files: Files to write into the workspace first (``{path: text or bytes}``).

@@ -193,17 +193,24 @@ impl AirlockMcp {
     }
 
     async fn run(&self, pending: Pending) -> CallToolResult {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let finished = pending.start(Some(tx)).finish().await;
+        let (tx, mut rx) = airlock_service::events::event_channel();
+        // Read while it runs (the queue is bounded); only the output's order is needed
+        // beyond the outcome, so results are not kept twice.
+        let collect = async move {
+            let mut events: Vec<Event> = Vec::new();
+            while let Some(e) = rx.recv().await {
+                if matches!(e, Event::Stdout { .. } | Event::Stderr { .. }) {
+                    events.push(e);
+                }
+            }
+            events
+        };
+        let (finished, events) = tokio::join!(pending.start(Some(tx)).finish(), collect);
         let audit = finished.audit;
         let outcome = match finished.result {
             Ok(o) => o,
             Err(e) => return tool_error(e),
         };
-        let mut events: Vec<Event> = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            events.push(e);
-        }
         let mut content = vec![Content::text(format::render(self.mode, &outcome, &events))];
         if audit != AuditState::Recorded {
             // Never more than the store holds: say so when the audit log lacks the end.

@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// Limit on stdout+stderr (64K, 1M). Default 1M.
     #[arg(long = "output-limit", value_parser = super::size_arg, value_name = "SIZE")]
     output_limit: Option<u64>,
+    /// Limit on rich results together (displayed values, figures), in bytes of JSON. Default 16M.
+    #[arg(long = "result-limit", value_parser = super::size_arg, value_name = "SIZE")]
+    result_limit: Option<u64>,
     /// Largest file the code may write, and the workspace size. Default 64M.
     #[arg(long = "file-limit", value_parser = super::size_arg, value_name = "SIZE")]
     file_limit: Option<u64>,
@@ -143,6 +146,7 @@ fn build_request(a: &RunArgs) -> anyhow::Result<ExecRequest> {
         memory_bytes: a.memory.unwrap_or(d.memory_bytes),
         processes: a.processes.unwrap_or(d.processes),
         output_bytes: a.output_limit.unwrap_or(d.output_bytes),
+        result_bytes: a.result_limit.unwrap_or(d.result_bytes),
         file_bytes: a.file_limit.unwrap_or(d.file_bytes),
         open_files: d.open_files,
     };
