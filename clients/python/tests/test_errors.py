@@ -190,6 +190,12 @@ def test_retry_policy_never_resends_a_run_that_may_have_started():
     assert p.delay("create", 1, 29.5, status=429, code="overloaded", retry_after=1) is None
     assert p.delay("idempotent", 4, 0, exc=read_err) is None
     assert p.delay("idempotent", 1, 0, status=409) is None
+    # Nothing ran: an audit log that cannot be written, or the first request with the
+    # same idempotency key still running, are worth waiting for.
+    assert p.delay("execute", 1, 0, status=503, code="audit_unavailable", retry_after=1) is not None
+    assert p.delay("execute", 1, 0, status=503, code="shutting_down") is None
+    assert p.delay("idempotent", 1, 0, status=409, code="idempotency_in_progress", retry_after=1) is not None
+    assert p.delay("idempotent", 1, 0, status=422, code="idempotency_mismatch") is None
 
 
 def test_stream_decoder_reports_a_cut_stream():

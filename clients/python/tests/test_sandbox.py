@@ -303,3 +303,27 @@ def test_results_display_in_jupyter(client):
     assert data["image/png"] == b"\x89PNG\r\n\x1a\nfake"  # the kernel base64-encodes it
     data, _ = formatters.DisplayFormatter().format(ex)  # an Execution shows its main result
     assert data["text/html"] == "<i>both</i>"
+
+
+def test_an_idempotency_key_runs_a_request_once(client):
+    import uuid
+
+    key = str(uuid.uuid4())
+    code = "import random\nprint(random.random())"
+    first = client.run(code, idempotency_key=key)
+    again = client.run(code, idempotency_key=key)
+    assert again.id == first.id and again.stdout == first.stdout, "the run ran twice"
+    assert first.audit == "recorded"
+    with pytest.raises(airlock.IdempotencyConflict) as e:
+        client.run("print(2)", idempotency_key=key)
+    assert e.value.code == "idempotency_mismatch" and e.value.status == 422
+    other = client.run(code, idempotency_key=str(uuid.uuid4()))
+    assert other.id != first.id
+
+    skey = str(uuid.uuid4())
+    a = client.create_sandbox(idempotency_key=skey)
+    try:
+        b = client.create_sandbox(idempotency_key=skey)
+        assert b.id == a.id, "a second sandbox was created"
+    finally:
+        a.kill()

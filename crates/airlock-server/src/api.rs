@@ -58,9 +58,10 @@ fn mode(headers: &HeaderMap) -> Mode {
     Mode::from_accept(headers.get(header::ACCEPT))
 }
 
-/// `GET /healthz`.
+/// `GET /healthz`: `200` while serving; `503` while the audit log cannot be written
+/// (`degraded`: new executions are refused) or during shutdown (`draining`).
 #[utoipa::path(get, path = "/healthz", tag = "service",
-    responses((status = 200, description = "Serving", body = Health), (status = 503, description = "Shutting down", body = Health)))]
+    responses((status = 200, description = "Serving", body = Health), (status = 503, description = "Degraded (the audit log cannot be written) or shutting down; `reason` says why", body = Health)))]
 pub async fn health(State(st): State<AppState>) -> Response {
     let h = st.service.health();
     let code = if h.status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -76,16 +77,28 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     r
 }
 
+/// The header a client names a request with, so that a retry does not run it twice.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+fn idempotency_header(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get(IDEMPOTENCY_KEY).map(|v| v.as_bytes())
+}
+
 /// Runs code in a fresh sandbox that is destroyed afterwards.
 ///
 /// The body is an `ExecRequest`; omitted limits take the server's defaults. With
 /// `Accept: application/x-ndjson` (or `text/event-stream`) the events stream as they
-/// happen and the last line carries the outcome.
+/// happen and the last line carries the outcome. With an `Idempotency-Key`, a retry
+/// of the same request gets the first one's answer instead of a second run.
 #[utoipa::path(post, path = "/v1/execute", tag = "executions", request_body = ExecRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A name for this request (1 to 255 visible ASCII characters, e.g. a UUID), unique per API key: a retry with the same key and body gets the first request's answer (`Idempotent-Replayed: true`) and runs nothing")),
     responses(
-        (status = 200, description = "The outcome (or a stream of StreamEvent lines)", body = Outcome),
+        (status = 200, description = "The outcome (or a stream of StreamEvent lines). `X-Airlock-Execution-Id` names its audit record; `X-Airlock-Audit: pending` (and `\"audit\": \"pending\"` in the body) says the audit log does not hold its end yet", body = Outcome),
         (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 409, description = "The request with this Idempotency-Key is still running, or ran without its answer kept", body = ErrorBody),
+        (status = 422, description = "This Idempotency-Key was used with another request", body = ErrorBody),
         (status = 429, description = "At capacity; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the audit log cannot be written (nothing was run)", body = ErrorBody),
     ))]
 pub async fn execute(
     State(st): State<AppState>,
@@ -93,8 +106,10 @@ pub async fn execute(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let req = st.service.request_from_json(json_body(&headers, body)?)?;
-    let pending = st.service.prepare_execute(&p, req).await?;
+    let body = json_body(&headers, body)?;
+    let key = st.service.idempotency_key(&p, idempotency_header(&headers), "execute", &body)?;
+    let req = st.service.request_from_json(body)?;
+    let pending = st.service.prepare_execute(&p, req).await?.with_idempotency_key(key);
     Ok(respond(pending, mode(&headers)).await)
 }
 
@@ -105,12 +120,17 @@ pub struct SandboxList {
     pub sandboxes: Vec<SandboxInfo>,
 }
 
-/// Creates a stateful sandbox (a session).
+/// Creates a stateful sandbox (a session). With an `Idempotency-Key`, a retry of the
+/// same request gets the sandbox the first one created.
 #[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body = CreateSandbox,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A name for this request (1 to 255 visible ASCII characters), unique per API key: a retry with the same key and body gets the same sandbox (`Idempotent-Replayed: true`)")),
     responses(
-        (status = 201, description = "Created", body = SandboxInfo),
+        (status = 201, description = "Created (or, with `Idempotent-Replayed: true`, created by an earlier request with the same key)", body = SandboxInfo),
         (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 409, description = "The request with this Idempotency-Key is still creating its sandbox", body = ErrorBody),
+        (status = 422, description = "This Idempotency-Key was used with another request", body = ErrorBody),
         (status = 429, description = "At capacity, or the key's sandbox quota is used up", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the audit log cannot be written", body = ErrorBody),
     ))]
 pub async fn create_sandbox(
     State(st): State<AppState>,
@@ -122,9 +142,14 @@ pub async fn create_sandbox(
         Ok(b) if b.is_empty() => Value::Object(Default::default()),
         other => json_body(&headers, other)?,
     };
+    let key = st.service.idempotency_key(&p, idempotency_header(&headers), "sandboxes", &body)?;
     let req = st.service.create_request_from_json(body)?;
-    let info = st.service.create_sandbox(&p, req).await?;
-    Ok((StatusCode::CREATED, axum::Json(info)).into_response())
+    let created = st.service.create_sandbox_keyed(&p, req, key).await?;
+    let mut r = (StatusCode::CREATED, axum::Json(created.info)).into_response();
+    if created.replayed {
+        r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(r)
 }
 
 /// The templates and their warm pools.
@@ -150,13 +175,14 @@ pub async fn list_sandboxes(State(st): State<AppState>, Extension(p): Extension<
 
 /// One sandbox.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")),
-    responses((status = 200, description = "The sandbox", body = SandboxInfo), (status = 404, description = "No such sandbox", body = ErrorBody)))]
+    responses((status = 200, description = "The sandbox", body = SandboxInfo), (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 410, description = "It ended when the server restarted", body = ErrorBody)))]
 pub async fn get_sandbox(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<SandboxInfo>> {
-    Ok(axum::Json(st.service.sandbox(&p, &id)?))
+    Ok(axum::Json(st.service.sandbox(&p, &id).await?))
 }
 
 /// Destroys a sandbox (stopping a running cell).
@@ -184,7 +210,7 @@ pub async fn delete_sandbox(
         (status = 200, description = "The outcome (or a stream of StreamEvent lines)", body = Outcome),
         (status = 404, description = "No such sandbox", body = ErrorBody),
         (status = 409, description = "A cell is running", body = ErrorBody),
-        (status = 410, description = "The sandbox has stopped", body = ErrorBody),
+        (status = 410, description = "The sandbox has stopped, or ended when the server restarted", body = ErrorBody),
         (status = 429, description = "At capacity; see Retry-After", body = ErrorBody),
     ))]
 pub async fn execute_cell(
@@ -257,7 +283,7 @@ pub async fn put_file(
 ) -> ApiResult<axum::Json<FileEntry>> {
     // What can be refused before the body is read, is.
     WorkspacePath::parse(&path)?;
-    let info = st.service.sandbox(&p, &id)?;
+    let info = st.service.sandbox(&p, &id).await?;
     let _share = st.transfer_share(&p)?;
     let server_max = st.service.settings().max_file_bytes;
     let cap = server_max.min(info.limits.file_bytes);

@@ -21,7 +21,9 @@ pub struct ErrorDetail {
     /// A stable, machine-readable code: `invalid_request`, `unauthorized`,
     /// `forbidden_host`, `forbidden_origin`, `not_found`, `method_not_allowed`,
     /// `body_timeout`, `busy`, `sandbox_gone`, `too_large`, `unsupported_media_type`,
-    /// `backend_unavailable`, `overloaded`, `quota_exceeded`, `shutting_down`, `internal`.
+    /// `backend_unavailable`, `overloaded`, `quota_exceeded`, `shutting_down`,
+    /// `audit_unavailable`, `idempotency_in_progress`, `idempotency_mismatch`,
+    /// `replay_unavailable`, `internal`.
     pub code: String,
     /// What happened and what to do about it.
     pub message: String,
@@ -75,7 +77,9 @@ pub fn status_of(kind: ServiceErrorKind) -> StatusCode {
         ServiceErrorKind::Overloaded | ServiceErrorKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
         ServiceErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ServiceErrorKind::BackendUnavailable => StatusCode::UNPROCESSABLE_ENTITY,
-        ServiceErrorKind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceErrorKind::ShuttingDown | ServiceErrorKind::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceErrorKind::IdempotencyInProgress | ServiceErrorKind::ReplayUnavailable => StatusCode::CONFLICT,
+        ServiceErrorKind::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
         ServiceErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

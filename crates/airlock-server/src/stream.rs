@@ -19,6 +19,7 @@ use std::convert::Infallible;
 
 use airlock_core::{ErrorInfo, Event, Outcome, ResultBundle};
 use airlock_service::events::event_channel;
+use airlock_service::service::{AuditState, Finished};
 use airlock_service::{Pending, ServiceError};
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
@@ -58,6 +59,10 @@ pub enum StreamEvent {
         /// The host error, when there is no outcome.
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<ErrorDetail>,
+        /// Present when the audit log does not hold the run's end: `pending` (kept in
+        /// memory, written when the store takes writes again) or `unrecorded`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        audit: Option<AuditState>,
     },
 }
 
@@ -76,9 +81,21 @@ impl StreamEvent {
     /// The final event for a run's result.
     pub fn end(r: Result<Outcome, ServiceError>) -> Self {
         match r {
-            Ok(o) => StreamEvent::End { outcome: Some(Box::new(o)), error: None },
-            Err(e) => StreamEvent::End { outcome: None, error: Some(ApiError::from(e).body().error) },
+            Ok(o) => StreamEvent::End { outcome: Some(Box::new(o)), error: None, audit: None },
+            Err(e) => StreamEvent::End { outcome: None, error: Some(ApiError::from(e).body().error), audit: None },
         }
+    }
+
+    /// The final event of a finished run, saying so when the audit log does not hold
+    /// its end.
+    pub fn finished(f: Finished) -> Self {
+        let mut e = Self::end(f.result);
+        if let StreamEvent::End { audit, .. } = &mut e
+            && f.audit != AuditState::Recorded
+        {
+            *audit = Some(f.audit);
+        }
+        e
     }
 
     fn kind(&self) -> &'static str {
@@ -130,41 +147,89 @@ fn encode(mode: Mode, ev: &StreamEvent) -> Bytes {
 
 /// The response for an admitted run: the outcome as JSON, or a stream of its events.
 /// The run goes on to its end (and is recorded) even if the client goes away.
+///
+/// Headers: `X-Airlock-Execution-Id` once the execution is in the audit log (never
+/// for a run refused before it was recorded); `X-Airlock-Audit: pending|unrecorded`
+/// when its end is not; `Idempotent-Replayed: true` for the kept answer of an earlier
+/// request with the same `Idempotency-Key`.
 pub async fn respond(pending: Pending, mode: Mode) -> Response {
-    let id = pending.execution_id().to_string();
-    let id_header = HeaderValue::from_str(&id).ok();
-    let mut resp = match mode {
-        Mode::Json => match pending.run(None).await {
-            Ok(o) => axum::Json(o).into_response(),
-            Err(e) => ApiError::from(e).into_response(),
-        },
-        Mode::Ndjson | Mode::Sse => {
-            // Bounded: a client that reads slowly slows the run (up to its wall-clock
-            // limit) instead of making the server buffer its output.
-            let (tx, rx) = event_channel();
-            let (end_tx, end_rx) = tokio::sync::oneshot::channel();
-            tokio::spawn(async move {
-                let r = pending.run(Some(tx)).await;
-                let _ = end_tx.send(r);
-            });
-            let events = ReceiverStream::new(rx).map(move |e| encode(mode, &StreamEvent::from(e)));
-            let end = futures_util::stream::once(async move {
-                let r = end_rx.await.unwrap_or_else(|_| Err(ServiceError::internal("the run ended without a result")));
-                encode(mode, &StreamEvent::end(r))
-            });
-            let body = Body::from_stream(events.chain(end).map(Ok::<_, Infallible>));
-            let ct = if mode == Mode::Sse { "text/event-stream" } else { "application/x-ndjson" };
-            let mut r = Response::new(body);
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
-            r
-        }
-    };
-    if let Some(v) = id_header {
-        resp.headers_mut().insert("x-airlock-execution-id", v);
+    if mode == Mode::Json {
+        return finished_response(pending.start(None).finish().await);
     }
-    resp
+    // Bounded: a client that reads slowly slows the run (up to its wall-clock limit)
+    // instead of making the server buffer its output.
+    let (tx, rx) = event_channel();
+    let mut run = pending.start(Some(tx));
+    if !run.started().await {
+        // Nothing runs: a refusal is an ordinary error response; a replay is a stream
+        // of its last event.
+        let f = run.finish().await;
+        if f.result.is_err() {
+            return finished_response(f);
+        }
+        let (execution_id, audit, replayed) = (f.execution_id.clone(), f.audit, f.replayed);
+        let end = encode(mode, &StreamEvent::finished(f));
+        let mut r = stream_response(mode, futures_util::stream::once(async move { end }).boxed(), execution_id);
+        mark(&mut r, audit, replayed);
+        return r;
+    }
+    let id = run.execution_id().to_string();
+    let events = ReceiverStream::new(rx).map(move |e| encode(mode, &StreamEvent::from(e)));
+    let end = futures_util::stream::once(async move { encode(mode, &StreamEvent::finished(run.finish().await)) });
+    stream_response(mode, events.chain(end).boxed(), Some(id))
+}
+
+fn stream_response(
+    mode: Mode,
+    lines: futures_util::stream::BoxStream<'static, Bytes>,
+    execution_id: Option<String>,
+) -> Response {
+    let body = Body::from_stream(lines.map(Ok::<_, Infallible>));
+    let ct = if mode == Mode::Sse { "text/event-stream" } else { "application/x-ndjson" };
+    let mut r = Response::new(body);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(v) = execution_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        r.headers_mut().insert("x-airlock-execution-id", v);
+    }
+    r
+}
+
+/// The JSON response of a finished run: the outcome (with `"audit"` when the audit
+/// log does not hold its end) or the error.
+fn finished_response(f: Finished) -> Response {
+    let mut r = match f.result {
+        Ok(o) if f.audit == AuditState::Recorded => axum::Json(o).into_response(),
+        Ok(o) => {
+            let mut v = serde_json::to_value(&o).unwrap_or_default();
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("audit".into(), serde_json::to_value(f.audit).unwrap_or_default());
+            }
+            axum::Json(v).into_response()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    };
+    if let Some(v) = f.execution_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        r.headers_mut().insert("x-airlock-execution-id", v);
+    }
+    mark(&mut r, f.audit, f.replayed);
+    r
+}
+
+fn mark(r: &mut Response, audit: AuditState, replayed: bool) {
+    match audit {
+        AuditState::Recorded => {}
+        AuditState::Pending => {
+            r.headers_mut().insert("x-airlock-audit", HeaderValue::from_static("pending"));
+        }
+        AuditState::Unrecorded => {
+            r.headers_mut().insert("x-airlock-audit", HeaderValue::from_static("unrecorded"));
+        }
+    }
+    if replayed {
+        r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
 }
 
 #[cfg(test)]

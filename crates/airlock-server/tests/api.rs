@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use airlock_core::BackendKind;
 use airlock_server::{AppOptions, AppState, app};
 use airlock_service::keys::create_key;
+use airlock_service::store::Store;
+use airlock_service::store::fault::FaultyStore;
 use airlock_service::store::sqlite::SqliteStore;
 use airlock_service::{Config, Registry, ServerSettings, Service};
 use axum::Router;
@@ -26,7 +28,7 @@ const OCTETS: &[(&str, &str)] = &[("content-type", "application/octet-stream")];
 struct Harness {
     app: Router,
     svc: Arc<Service>,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
 }
 
 fn settings() -> ServerSettings {
@@ -34,8 +36,11 @@ fn settings() -> ServerSettings {
 }
 
 fn harness(s: ServerSettings) -> Harness {
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
-    let svc = Service::new(s, Registry::new(Config::from_env()), store.clone());
+    harness_on(s, Registry::new(Config::from_env()), Arc::new(SqliteStore::in_memory().unwrap()))
+}
+
+fn harness_on(s: ServerSettings, registry: Registry, store: Arc<dyn Store>) -> Harness {
+    let svc = Service::new(s, registry, store.clone());
     let app = app(AppState::new(svc.clone(), AppOptions::default()));
     Harness { app, svc, store }
 }
@@ -485,7 +490,6 @@ async fn keys_are_required_when_asked_and_see_only_their_own() {
     assert_eq!(h.post_as("/v1/sandboxes", json!({}), Some(&b)).await.status, StatusCode::CREATED);
 
     // A revoked key stops working at once.
-    use airlock_service::store::KeyStore;
     assert!(h.store.revoke_key("a").unwrap());
     assert_eq!(h.get_as("/v1/sandboxes", &a).await.status, StatusCode::UNAUTHORIZED);
     // X-API-Key works too; a malformed Authorization header says how to send it.
@@ -669,7 +673,13 @@ async fn shutdown_stops_cells_that_outlive_the_drain_timeout() {
     let t = Instant::now();
     h.svc.shutdown(Duration::from_millis(200)).await;
     assert!(t.elapsed() < Duration::from_secs(10));
-    assert_eq!(cell.await.unwrap()["status"], "killed");
+    let o = cell.await.unwrap();
+    assert_eq!(o["status"], "killed");
+    // It says why: not only "killed by SIGKILL".
+    let reason = o["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("shutting down") && reason.contains("drain timeout"), "{o}");
+    let rec = h.get(&format!("/v1/executions/{}", o["id"].as_str().unwrap())).await.json();
+    assert!(rec["reason"].as_str().unwrap_or("").contains("shutting down"), "{rec}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -692,6 +702,224 @@ async fn a_client_that_gives_up_in_the_queue_leaves_the_sandbox_usable() {
     assert_eq!(main_text(&h.cell(&id, "6 * 7").await).as_deref(), Some("42"));
     // Nothing ran for the abandoned request.
     assert_eq!(info["execution_count"], 0);
+}
+
+impl Harness {
+    async fn post_with(&self, uri: &str, body: Value, extra: &[(&str, &str)]) -> Resp {
+        let mut h = vec![("content-type", "application/json")];
+        h.extend_from_slice(extra);
+        self.req(Method::POST, uri, &h, Body::from(body.to_string())).await
+    }
+}
+
+fn records(h: &Harness) -> usize {
+    let q = airlock_service::store::ExecutionQuery { limit: 1000, ..Default::default() };
+    h.store.executions(&q).unwrap().executions.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotency_key_makes_a_retried_execute_safe() {
+    let h = harness(settings());
+    let body = json!({"code": "import random\nprint(random.random())"});
+    let k = [("idempotency-key", "5b0e1f2a-retry")];
+    let first = h.post_with("/v1/execute", body.clone(), &k).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", String::from_utf8_lossy(&first.body));
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    let id = first.json()["id"].as_str().unwrap().to_string();
+
+    // The connection dropped; the client sends the same request again.
+    let again = h.post_with("/v1/execute", body.clone(), &k).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.headers["x-airlock-execution-id"], id.as_str());
+    assert_eq!(again.json(), first.json(), "the retry did not get the first answer");
+    assert_eq!(records(&h), 1, "the request ran twice");
+    // Streaming asks get the same answer as a one-line stream.
+    let streamed = h.post_with("/v1/execute", body.clone(), &[k[0], ("accept", "application/x-ndjson")]).await;
+    assert_eq!(streamed.headers[header::CONTENT_TYPE], "application/x-ndjson");
+    let line: Value = serde_json::from_slice(&streamed.body).unwrap();
+    assert_eq!((line["type"].as_str(), &line["outcome"]), (Some("end"), &first.json()));
+    assert_eq!(records(&h), 1);
+
+    // The same key with another request is refused; bad keys are refused by name.
+    let r = h.post_with("/v1/execute", json!({"code": "print(2)"}), &k).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_mismatch"));
+    let long = "k".repeat(300);
+    for bad in ["has spaces", long.as_str()] {
+        let r = h.post_with("/v1/execute", body.clone(), &[("idempotency-key", bad)]).await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}");
+        assert!(r.message().contains("Idempotency-Key"), "{}", r.message());
+    }
+    assert_eq!(records(&h), 1);
+
+    // Keys are per API key: another key's identical request is its own.
+    h.svc.set_auth_required(true);
+    let (a, _) = create_key(h.store.as_ref(), "a", None).unwrap();
+    let (b, _) = create_key(h.store.as_ref(), "b", None).unwrap();
+    let (ba, bb) = (format!("Bearer {a}"), format!("Bearer {b}"));
+    let ra = h.post_with("/v1/execute", body.clone(), &[k[0], ("authorization", &ba)]).await.json();
+    let rb = h.post_with("/v1/execute", body.clone(), &[k[0], ("authorization", &bb)]).await.json();
+    assert_ne!(ra["id"], rb["id"]);
+    assert_ne!(ra["id"].as_str(), Some(id.as_str()));
+    let rb2 = h.post_with("/v1/execute", body.clone(), &[k[0], ("authorization", &bb)]).await.json();
+    assert_eq!(rb2["id"], rb["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotency_key_makes_a_retried_sandbox_creation_safe() {
+    let h = harness(settings());
+    let k = [("idempotency-key", "create-1")];
+    let body = json!({"metadata": {"user": "ada"}});
+    let first = h.post_with("/v1/sandboxes", body.clone(), &k).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&first.body));
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    let again = h.post_with("/v1/sandboxes", body.clone(), &k).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.json()["id"], id.as_str());
+    assert_eq!(h.get("/v1/sandboxes").await.json()["sandboxes"].as_array().unwrap().len(), 1);
+    let r = h.post_with("/v1/sandboxes", json!({}), &k).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_mismatch"));
+    // A creation that was refused (quota) leaves the key free for a retry.
+    let h1 = harness(ServerSettings { per_key_max_sandboxes: 1, ..settings() });
+    let _ = h1.sandbox(json!({})).await;
+    let r = h1.post_with("/v1/sandboxes", json!({}), &[("idempotency-key", "q")]).await;
+    assert_eq!(r.code(), "quota_exceeded");
+    let only = h1.get("/v1/sandboxes").await.json()["sandboxes"][0]["id"].as_str().unwrap().to_string();
+    h1.req(Method::DELETE, &format!("/v1/sandboxes/{only}"), &[], Body::empty()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // the claim is released on a blocking thread
+    let r = h1.post_with("/v1/sandboxes", json!({}), &[("idempotency-key", "q")]).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.headers.get("idempotent-replayed").is_none());
+    h.svc.shutdown(Duration::from_secs(1)).await;
+    h1.svc.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sandbox_from_before_a_restart_answers_410_to_its_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || -> Arc<dyn Store> { Arc::new(SqliteStore::open(dir.path()).unwrap()) };
+    let h = harness_on(settings(), Registry::new(Config::from_env()), open());
+    let (a, _) = create_key(h.store.as_ref(), "a", None).unwrap();
+    let (b, _) = create_key(h.store.as_ref(), "b", None).unwrap();
+    let id = h.post_as("/v1/sandboxes", json!({}), Some(&a)).await.json()["id"].as_str().unwrap().to_string();
+    h.svc.shutdown(Duration::from_secs(5)).await;
+    drop(h);
+
+    let h = harness_on(settings(), Registry::new(Config::from_env()), open());
+    h.svc.start().await.unwrap();
+    let r = h.get_as(&format!("/v1/sandboxes/{id}"), &a).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::GONE, "sandbox_gone"), "{}", r.message());
+    assert!(r.message().contains("the server restarted"), "{}", r.message());
+    let r = h.post_as(&format!("/v1/sandboxes/{id}/execute"), json!({"code": "1"}), Some(&a)).await;
+    assert_eq!(r.status, StatusCode::GONE);
+    let r = h.get_as(&format!("/v1/sandboxes/{id}"), &b).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "not_found"), "another key learns it existed");
+    let never = h.get_as("/v1/sandboxes/sbx_00000000000000000000000000000000", &b).await;
+    assert_eq!(r.message().replace(&id, "X"), never.message().replace("sbx_00000000000000000000000000000000", "X"));
+    h.svc.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_the_audit_log_cannot_be_written_the_server_says_so_and_runs_nothing() {
+    let store = Arc::new(FaultyStore::new(SqliteStore::in_memory().unwrap()));
+    let h = harness_on(settings(), Registry::new(Config::from_env()), store.clone());
+
+    // The disk fills during a run: the answer says its end is not recorded.
+    let h = Arc::new(h);
+    for accept in ["application/json", "application/x-ndjson"] {
+        let h2 = h.clone();
+        let accept2 = accept.to_string();
+        let run = tokio::spawn(async move {
+            h2.post_with(
+                "/v1/execute",
+                json!({"code": "import time; time.sleep(0.7); print(1)"}),
+                &[("accept", &accept2)],
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        store.refuse_ends(true);
+        let r = run.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{accept}");
+        let id = r.headers["x-airlock-execution-id"].to_str().unwrap().to_string();
+        let outcome = if accept == "application/json" {
+            assert_eq!(r.headers["x-airlock-audit"], "pending");
+            let o = r.json();
+            assert_eq!(o["audit"], "pending", "{o}");
+            o
+        } else {
+            let end: Value = serde_json::from_str(String::from_utf8_lossy(&r.body).lines().last().unwrap()).unwrap();
+            assert_eq!(end["audit"], "pending", "{end}");
+            end["outcome"].clone()
+        };
+        assert_eq!(outcome["stdout"], "1\n");
+        // The record holds what the store holds: the start.
+        assert_eq!(h.get(&format!("/v1/executions/{id}")).await.json()["status"], "running");
+
+        let health = h.get("/healthz").await;
+        assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(health.json()["status"], "degraded");
+        assert!(health.json()["reason"].as_str().unwrap().contains("audit log"), "{}", health.json());
+        // New work is refused before it runs, with no execution id to chase.
+        let r = h.post("/v1/execute", json!({"code": "1"})).await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"));
+        assert!(r.headers.get("x-airlock-execution-id").is_none());
+        assert!(r.headers.get(header::RETRY_AFTER).is_some());
+        let r = h.post("/v1/sandboxes", json!({})).await;
+        assert_eq!(r.code(), "audit_unavailable");
+        let m = String::from_utf8(h.get("/metrics").await.body).unwrap();
+        assert!(m.contains("airlock_audit_degraded 1"), "{m}");
+
+        store.refuse_ends(false);
+        assert_eq!(h.svc.flush_audit().await, 0);
+        assert_eq!(h.get(&format!("/v1/executions/{id}")).await.json()["status"], "ok");
+        assert_eq!(h.get("/healthz").await.json()["status"], "ok");
+    }
+
+    // A store that refuses everything: nothing runs, and no id is given out.
+    store.refuse_writes(true);
+    let h2 = h.clone();
+    let r = h2.post_with("/v1/execute", json!({"code": "1"}), &[("accept", "application/x-ndjson")]).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"));
+    assert!(r.headers.get("x-airlock-execution-id").is_none(), "an id that leads nowhere was given out");
+}
+
+/// A backend whose sandboxes can never be created: every run is a host fault.
+struct BrokenBackend;
+
+impl airlock_core::Backend for BrokenBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Process
+    }
+    fn isolation(&self) -> airlock_core::Isolation {
+        airlock_core::Isolation::None
+    }
+    fn probe(&self) -> airlock_core::Probe {
+        airlock_core::Probe {
+            backend: BackendKind::Process,
+            isolation: airlock_core::Isolation::None,
+            available: true,
+            detail: "broken on purpose".into(),
+            fix: None,
+            checks: Default::default(),
+        }
+    }
+    fn create(&self, _: &airlock_core::SandboxSpec) -> Result<Box<dyn airlock_core::Sandbox>, airlock_core::Error> {
+        Err(airlock_core::Error::host("creating the sandbox's workspace: no space left on device"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_500_that_carries_an_execution_id_is_in_the_audit_log() {
+    let registry = Registry::with_backends(Config::from_env(), vec![Arc::new(BrokenBackend)]);
+    let h = harness_on(settings(), registry, Arc::new(SqliteStore::in_memory().unwrap()));
+    let r = h.post("/v1/execute", json!({"code": "1"})).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
+    let id = r.headers["x-airlock-execution-id"].to_str().unwrap();
+    let rec = h.get(&format!("/v1/executions/{id}")).await;
+    assert_eq!(rec.status, StatusCode::OK, "a 500 named {id}, which the audit log does not have");
+    assert_eq!(rec.json()["status"], "failed");
 }
 
 /// Whether the jail works here (the default backend of a server nobody configured).

@@ -51,6 +51,8 @@ struct Inner {
     rejected: BTreeMap<&'static str, u64>,
     sandboxes_created: BTreeMap<String, u64>,
     sandboxes_reaped: BTreeMap<&'static str, u64>,
+    audit_write_failures: u64,
+    audit_pruned: u64,
     /// Exponentially weighted mean of execution latency, for `Retry-After`.
     mean_latency_s: f64,
 }
@@ -72,6 +74,10 @@ pub struct Gauges {
     pub max_sandboxes: u64,
     /// Seconds since the service started.
     pub uptime_s: f64,
+    /// Audit records waiting in memory because the store refused them.
+    pub audit_pending: u64,
+    /// Whether the audit log cannot be written now (new executions are refused).
+    pub audit_degraded: bool,
 }
 
 /// The service's metrics.
@@ -123,6 +129,16 @@ impl Metrics {
     /// Counts a session ended (`idle`, `lifetime`, `deleted`, `shutdown`).
     pub fn sandbox_ended(&self, why: &'static str) {
         *self.lock().sandboxes_reaped.entry(why).or_default() += 1;
+    }
+
+    /// Counts a write the audit store refused.
+    pub fn audit_write_failed(&self) {
+        self.lock().audit_write_failures += 1;
+    }
+
+    /// Counts execution records deleted by retention.
+    pub fn pruned(&self, executions: u64) {
+        self.lock().audit_pruned += executions;
     }
 
     /// Seconds a refused client should wait before retrying: about one execution.
@@ -183,6 +199,24 @@ impl Metrics {
         let _ = writeln!(out, "airlock_max_sandboxes {}", g.max_sandboxes);
         head(&mut out, "airlock_queue_depth", "gauge", "Requests waiting for a slot now.");
         let _ = writeln!(out, "airlock_queue_depth {}", g.queue_depth);
+        head(&mut out, "airlock_audit_write_failures_total", "counter", "Writes the audit store refused.");
+        let _ = writeln!(out, "airlock_audit_write_failures_total {}", m.audit_write_failures);
+        head(
+            &mut out,
+            "airlock_audit_pending",
+            "gauge",
+            "Audit records waiting in memory to be written (the store refused them).",
+        );
+        let _ = writeln!(out, "airlock_audit_pending {}", g.audit_pending);
+        head(
+            &mut out,
+            "airlock_audit_degraded",
+            "gauge",
+            "1 while the audit log cannot be written (new runs refused).",
+        );
+        let _ = writeln!(out, "airlock_audit_degraded {}", u8::from(g.audit_degraded));
+        head(&mut out, "airlock_audit_pruned_total", "counter", "Execution records deleted by retention.");
+        let _ = writeln!(out, "airlock_audit_pruned_total {}", m.audit_pruned);
         head(&mut out, "airlock_uptime_seconds", "gauge", "Seconds since the service started.");
         let _ = writeln!(out, "airlock_uptime_seconds {:.3}", g.uptime_s);
         out

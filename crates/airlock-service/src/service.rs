@@ -7,9 +7,9 @@
 //! (`spawn_blocking`), and events a running cell produces are forwarded through a
 //! bounded queue with back-pressure (`events.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use airlock_core::{
     SandboxSpec,
 };
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::Registry;
 use crate::admission::{Admission, Rejected, Slot};
@@ -34,8 +34,8 @@ use crate::session::{
 };
 use crate::settings::{AuthMode, ServerSettings};
 use crate::store::{
-    ExecutionEnd, ExecutionKind, ExecutionPage, ExecutionQuery, ExecutionRecord, ExecutionStart, RecordStatus, Store,
-    cut, now_ms,
+    END_SHUTDOWN, ExecutionEnd, ExecutionKind, ExecutionPage, ExecutionQuery, ExecutionRecord, ExecutionStart,
+    IdempotencyKey, KeyUse, RecordStatus, SandboxStart, Store, cut, now_ms, rfc3339,
 };
 
 /// What the operator is told when `process` is served.
@@ -66,6 +66,15 @@ pub enum ServiceErrorKind {
     BackendUnavailable,
     /// The server is shutting down (`shutting_down`).
     ShuttingDown,
+    /// The audit log cannot be written, so nothing new runs (`audit_unavailable`).
+    AuditUnavailable,
+    /// A request with this idempotency key is still running (`idempotency_in_progress`).
+    IdempotencyInProgress,
+    /// The idempotency key was used for a different request (`idempotency_mismatch`).
+    IdempotencyMismatch,
+    /// The idempotency key's request ran, but its answer was not kept
+    /// (`replay_unavailable`).
+    ReplayUnavailable,
     /// A fault of the host (`internal`).
     Internal,
 }
@@ -156,8 +165,39 @@ impl ServiceError {
             ServiceErrorKind::TooLarge => "too_large",
             ServiceErrorKind::BackendUnavailable => "backend_unavailable",
             ServiceErrorKind::ShuttingDown => "shutting_down",
+            ServiceErrorKind::AuditUnavailable => "audit_unavailable",
+            ServiceErrorKind::IdempotencyInProgress => "idempotency_in_progress",
+            ServiceErrorKind::IdempotencyMismatch => "idempotency_mismatch",
+            ServiceErrorKind::ReplayUnavailable => "replay_unavailable",
             ServiceErrorKind::Internal => "internal",
         }
+    }
+
+    /// Every kind, for [`ServiceError::from_code`].
+    const KINDS: [ServiceErrorKind; 15] = [
+        ServiceErrorKind::InvalidRequest,
+        ServiceErrorKind::Unauthorized,
+        ServiceErrorKind::NotFound,
+        ServiceErrorKind::Busy,
+        ServiceErrorKind::SandboxGone,
+        ServiceErrorKind::Overloaded,
+        ServiceErrorKind::QuotaExceeded,
+        ServiceErrorKind::TooLarge,
+        ServiceErrorKind::BackendUnavailable,
+        ServiceErrorKind::ShuttingDown,
+        ServiceErrorKind::AuditUnavailable,
+        ServiceErrorKind::IdempotencyInProgress,
+        ServiceErrorKind::IdempotencyMismatch,
+        ServiceErrorKind::ReplayUnavailable,
+        ServiceErrorKind::Internal,
+    ];
+
+    /// The error a stable code names (an answer kept for an idempotent retry);
+    /// unknown codes are `internal`.
+    pub fn from_code(code: &str, message: impl Into<String>) -> Self {
+        let kind =
+            Self::KINDS.into_iter().find(|k| Self::new(*k, "").code() == code).unwrap_or(ServiceErrorKind::Internal);
+        Self::new(kind, message)
     }
 }
 
@@ -204,6 +244,76 @@ impl Drop for QuotaToken {
     }
 }
 
+/// A session created (or, for a repeated idempotency key, found).
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The session.
+    pub info: SandboxInfo,
+    /// True when an earlier request with the same idempotency key created it.
+    pub replayed: bool,
+}
+
+/// The longest `Idempotency-Key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// JSON with object keys sorted, so that the same document always has the same text
+/// (a request's fingerprint must not depend on the order its client wrote keys in).
+fn canonical_json(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// An idempotency key claimed for a sandbox creation: released (so that a retry can
+/// create) unless the creation bound it, whatever way the request ends.
+struct KeyClaim {
+    store: Arc<dyn Store>,
+    /// `None` once bound.
+    key: Option<IdempotencyKey>,
+}
+
+impl Drop for KeyClaim {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let store = self.store.clone();
+        let release = move || {
+            if let Err(e) = store.release_key(&key) {
+                tracing::warn!("releasing an idempotency key: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(release);
+            }
+            Err(_) => release(),
+        }
+    }
+}
+
 /// Counts a sandbox creation in progress for as long as it lives.
 struct Creating<'a>(&'a AtomicUsize);
 
@@ -225,13 +335,100 @@ struct Running {
     backend: BackendKind,
     oneshot: bool,
     canceller: Option<Canceller>,
+    /// Set when shutdown stops it at the end of the drain: the drain timeout in ms.
+    drained: Option<u64>,
+}
+
+/// Whether the audit log holds an execution's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditState {
+    /// Written.
+    Recorded,
+    /// Not written yet: the store refused it; it is kept in memory and written when the
+    /// store takes writes again (lost if the server stops first).
+    Pending,
+    /// Not written and not kept (too many records were pending): after a restart the
+    /// record says `lost`.
+    Unrecorded,
+}
+
+/// How a run ended, with what the audit log holds of it (from [`RunHandle::finish`]).
+#[derive(Debug)]
+pub struct Finished {
+    /// The outcome, or why there is none.
+    pub result: Result<Outcome, ServiceError>,
+    /// The execution this answer is about: the run's own id, or, for a replay, the
+    /// first request's. `None` when no execution was recorded (the id would lead
+    /// nowhere, so it is not shown).
+    pub execution_id: Option<String>,
+    /// Whether the end is in the audit log.
+    pub audit: AuditState,
+    /// True when this is the kept answer of an earlier request with the same
+    /// idempotency key, not a new run.
+    pub replayed: bool,
+}
+
+/// A write the audit store refused, kept to be retried.
+enum PendingWrite {
+    /// An execution's end.
+    End { id: String, end: Box<ExecutionEnd> },
+    /// A session's end.
+    SandboxEnd { id: String, cause: &'static str, at_ms: u64 },
+}
+
+impl PendingWrite {
+    fn bytes(&self) -> usize {
+        match self {
+            PendingWrite::End { end, .. } => {
+                256 + end.stdout.len() + end.stderr.len() + end.response.as_ref().map_or(0, |r| r.len())
+            }
+            PendingWrite::SandboxEnd { .. } => 128,
+        }
+    }
+}
+
+/// Records kept in memory while the store refuses writes, at most; beyond, an end is
+/// not kept (the client is told `unrecorded`).
+const MAX_PENDING_WRITES: usize = 4096;
+/// Bytes kept in memory for pending records, at most.
+const MAX_PENDING_BYTES: usize = 64 << 20;
+/// How often pending records are retried while the store refuses writes.
+const AUDIT_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the audit store is pruned (it is also pruned after much has been written).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
+#[derive(Default)]
+struct Backlog {
+    pending: VecDeque<PendingWrite>,
+    bytes: usize,
+    /// The last error of the store while degraded.
+    fault: Option<String>,
+}
+
+/// The state of the audit log's writes: while `degraded`, records wait in memory and
+/// no new execution starts.
+#[derive(Default)]
+struct AuditWrites {
+    degraded: AtomicBool,
+    backlog: Mutex<Backlog>,
+    /// Bytes written since the last pruning pass (wakes the pruner past a share of
+    /// `audit_max_bytes`).
+    written: AtomicU64,
+    prune_now: Arc<Notify>,
 }
 
 /// The health summary (`GET /healthz`).
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Health {
-    /// `ok`, or `draining` during shutdown.
+    /// `ok`; `degraded` while the audit log cannot be written (new executions are
+    /// refused); `draining` during shutdown.
     pub status: String,
+    /// Why the status is not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Audit records (ends of executions and sessions) waiting in memory to be written.
+    pub audit_pending: u64,
     /// airlock's version.
     pub version: String,
     /// Live sessions.
@@ -263,6 +460,7 @@ pub struct Service {
     shutting_down: AtomicBool,
     started: Instant,
     templates: Vec<crate::settings::TemplateSpec>,
+    audit: AuditWrites,
     served: OnceLock<Vec<BackendKind>>,
 }
 
@@ -339,13 +537,15 @@ impl Service {
             shutting_down: AtomicBool::new(false),
             started: Instant::now(),
             templates,
+            audit: AuditWrites::default(),
             served: OnceLock::new(),
         })
     }
 
-    /// Start-up work: marks executions of dead servers `lost`, removes sandboxes dead
-    /// servers left behind, probes the backends, and starts the reaper. Returns lines
-    /// describing what was recovered.
+    /// Start-up work: marks executions of dead servers `lost` (and their sessions
+    /// ended), removes sandboxes dead servers left behind, probes the backends, and
+    /// starts the reaper, the task that retries audit writes the store refused, and the
+    /// audit log's pruner. Returns lines describing what was recovered.
     pub async fn start(self: &Arc<Self>) -> Result<Vec<String>, ServiceError> {
         let svc = self.clone();
         blocking(move || svc.check_backends()).await??;
@@ -369,6 +569,7 @@ impl Service {
         .await??;
         self.start_pool().await?;
         self.spawn_reaper();
+        self.spawn_audit_tasks();
         Ok(report)
     }
 
@@ -627,6 +828,9 @@ impl Service {
     }
 
     async fn admit(&self, slot: Slot) -> Result<OwnedSemaphorePermit, ServiceError> {
+        if slot == Slot::Run {
+            self.check_recording()?;
+        }
         let (permit, waited) = self.admission.admit(slot).await.map_err(|r| self.rejected(r))?;
         self.metrics.queue_wait(waited);
         Ok(permit)
@@ -676,6 +880,7 @@ impl Service {
             accepted_ms: now_ms(),
             permit: Some(permit),
             work: Some(work),
+            idempotency: None,
         }
     }
 
@@ -684,12 +889,49 @@ impl Service {
         self.prepare_execute(principal, req).await?.run(None).await
     }
 
-    fn session(&self, p: &Principal, id: &str) -> Result<Arc<Session>, ServiceError> {
-        lock(&self.sessions).get(id).filter(|s| s.owned_by(p.key_id.as_deref())).cloned().ok_or_else(|| {
-            ServiceError::not_found(format!(
-                "no sandbox '{id}' (it may have been deleted, or destroyed after its idle timeout or lifetime)"
-            ))
-        })
+    /// One of the caller's live sessions, or why there is none (`404`, or `410` for
+    /// one of theirs that ended when the server restarted).
+    async fn session(&self, p: &Principal, id: &str) -> Result<Arc<Session>, ServiceError> {
+        let found = lock(&self.sessions).get(id).filter(|s| s.owned_by(p.key_id.as_deref())).cloned();
+        match found {
+            Some(s) => Ok(s),
+            None => Err(self.no_session(p, id).await),
+        }
+    }
+
+    /// Why the caller's sandbox `id` is not here. A sandbox of the caller's that ended
+    /// because its server stopped (shut down, crashed or was killed) is `410` "the
+    /// server restarted"; anything else, another key's sandboxes included, is the
+    /// same `404` as an id that never existed.
+    async fn no_session(&self, p: &Principal, id: &str) -> ServiceError {
+        let not_found = ServiceError::not_found(format!(
+            "no sandbox '{id}' (it may have been deleted, or destroyed after its idle timeout or lifetime)"
+        ));
+        let plausible =
+            id.len() <= 100 && id.starts_with("sbx_") && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !plausible {
+            return not_found;
+        }
+        let store = self.store.clone();
+        let (id2, key) = (id.to_string(), p.key_id.clone());
+        match blocking(move || store.sandbox(&id2, key.as_deref())).await {
+            Ok(Ok(Some(r))) if r.ended_by_restart() => {
+                let how = if r.end_cause.as_deref() == Some(END_SHUTDOWN) {
+                    "it shut down"
+                } else {
+                    "it stopped unexpectedly (a crash or a kill)"
+                };
+                let when = r.ended_at_ms.map(|t| format!(", noted at {}", rfc3339(t))).unwrap_or_default();
+                ServiceError::gone(format!(
+                    "sandbox {id} ended when the server restarted ({how}{when}); its interpreter, variables and files are gone: create a new sandbox"
+                ))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(sandbox = %id, "looking up an old sandbox: {e}");
+                not_found
+            }
+            _ => not_found,
+        }
     }
 
     /// Parses the JSON body of a cell (`POST /v1/sandboxes/{id}/execute`), naming
@@ -709,7 +951,7 @@ impl Service {
         cell: CellRequest,
     ) -> Result<Pending, ServiceError> {
         self.check_open()?;
-        let session = self.session(principal, sandbox_id)?;
+        let session = self.session(principal, sandbox_id).await?;
         let req = cell.resolve(&session.terms(), &self.settings.max_limits)?;
         let id = airlock_core::new_id("exe");
         // If admission fails, or this future is dropped while it waits, the lease
@@ -763,6 +1005,18 @@ impl Service {
         principal: &Principal,
         req: CreateSandbox,
     ) -> Result<SandboxInfo, ServiceError> {
+        Ok(self.create_sandbox_keyed(principal, req, None).await?.info)
+    }
+
+    /// Creates a session; with an idempotency key (from [`Service::idempotency_key`]),
+    /// a repeated request gets the sandbox the first one created (`replayed`), or is
+    /// told that it is still being created, and creates nothing.
+    pub async fn create_sandbox_keyed(
+        self: &Arc<Self>,
+        principal: &Principal,
+        req: CreateSandbox,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Created, ServiceError> {
         self.check_open()?;
         let s = &self.settings;
         req.limits.validate(&s.max_limits)?;
@@ -790,6 +1044,43 @@ impl Service {
         let wanted = self.check_template(req.template.as_deref(), req.backend)?;
         self.check_network(req.network)?;
         let backend = self.backend_for(wanted)?;
+        let claim = match key {
+            None => None,
+            Some(key) => {
+                self.check_recording()?;
+                let store = self.store.clone();
+                let k = key.clone();
+                let prior = blocking(move || store.claim_sandbox_key(&k)).await?.map_err(|e| {
+                    self.store_fault(&e);
+                    self.audit_unavailable(&e.to_string())
+                })?;
+                match prior {
+                    KeyUse::New => Some(KeyClaim { store: self.store.clone(), key: Some(key) }),
+                    KeyUse::Sandbox { id: Some(id) } => {
+                        let session = self.session(principal, &id).await?;
+                        return Ok(Created { info: session.info(), replayed: true });
+                    }
+                    KeyUse::Sandbox { id: None } => {
+                        return Err(ServiceError {
+                            retry_after_s: Some(1),
+                            ..ServiceError::new(
+                                ServiceErrorKind::IdempotencyInProgress,
+                                "the request with this Idempotency-Key is still creating its sandbox; retry in a moment",
+                            )
+                        });
+                    }
+                    KeyUse::Mismatch | KeyUse::Execution { .. } => {
+                        return Err(ServiceError::new(
+                            ServiceErrorKind::IdempotencyMismatch,
+                            format!(
+                                "Idempotency-Key '{}' was already used with a different request; use a new key for a new request",
+                                key.key
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
         let quota = self.reserve_quota(principal)?;
         let slot = self.admit(Slot::Sandbox).await?;
         let run = self.admit(Slot::Run).await?;
@@ -805,13 +1096,34 @@ impl Service {
         let svc = self.clone();
         let owner = principal.clone();
         let task = tokio::spawn(async move {
+            let mut claim = claim;
             let creating = Creating::new(&svc.creating);
-            let registry = svc.registry.clone();
             let b = backend.clone();
-            let created = blocking(move || registry.create_sandbox(b.as_ref(), &spec)).await;
+            let svc2 = svc.clone();
+            let key_id = owner.key_id.clone();
+            let key = claim.as_ref().and_then(|c| c.key.clone());
+            let created = blocking(move || -> Result<Box<dyn airlock_core::Sandbox>, ServiceError> {
+                let sandbox = svc2.registry.create_sandbox(b.as_ref(), &spec)?;
+                // A session the store does not know could not be answered for after a
+                // restart (nor its idempotency key): it is not handed out.
+                let row =
+                    SandboxStart { id: sandbox.id().to_string(), key_id, backend: b.kind(), created_at_ms: now_ms() };
+                if let Err(e) = svc2.store.sandbox_created(&row, key.as_ref()) {
+                    svc2.store_fault(&e);
+                    if let Err(d) = sandbox.destroy() {
+                        tracing::warn!(sandbox = %row.id, "destroying an unrecorded sandbox failed: {d}");
+                    }
+                    return Err(svc2.audit_unavailable(&e.to_string()));
+                }
+                Ok(sandbox)
+            })
+            .await;
             drop(creating);
             drop(run);
             let sandbox = created??;
+            if let Some(c) = &mut claim {
+                c.key = None; // bound to the sandbox now
+            }
             // A pooled sandbox keeps the id it was made with.
             let id = sandbox.id().to_string();
             let now = Instant::now();
@@ -847,9 +1159,37 @@ impl Service {
                 svc.check_open()?;
             }
             tracing::info!(sandbox = %id, backend = %backend.kind(), owner = owner.label(), "sandbox created");
-            Ok::<_, ServiceError>(session.info())
+            Ok::<_, ServiceError>(Created { info: session.info(), replayed: false })
         });
         task.await.map_err(|e| ServiceError::internal(format!("creating the sandbox failed unexpectedly: {e}")))?
+    }
+
+    /// Checks the `Idempotency-Key` a client sent with a request to `endpoint` (a
+    /// name such as `execute`) and binds it to the caller and to the request `body`:
+    /// the same key with another body, or at another endpoint, is refused.
+    pub fn idempotency_key(
+        &self,
+        principal: &Principal,
+        header: Option<&[u8]>,
+        endpoint: &str,
+        body: &Value,
+    ) -> Result<Option<IdempotencyKey>, ServiceError> {
+        let Some(raw) = header else { return Ok(None) };
+        let ok = !raw.is_empty() && raw.len() <= MAX_IDEMPOTENCY_KEY && raw.iter().all(|b| (0x21..=0x7e).contains(b));
+        if !ok {
+            return Err(ServiceError::invalid(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters without spaces (a UUID is a good choice)"
+            )));
+        }
+        let mut text = String::with_capacity(256);
+        text.push_str(endpoint);
+        text.push('\n');
+        canonical_json(body, &mut text);
+        Ok(Some(IdempotencyKey {
+            key_id: principal.key_id.clone(),
+            key: String::from_utf8_lossy(raw).into_owned(),
+            fingerprint: hash_key(&text),
+        }))
     }
 
     /// The caller's sessions, oldest first.
@@ -864,14 +1204,14 @@ impl Service {
     }
 
     /// One of the caller's sessions.
-    pub fn sandbox(&self, principal: &Principal, id: &str) -> Result<SandboxInfo, ServiceError> {
-        Ok(self.session(principal, id)?.info())
+    pub async fn sandbox(&self, principal: &Principal, id: &str) -> Result<SandboxInfo, ServiceError> {
+        Ok(self.session(principal, id).await?.info())
     }
 
     /// Destroys a session (cancelling a running cell) and waits, up to 10 s, until its
     /// sandbox is gone.
     pub async fn delete_sandbox(self: &Arc<Self>, principal: &Principal, id: &str) -> Result<(), ServiceError> {
-        let session = self.session(principal, id)?;
+        let session = self.session(principal, id).await?;
         lock(&self.sessions).remove(id);
         self.end_session(&session, "deleted").await;
         let mut rx = session.ended.subscribe();
@@ -901,6 +1241,7 @@ impl Service {
         if let Err(e) = sb.destroy() {
             tracing::warn!(sandbox = %s.id, "destroying the sandbox failed: {e}");
         }
+        self.record_session_end(s, cause);
         s.release();
         self.metrics.sandbox_ended(cause);
         tracing::info!(sandbox = %s.id, cause, "sandbox destroyed");
@@ -911,7 +1252,20 @@ impl Service {
         match after {
             AfterUse::Kept => {}
             AfterUse::Destroy(sb, cause) => self.destroy_now(s, sb, cause),
-            AfterUse::Lost => s.release(),
+            AfterUse::Lost => {
+                self.record_session_end(s, "lost");
+                s.release();
+            }
+        }
+    }
+
+    /// Records a session's end (blocking); if the store refuses, keeps it to retry.
+    fn record_session_end(&self, s: &Session, cause: &'static str) {
+        let at_ms = now_ms();
+        if let Err(e) = self.store.sandbox_ended(&s.id, cause, at_ms) {
+            tracing::error!(sandbox = %s.id, "the audit log could not record the session's end (kept to retry): {e}");
+            self.store_fault(&e);
+            self.keep_pending(PendingWrite::SandboxEnd { id: s.id.clone(), cause, at_ms });
         }
     }
 
@@ -926,7 +1280,7 @@ impl Service {
         f: impl FnOnce(&mut dyn airlock_core::Sandbox, &Session) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, ServiceError> {
         self.check_open()?;
-        let session = self.session(principal, id)?;
+        let session = self.session(principal, id).await?;
         let mut lease = session.take(Busy::Files(op))?;
         let svc = self.clone();
         let r = blocking(move || {
@@ -1070,8 +1424,27 @@ impl Service {
     /// The health summary.
     pub fn health(&self) -> Health {
         let backends = self.served_backends().to_vec();
+        let (pending, fault) = {
+            let b = lock(&self.audit.backlog);
+            (b.pending.len(), b.fault.clone())
+        };
+        let (status, reason) = if self.shutting_down.load(Ordering::SeqCst) {
+            ("draining", Some("the server is shutting down".to_string()))
+        } else if self.audit.degraded.load(Ordering::Acquire) {
+            let fault = fault.unwrap_or_else(|| "a write failed".into());
+            (
+                "degraded",
+                Some(format!(
+                    "the audit log cannot be written ({fault}); {pending} record(s) wait in memory; new executions are refused until it can"
+                )),
+            )
+        } else {
+            ("ok", None)
+        };
         Health {
-            status: if self.shutting_down.load(Ordering::SeqCst) { "draining" } else { "ok" }.into(),
+            status: status.into(),
+            reason,
+            audit_pending: pending as u64,
             version: env!("CARGO_PKG_VERSION").into(),
             sandboxes: self.live_sessions() as u64,
             running: self.operations() as u64,
@@ -1094,6 +1467,8 @@ impl Service {
             max_running: self.admission.max_running() as u64,
             max_sandboxes: self.admission.max_sandboxes() as u64,
             uptime_s: self.started.elapsed().as_secs_f64(),
+            audit_pending: lock(&self.audit.backlog).pending.len() as u64,
+            audit_degraded: self.audit.degraded.load(Ordering::Acquire),
             ..Default::default()
         };
         let mut live: BTreeMap<String, u64> = BTreeMap::new();
@@ -1162,7 +1537,14 @@ impl Service {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if self.operations() > 0 {
-            let cancellers: Vec<Canceller> = lock(&self.running).values().filter_map(|r| r.canceller.clone()).collect();
+            let drain_ms = drain.as_millis() as u64;
+            let cancellers: Vec<Canceller> = lock(&self.running)
+                .values_mut()
+                .filter_map(|r| {
+                    r.drained = Some(drain_ms);
+                    r.canceller.clone()
+                })
+                .collect();
             tracing::warn!("stopping {} execution(s) still running after the drain timeout", cancellers.len());
             for c in cancellers {
                 c();
@@ -1184,6 +1566,23 @@ impl Service {
         // Used one-shot sandboxes still being torn down in the background.
         let registry = self.registry.clone();
         let _ = blocking(move || registry.wait_destroyed(Duration::from_secs(10))).await;
+        // Last chance for records the store refused.
+        let left = self.flush_audit().await;
+        if left > 0 {
+            let b = lock(&self.audit.backlog);
+            for w in &b.pending {
+                match w {
+                    PendingWrite::End { id, end } => tracing::error!(
+                        execution = %id,
+                        status = %end.status,
+                        "shutting down with this execution's end unrecorded; its record will say 'lost'"
+                    ),
+                    PendingWrite::SandboxEnd { id, cause, .. } => {
+                        tracing::error!(sandbox = %id, cause, "shutting down with this session's end unrecorded")
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1204,6 +1603,7 @@ pub struct Pending {
     accepted_ms: u64,
     permit: Option<OwnedSemaphorePermit>,
     work: Option<Work>,
+    idempotency: Option<IdempotencyKey>,
 }
 
 impl Pending {
@@ -1217,60 +1617,182 @@ impl Pending {
         self.backend
     }
 
+    /// Makes the run idempotent under `key` (from [`Service::idempotency_key`]): if the
+    /// key was used before, nothing runs and the earlier request's answer comes back
+    /// (or why it cannot).
+    pub fn with_idempotency_key(mut self, key: Option<IdempotencyKey>) -> Self {
+        self.idempotency = key;
+        self
+    }
+
     /// Runs the execution: records it, runs it on a blocking thread, forwards its
     /// events to `events` as they happen (a bounded queue from
     /// [`crate::events::event_channel`]: a reader that falls behind slows the run, up
     /// to its wall-clock limit), records the end, and returns the outcome. The run
     /// continues to its end even if the caller stops waiting or reading.
-    pub async fn run(mut self, events: Option<EventSender>) -> Result<Outcome, ServiceError> {
+    pub async fn run(self, events: Option<EventSender>) -> Result<Outcome, ServiceError> {
+        self.start(events).finish().await.result
+    }
+
+    /// Starts the execution (as [`Pending::run`] does) and returns a handle that says
+    /// when its start is recorded and how it finished, with what the audit log holds.
+    pub fn start(mut self, events: Option<EventSender>) -> RunHandle {
         let work = self.work.take().expect("a pending execution runs once");
         let permit = self.permit.take();
         let svc = self.service.clone();
-        let (id, principal, backend, accepted, accepted_ms) =
-            (self.id.clone(), self.principal.clone(), self.backend, self.accepted, self.accepted_ms);
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            id: self.id.clone(),
+            principal: self.principal.clone(),
+            backend: self.backend,
+            accepted: self.accepted,
+            accepted_ms: self.accepted_ms,
+            idempotency: self.idempotency.take(),
+        };
+        let (begun_tx, begun) = oneshot::channel();
+        let (tx, done) = oneshot::channel();
         tokio::spawn(async move {
-            let r = svc.run_work(work, &id, &principal, backend, accepted, accepted_ms, events).await;
+            let r = svc.run_work(work, job, events, begun_tx).await;
             drop(permit);
             let _ = tx.send(r);
         });
-        rx.await.unwrap_or_else(|_| Err(ServiceError::internal("the execution ended without a result")))
+        RunHandle { id: self.id.clone(), begun, done }
     }
+}
+
+/// A started execution (from [`Pending::start`]).
+pub struct RunHandle {
+    id: String,
+    begun: oneshot::Receiver<bool>,
+    done: oneshot::Receiver<Finished>,
+}
+
+impl RunHandle {
+    /// The execution's id.
+    pub fn execution_id(&self) -> &str {
+        &self.id
+    }
+
+    /// Waits until the run's start is in the audit log. True: it runs, and its events
+    /// follow. False: it does not run (the store refused it, or it is a repeated
+    /// idempotency key), and [`RunHandle::finish`] answers at once.
+    pub async fn started(&mut self) -> bool {
+        (&mut self.begun).await.unwrap_or(false)
+    }
+
+    /// Waits for the end.
+    pub async fn finish(self) -> Finished {
+        self.done.await.unwrap_or_else(|_| Finished {
+            result: Err(ServiceError::internal("the execution ended without a result")),
+            execution_id: Some(self.id),
+            audit: AuditState::Recorded,
+            replayed: false,
+        })
+    }
+}
+
+/// What a run needs besides its work.
+struct Job {
+    id: String,
+    principal: Principal,
+    backend: BackendKind,
+    accepted: Instant,
+    accepted_ms: u64,
+    idempotency: Option<IdempotencyKey>,
 }
 
 impl Service {
     /// Runs admitted work on one blocking thread: the audit record before, the run,
     /// the sandbox put back, the audit record after. One thread hand-off per
     /// execution, and nothing in it depends on the caller still waiting.
-    #[allow(clippy::too_many_arguments)]
     async fn run_work(
         self: &Arc<Self>,
         work: Work,
-        id: &str,
-        principal: &Principal,
-        backend: BackendKind,
-        accepted: Instant,
-        accepted_ms: u64,
+        job: Job,
         events: Option<EventSender>,
-    ) -> Result<Outcome, ServiceError> {
+        begun: oneshot::Sender<bool>,
+    ) -> Finished {
         let svc = self.clone();
-        let (id, principal) = (id.to_string(), principal.clone());
-        blocking(move || svc.run_work_now(work, &id, &principal, backend, accepted, accepted_ms, events))
-            .await
-            .and_then(|r| r)
+        let id = job.id.clone();
+        match blocking(move || svc.run_work_now(work, job, events, begun)).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(execution = %id, "the run failed unexpectedly: {}", e.message);
+                Finished {
+                    result: Err(e),
+                    // Its start may or may not be recorded: show no id that could lead nowhere.
+                    execution_id: None,
+                    audit: AuditState::Recorded,
+                    replayed: false,
+                }
+            }
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The answer to a request whose idempotency key was used before (no new run).
+    fn replay(&self, key: &IdempotencyKey, prior: KeyUse) -> Finished {
+        let not_run = |e: ServiceError, id: Option<String>| Finished {
+            result: Err(e),
+            execution_id: id,
+            audit: AuditState::Recorded,
+            replayed: true,
+        };
+        match prior {
+            KeyUse::New => not_run(ServiceError::internal("an idempotency key was claimed twice"), None),
+            KeyUse::Mismatch | KeyUse::Sandbox { .. } => not_run(
+                ServiceError::new(
+                    ServiceErrorKind::IdempotencyMismatch,
+                    format!(
+                        "Idempotency-Key '{}' was already used with a different request; use a new key for a new request",
+                        key.key
+                    ),
+                ),
+                None,
+            ),
+            KeyUse::Execution { id, status: RecordStatus::Running, .. } => not_run(
+                ServiceError {
+                    retry_after_s: Some(1),
+                    ..ServiceError::new(
+                        ServiceErrorKind::IdempotencyInProgress,
+                        format!(
+                            "the request with this Idempotency-Key is still running as execution {id}; retry later for its answer, or read GET /v1/executions/{id}"
+                        ),
+                    )
+                },
+                Some(id),
+            ),
+            KeyUse::Execution { id, response: Some(r), .. } => {
+                let result = match serde_json::from_str::<Value>(&r) {
+                    Ok(mut v) if v.get("outcome").is_some() => serde_json::from_value::<Outcome>(v["outcome"].take())
+                        .map_err(|e| ServiceError::internal(format!("the kept answer of {id} cannot be read: {e}"))),
+                    Ok(v) => Err(ServiceError::from_code(
+                        v["error"]["code"].as_str().unwrap_or("internal"),
+                        v["error"]["message"].as_str().unwrap_or("").to_string(),
+                    )),
+                    Err(e) => Err(ServiceError::internal(format!("the kept answer of {id} cannot be read: {e}"))),
+                };
+                Finished { result, execution_id: Some(id), audit: AuditState::Recorded, replayed: true }
+            }
+            KeyUse::Execution { id, status, response: None } => not_run(
+                ServiceError::new(
+                    ServiceErrorKind::ReplayUnavailable,
+                    format!(
+                        "the request with this Idempotency-Key already ran as execution {id} (status {status}), but its answer was not kept (it was larger than this server keeps, or the run did not finish); read its record with GET /v1/executions/{id}"
+                    ),
+                ),
+                Some(id),
+            ),
+        }
+    }
+
     fn run_work_now(
         &self,
         work: Work,
-        id: &str,
-        principal: &Principal,
-        backend: BackendKind,
-        accepted: Instant,
-        accepted_ms: u64,
+        job: Job,
         events: Option<EventSender>,
-    ) -> Result<Outcome, ServiceError> {
+        begun: oneshot::Sender<bool>,
+    ) -> Finished {
+        let Job { id, principal, backend, accepted, accepted_ms, idempotency } = job;
+        let id = id.as_str();
         let (kind, req, sandbox_id) = match &work {
             Work::Oneshot { req } => (ExecutionKind::Oneshot, req, None),
             Work::Cell { lease, req, .. } => (ExecutionKind::Cell, req, Some(lease.session.id.clone())),
@@ -1287,34 +1809,64 @@ impl Service {
             code_bytes: req.code.len() as u64,
             created_at_ms: accepted_ms,
         };
-        if let Err(e) = self.store.begin(&start) {
-            tracing::error!(execution = %id, "the audit log refused the execution: {e}");
-            drop(work); // a cell's lease puts its sandbox back
-            return Err(ServiceError::internal(format!(
-                "the execution was not run because the audit log could not record it: {e}"
-            )));
+        let begin = match &idempotency {
+            None => self.store.begin(&start).map(|()| KeyUse::New),
+            Some(k) => self.store.begin_keyed(&start, k),
+        };
+        match begin {
+            Ok(KeyUse::New) => {
+                let _ = begun.send(true);
+            }
+            Ok(prior) => {
+                drop(work); // a cell's lease puts its sandbox back
+                let _ = begun.send(false);
+                let key = idempotency.as_ref().expect("only a keyed request has a prior use");
+                return self.replay(key, prior);
+            }
+            Err(e) => {
+                tracing::error!(execution = %id, "the audit log refused the execution: {e}");
+                self.store_fault(&e);
+                drop(work);
+                let _ = begun.send(false);
+                // Nothing was recorded: the answer carries no execution id.
+                return Finished {
+                    result: Err(self.audit_unavailable(&e.to_string())),
+                    execution_id: None,
+                    audit: AuditState::Recorded,
+                    replayed: false,
+                };
+            }
         }
 
         let mut events = Forwarder::new(events, Instant::now() + Duration::from_millis(req.limits.timeout_ms));
         let wrap = events.cancel_wrapper();
         let exe = id.to_string();
-        let result: Result<Outcome, ServiceError> = match work {
+        // The drain timeout, when shutdown stopped this run.
+        let drained = std::cell::Cell::new(None);
+        let mut result: Result<Outcome, ServiceError> = match work {
             Work::Oneshot { req } => {
                 let mut on_start = |c: Option<Canceller>| {
                     let mut running = lock(&self.running);
                     match c {
                         Some(c) => {
-                            running.insert(exe.clone(), Running { backend, oneshot: true, canceller: Some(wrap(c)) });
+                            running.insert(
+                                exe.clone(),
+                                Running { backend, oneshot: true, canceller: Some(wrap(c)), drained: None },
+                            );
                         }
                         None => {
-                            running.remove(&exe);
+                            if let Some(r) = running.remove(&exe) {
+                                drained.set(r.drained);
+                            }
                         }
                     }
                 };
                 let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     self.registry.execute(&req, Some(exe.clone()), &mut on_start, &mut |ev| events.send(ev))
                 }));
-                lock(&self.running).remove(&exe);
+                if let Some(r) = lock(&self.running).remove(&exe) {
+                    drained.set(r.drained);
+                }
                 match r {
                     Ok(r) => r.map_err(ServiceError::from),
                     Err(_) => Err(ServiceError::internal("airlock failed unexpectedly while running this execution")),
@@ -1325,7 +1877,8 @@ impl Service {
                 let mut sandbox = lease.sandbox.take().expect("a lease holds its sandbox");
                 let c = sandbox.canceller().map(wrap);
                 sess.set_canceller(c.clone());
-                lock(&self.running).insert(exe.clone(), Running { backend, oneshot: false, canceller: c });
+                lock(&self.running)
+                    .insert(exe.clone(), Running { backend, oneshot: false, canceller: c, drained: None });
                 // The session may have been deleted between admission and now.
                 let r = if sess.lock().doomed.is_some() {
                     Ok(Err(ServiceError::gone(format!("sandbox {} was deleted before the cell started", sess.id))))
@@ -1338,7 +1891,9 @@ impl Service {
                         .map_err(ServiceError::from)
                     }))
                 };
-                lock(&self.running).remove(&exe);
+                if let Some(r) = lock(&self.running).remove(&exe) {
+                    drained.set(r.drained);
+                }
                 lease.sandbox = Some(sandbox);
                 let after = lease.finish(true, r.is_err());
                 self.after_use_now(&sess, after);
@@ -1349,7 +1904,22 @@ impl Service {
             }
         };
         drop(events); // the stream ends before the final result is handed back
+        if let (Some(ms), Ok(o)) = (drained.get(), &mut result)
+            && o.status == airlock_core::Status::Killed
+        {
+            o.reason = Some(format!(
+                "the server was shutting down: it stopped this execution when the drain timeout ({ms} ms) ran out"
+            ));
+        }
 
+        let response = idempotency.as_ref().and_then(|_| {
+            let v = match &result {
+                Ok(o) => serde_json::json!({ "outcome": o }),
+                Err(e) => serde_json::json!({ "error": { "code": e.code(), "message": e.message } }),
+            };
+            let text = v.to_string();
+            (text.len() as u64 <= self.settings.idempotency_response_bytes).then_some(text)
+        });
         let end = match &result {
             Ok(o) => {
                 let (stdout, c1) = cut(&o.stdout, self.settings.audit_output_bytes);
@@ -1368,6 +1938,7 @@ impl Service {
                     }),
                     usage: Some(o.usage),
                     finished_at_ms: now_ms(),
+                    response,
                 }
             }
             Err(e) => ExecutionEnd {
@@ -1381,12 +1952,206 @@ impl Service {
                 error: None,
                 usage: None,
                 finished_at_ms: now_ms(),
+                response,
             },
         };
         self.metrics.execution(Some(backend), kind, end.status, accepted.elapsed());
-        if let Err(e) = self.store.end(id, &end) {
-            tracing::error!(execution = %id, "the audit log could not record the end: {e}");
+        let written = (end.stdout.len() + end.stderr.len() + start.code.len()) as u64;
+        let audit = match self.store.end(id, &end) {
+            Ok(()) => {
+                self.wrote(written);
+                AuditState::Recorded
+            }
+            Err(e) => {
+                tracing::error!(execution = %id, "the audit log could not record the end (kept to retry): {e}");
+                self.store_fault(&e);
+                self.keep_pending(PendingWrite::End { id: id.to_string(), end: Box::new(end) })
+            }
+        };
+        if let (AuditState::Pending | AuditState::Unrecorded, Ok(o)) = (audit, &mut result) {
+            o.warnings.push(match audit {
+                AuditState::Pending => "the audit log could not record this execution's end yet (audit: pending); it is written when the store takes writes again, unless the server stops first".into(),
+                _ => "the audit log could not record this execution's end (audit: unrecorded); after a restart its record says 'lost'".into(),
+            });
         }
-        result
+        Finished { result, execution_id: Some(id.to_string()), audit, replayed: false }
+    }
+
+    /// The error of a request refused because the audit log cannot record it.
+    fn audit_unavailable(&self, why: &str) -> ServiceError {
+        ServiceError {
+            retry_after_s: Some(5),
+            ..ServiceError::new(
+                ServiceErrorKind::AuditUnavailable,
+                format!(
+                    "the server cannot record executions in its audit log now ({why}); nothing was run: retry later"
+                ),
+            )
+        }
+    }
+
+    /// Refuses new runs while the audit log cannot be written.
+    fn check_recording(&self) -> Result<(), ServiceError> {
+        if !self.audit.degraded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.metrics.rejected("audit_unavailable");
+        let fault =
+            lock(&self.audit.backlog).fault.clone().unwrap_or_else(|| "records are waiting to be written".into());
+        Err(self.audit_unavailable(&fault))
+    }
+
+    /// Enters the degraded state after the store refused a write.
+    fn store_fault(&self, e: &Error) {
+        self.metrics.audit_write_failed();
+        let mut b = lock(&self.audit.backlog);
+        b.fault = Some(e.to_string());
+        if !self.audit.degraded.swap(true, Ordering::AcqRel) {
+            tracing::error!("the audit log cannot be written: new executions are refused until it can ({e})");
+        }
+    }
+
+    /// Keeps a refused write for the retry task, if there is room.
+    fn keep_pending(&self, w: PendingWrite) -> AuditState {
+        let mut b = lock(&self.audit.backlog);
+        self.audit.degraded.store(true, Ordering::Release);
+        let size = w.bytes();
+        if b.pending.len() >= MAX_PENDING_WRITES || b.bytes + size > MAX_PENDING_BYTES {
+            tracing::error!("{} audit records are already waiting; this one is dropped", b.pending.len());
+            return AuditState::Unrecorded;
+        }
+        b.bytes += size;
+        b.pending.push_back(w);
+        AuditState::Pending
+    }
+
+    /// Counts bytes written to the audit log; past a share of `audit_max_bytes` since
+    /// the last pass, wakes the pruner.
+    fn wrote(&self, bytes: u64) {
+        let max = self.settings.audit_max_bytes;
+        if max == 0 {
+            return;
+        }
+        let total = self.audit.written.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total > max / 16 {
+            self.audit.written.store(0, Ordering::Relaxed);
+            self.audit.prune_now.notify_one();
+        }
+    }
+
+    fn write_pending(&self, w: &PendingWrite) -> Result<(), Error> {
+        match w {
+            PendingWrite::End { id, end } => self.store.end(id, end),
+            PendingWrite::SandboxEnd { id, cause, at_ms } => self.store.sandbox_ended(id, cause, *at_ms),
+        }
+    }
+
+    /// Writes the records waiting in memory, oldest first (blocking), and leaves the
+    /// degraded state once the store takes writes again. Returns how many still wait.
+    fn flush_audit_now(&self) -> usize {
+        if !self.audit.degraded.load(Ordering::Acquire) {
+            return 0;
+        }
+        loop {
+            let next = {
+                let mut b = lock(&self.audit.backlog);
+                let w = b.pending.pop_front();
+                if let Some(w) = &w {
+                    b.bytes -= w.bytes();
+                }
+                w
+            };
+            let Some(w) = next else { break };
+            if let Err(e) = self.write_pending(&w) {
+                let mut b = lock(&self.audit.backlog);
+                b.fault = Some(e.to_string());
+                b.bytes += w.bytes();
+                b.pending.push_front(w);
+                return b.pending.len();
+            }
+        }
+        let probe = self.store.probe();
+        let mut b = lock(&self.audit.backlog);
+        match probe {
+            Ok(()) if b.pending.is_empty() => {
+                b.fault = None;
+                self.audit.degraded.store(false, Ordering::Release);
+                tracing::info!("the audit log takes writes again: new executions are accepted");
+                0
+            }
+            Ok(()) => b.pending.len(),
+            Err(e) => {
+                b.fault = Some(e.to_string());
+                b.pending.len()
+            }
+        }
+    }
+
+    /// Writes the audit records waiting in memory now, if the store takes them, and
+    /// leaves the degraded state if it does (the background task does this every
+    /// 500 ms while degraded). Returns how many still wait.
+    pub async fn flush_audit(self: &Arc<Self>) -> usize {
+        let svc = self.clone();
+        blocking(move || svc.flush_audit_now()).await.unwrap_or(usize::MAX)
+    }
+
+    /// Prunes the audit store as the settings say (blocking).
+    fn prune_now(&self) {
+        let Some(r) = self.settings.retention(now_ms()) else { return };
+        match self.store.prune(&r) {
+            Ok(p) if p.executions + p.sandboxes + p.keys > 0 => {
+                self.metrics.pruned(p.executions);
+                tracing::info!(
+                    executions = p.executions,
+                    sessions = p.sandboxes,
+                    keys = p.keys,
+                    "audit log pruned from {} to {}",
+                    format_size(p.bytes_before),
+                    format_size(p.bytes_after)
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("pruning the audit log failed: {e}"),
+        }
+    }
+
+    /// Prunes the audit store now as the settings say (the background task does this
+    /// at start-up, every 10 minutes, and after much has been written).
+    pub async fn prune_audit(self: &Arc<Self>) {
+        let svc = self.clone();
+        let _ = blocking(move || svc.prune_now()).await;
+    }
+
+    /// Starts the task that retries refused audit writes and the pruner.
+    fn spawn_audit_tasks(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(AUDIT_RETRY_INTERVAL).await;
+                let Some(svc) = weak.upgrade() else { break };
+                if svc.audit.degraded.load(Ordering::Acquire) {
+                    svc.flush_audit().await;
+                }
+            }
+        });
+        if self.settings.retention(now_ms()).is_none() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let wake = self.audit.prune_now.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(svc) = weak.upgrade() else { break };
+                if svc.shutting_down.load(Ordering::SeqCst) {
+                    break;
+                }
+                svc.prune_audit().await;
+                drop(svc);
+                tokio::select! {
+                    _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+        });
     }
 }

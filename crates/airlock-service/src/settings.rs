@@ -119,6 +119,18 @@ pub struct ServerSettings {
     pub audit_output_bytes: u64,
     /// Code is kept up to this size in the audit log (default 64 KiB).
     pub audit_code_bytes: u64,
+    /// Execution records accepted more than this many days ago are deleted, in the
+    /// background (default 30). Ended sessions and idempotency keys expire with them.
+    /// 0 keeps them forever.
+    pub audit_retention_days: u64,
+    /// The audit store is kept under this many bytes of data: past it, the oldest
+    /// finished records are deleted, in the background, down to 90% of it (default
+    /// 1 GiB). 0: no cap. Records of running executions are never deleted.
+    pub audit_max_bytes: u64,
+    /// The largest answer kept so that a retry with the same `Idempotency-Key` gets it
+    /// again (default 1 MiB); a retry of a request whose answer was larger learns its
+    /// execution id and status instead.
+    pub idempotency_response_bytes: u64,
     /// Extra `Host` header values accepted by the MCP endpoint (`/mcp`), besides
     /// loopback names and the listen address (DNS-rebinding protection).
     pub mcp_allowed_hosts: Vec<String>,
@@ -202,6 +214,9 @@ impl Default for ServerSettings {
             reap_interval_ms: 1_000,
             audit_output_bytes: 64 * 1024,
             audit_code_bytes: 64 * 1024,
+            audit_retention_days: 30,
+            audit_max_bytes: 1024 * MIB,
+            idempotency_response_bytes: MIB,
             mcp_allowed_hosts: Vec::new(),
             pool_size: 2,
             pool_memory_bytes: 4096 * MIB,
@@ -276,6 +291,16 @@ impl ServerSettings {
                 return Err(Error::invalid(format!("{name} must be at least 1")));
             }
         }
+        if self.audit_max_bytes != 0 && self.audit_max_bytes < 16 * MIB {
+            return Err(Error::invalid(format!(
+                "audit_max_bytes = {} is too small to keep a useful log: use at least 16 MiB ({}), or 0 for no cap",
+                self.audit_max_bytes,
+                16 * MIB
+            )));
+        }
+        if self.audit_retention_days > 36_500 {
+            return Err(Error::invalid("audit_retention_days is more than 100 years: use 0 to keep the log forever"));
+        }
         if self.keepalive_timeout_ms > self.header_timeout_ms {
             return Err(Error::invalid(format!(
                 "keepalive_timeout_ms ({}) must not exceed header_timeout_ms ({}): a connection waiting for its next request is closed at the header deadline anyway; raise header_timeout_ms or lower keepalive_timeout_ms",
@@ -311,6 +336,14 @@ impl ServerSettings {
         }
         self.templates()?;
         Ok(())
+    }
+
+    /// What the audit store keeps, as of `now_ms`: `None` when it keeps everything.
+    pub fn retention(&self, now_ms: u64) -> Option<crate::store::Retention> {
+        let older_than_ms =
+            (self.audit_retention_days > 0).then(|| now_ms.saturating_sub(self.audit_retention_days * 86_400_000));
+        let max_bytes = (self.audit_max_bytes > 0).then_some(self.audit_max_bytes);
+        (older_than_ms.is_some() || max_bytes.is_some()).then_some(crate::store::Retention { older_than_ms, max_bytes })
     }
 
     /// The backends the operator named: `backends` if set, else `default_backend` and

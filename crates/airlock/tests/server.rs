@@ -397,8 +397,12 @@ fn restart_keeps_the_audit_log_and_kill_9_leaves_nothing_behind() {
     assert!(lost.iter().any(|r| r["sandbox_id"] == id.as_str()));
     assert!(lost[0]["reason"].as_str().unwrap().contains("stopped"));
     assert!(s2.get("/v1/executions?status=running").json()["executions"].as_array().unwrap().is_empty());
-    // The old session is gone; new work runs.
-    assert_eq!(s2.get(&format!("/v1/sandboxes/{id}")).status, 404);
+    // The old session is gone, and says why; new work runs.
+    let r = s2.get(&format!("/v1/sandboxes/{id}"));
+    assert_eq!(r.status, 410, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["code"], "sandbox_gone");
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("the server restarted") && msg.contains("crash"), "{msg}");
     assert_eq!(s2.post("/v1/execute", json!({"code": "1"})).json()["status"], "ok");
 }
 
@@ -444,6 +448,13 @@ fn sigterm_drains_then_destroys_every_sandbox() {
     assert!(!alive(pid), "a sandbox outlived the server");
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+
+    // After a restart, the old sessions say what became of them.
+    let s2 = start(&data, &tmp, &[]);
+    let r = s2.post(&format!("/v1/sandboxes/{idle}/execute"), json!({"code": "1"}));
+    assert_eq!(r.status, 410, "{}", String::from_utf8_lossy(&r.body));
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("the server restarted") && msg.contains("shut down"), "{msg}");
 }
 
 /// Open file descriptors of a process.

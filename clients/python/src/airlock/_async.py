@@ -70,9 +70,11 @@ class AsyncClient:
         timeout: Optional[float] = None,
         not_found: type = NotFound,
         content_type: Optional[str] = None,
+        extra_headers: Optional[Dict[str, str]] = None,
     ) -> httpx.Response:
         url = self.url + path
         headers = dict(self._headers)
+        headers.update(extra_headers or {})
         body = content
         if json is not None:
             body = dumps(json).encode()
@@ -116,11 +118,17 @@ class AsyncClient:
         on_result: AResultCallback,
         on_error: AErrorCallback,
         not_found: type = NotFound,
+        idempotency_key: Optional[str] = None,
     ) -> Execution:
         url = self.url + path
         headers = dict(self._headers)
         headers["Content-Type"] = "application/json"
         headers["Accept"] = "application/x-ndjson"
+        # With a key, a resent run cannot run twice: the server answers with the first.
+        kind = "execute"
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+            kind = "idempotent"
         data = dumps(body).encode()
         timeout = httpx.Timeout(self.request_timeout, read=_core.execution_timeout_s(timeout_ms))
         attempt, waited = 1, 0.0
@@ -130,14 +138,16 @@ class AsyncClient:
                     if not r.is_success:
                         await r.aread()
                         err = _core.response_error(r.status_code, r.headers, r.content, not_found=not_found)
-                        d = self.retry.delay("execute", attempt, waited, status=r.status_code, code=err.code,
+                        d = self.retry.delay(kind, attempt, waited, status=r.status_code, code=err.code,
                                              retry_after=getattr(err, "retry_after", None))
                         if d is None:
                             raise err
                     else:
-                        return await self._read_stream(r, on_stdout, on_stderr, on_result, on_error)
+                        return await self._read_stream(
+                            r, on_stdout, on_stderr, on_result, on_error, resend=idempotency_key is not None
+                        )
             except httpx.TransportError as e:
-                d = self.retry.delay("execute", attempt, waited, exc=e)
+                d = self.retry.delay(kind, attempt, waited, exc=e)
                 if d is None:
                     raise _core.transport_error(e, self.url) from None
             await asyncio.sleep(d)
@@ -151,6 +161,7 @@ class AsyncClient:
         on_stderr: AStrCallback,
         on_result: AResultCallback,
         on_error: AErrorCallback,
+        resend: bool = False,
     ) -> Execution:
         dec = _core.StreamDecoder(execution_id=r.headers.get("x-airlock-execution-id"))
         callbacks = {"stdout": on_stdout, "stderr": on_stderr, "result": on_result, "error": on_error}
@@ -166,6 +177,8 @@ class AsyncClient:
                 if dec.ended:
                     break
         except httpx.TransportError as e:
+            if resend:
+                raise  # the caller sends it again: the server answers with the first run's result
             raise _core.transport_error(e, self.url, execution_id=dec.execution_id) from None
         return dec.finish(self.url)
 
@@ -190,6 +203,7 @@ class AsyncClient:
         on_stderr: AStrCallback = None,
         on_result: AResultCallback = None,
         on_error: AErrorCallback = None,
+        idempotency_key: Optional[str] = None,
     ) -> Execution:
         """Runs code once in a fresh sandbox (see :func:`airlock.run`)."""
         body = _core.execute_body(
@@ -197,7 +211,10 @@ class AsyncClient:
             files=files, env=env, backend=backend, network=network, outputs=outputs,
         )
         timeout_ms = body.get("limits", {}).get("timeout_ms")
-        return await self._execute("/v1/execute", body, timeout_ms, on_stdout, on_stderr, on_result, on_error)
+        return await self._execute(
+            "/v1/execute", body, timeout_ms, on_stdout, on_stderr, on_result, on_error,
+            idempotency_key=idempotency_key,
+        )
 
     async def create_sandbox(self, **kwargs: Any) -> "AsyncSandbox":
         """Creates a sandbox through this client (see :meth:`AsyncSandbox.create`)."""
@@ -365,6 +382,7 @@ class AsyncSandbox:
         api_key: Optional[str] = None,
         client: Optional[AsyncClient] = None,
         request_timeout: Optional[float] = None,
+        idempotency_key: Optional[str] = None,
     ) -> "AsyncSandbox":
         """Creates a sandbox (see :meth:`airlock.Sandbox.create` for the arguments)."""
         body = _core.create_body(
@@ -373,7 +391,14 @@ class AsyncSandbox:
         )
         c, owns = cls._client_for(client, url, api_key, request_timeout)
         try:
-            r = await c._request("POST", "/v1/sandboxes", "create", json=body)
+            if idempotency_key is None:
+                r = await c._request("POST", "/v1/sandboxes", "create", json=body)
+            else:
+                # A resent creation with the same key gets the same sandbox, never a second one.
+                r = await c._request(
+                    "POST", "/v1/sandboxes", "idempotent", json=body,
+                    extra_headers={"Idempotency-Key": idempotency_key},
+                )
         except BaseException:
             if owns:
                 await c.aclose()
@@ -501,6 +526,7 @@ async def arun(
     url: Optional[str] = None,
     api_key: Optional[str] = None,
     client: Optional[AsyncClient] = None,
+    idempotency_key: Optional[str] = None,
 ) -> Execution:
     """Runs code once in a fresh sandbox (the asyncio twin of :func:`airlock.run`)."""
     c, owns = AsyncSandbox._client_for(client, url, api_key, None)
@@ -509,6 +535,7 @@ async def arun(
             code, language=language, timeout=timeout, limits=limits, files=files, outputs=outputs, env=env,
             global_variables=global_variables, backend=backend, network=network,
             on_stdout=on_stdout, on_stderr=on_stderr, on_result=on_result, on_error=on_error,
+            idempotency_key=idempotency_key,
         )
     finally:
         if owns:

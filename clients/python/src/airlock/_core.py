@@ -243,6 +243,10 @@ class RetryPolicy:
       after the request may have reached the server otherwise: a run is never run
       twice.
     - A ``429 quota_exceeded`` is not retried: waiting does not free a sandbox.
+    - A ``503 audit_unavailable`` is retried like a ``429``: the server ran nothing.
+    - A request sent with an idempotency key is idempotent: it is also retried after a
+      broken connection (a streaming run too, mid-stream), and while the server says
+      ``409 idempotency_in_progress``; the retry gets the first request's answer.
 
     Attributes:
         max_attempts: Attempts in all, the first included.
@@ -278,6 +282,10 @@ class RetryPolicy:
             elif kind == "idempotent" and isinstance(exc, httpx.TransportError):
                 retry = True
         elif status == 429 and code != "quota_exceeded":
+            retry = True
+        elif status == 503 and code == "audit_unavailable":
+            retry = True
+        elif status == 409 and code == "idempotency_in_progress":
             retry = True
         elif status in (502, 504) and kind == "idempotent":
             retry = True
@@ -423,7 +431,10 @@ class StreamDecoder:
     def finish(self, url: str) -> Execution:
         """The Execution, or the exception the run ended with."""
         if self.outcome is not None:
-            return Execution.from_outcome(self.outcome, logs=self.logs)
+            # No output events (a replayed answer to an idempotency key is its `end`
+            # line alone): the outcome's own stdout and stderr.
+            streamed = bool(self.logs.stdout or self.logs.stderr)
+            return Execution.from_outcome(self.outcome, logs=self.logs if streamed else None)
         if self.end_error is not None:
             code = str(self.end_error.get("code") or "internal")
             msg = str(self.end_error.get("message") or "the run failed on the server")

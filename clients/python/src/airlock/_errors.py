@@ -97,6 +97,14 @@ class Timeout(AirlockError):
     :class:`~airlock.Execution` has ``status == "timeout"``."""
 
 
+class IdempotencyConflict(AirlockError):
+    """A request sent with an idempotency key cannot be answered as asked: the first
+    request with that key is still running (409 ``idempotency_in_progress``; retried
+    while the retry budget lasts), ran but its answer was not kept (409
+    ``replay_unavailable``; ``execution_id`` names it), or the key was used with a
+    different request (422 ``idempotency_mismatch``)."""
+
+
 class ServerError(AirlockError):
     """The server failed (5xx), is shutting down (503), could not be reached, or the
     connection broke while a run was streaming (then ``execution_id`` names the run,
@@ -121,6 +129,10 @@ _BY_CODE = {
     "overloaded": RateLimited,
     "quota_exceeded": RateLimited,
     "shutting_down": ServerError,
+    "audit_unavailable": ServerError,
+    "idempotency_in_progress": IdempotencyConflict,
+    "idempotency_mismatch": IdempotencyConflict,
+    "replay_unavailable": IdempotencyConflict,
     "internal": ServerError,
 }
 

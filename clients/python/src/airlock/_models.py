@@ -316,6 +316,9 @@ class Execution:
     """Files asked for with ``outputs=`` (one-shot runs)."""
     warnings: List[str] = field(default_factory=list)
     """Things to know: a limit the backend could not enforce here, a fallback taken."""
+    audit: str = "recorded"
+    """Whether the server's audit log holds the run's end: ``recorded``, or
+    ``pending`` (its store refused the write; it is retried) or ``unrecorded``."""
     outcome: Dict[str, Any] = field(default_factory=dict, repr=False)
     """The server's full outcome, as JSON."""
 
@@ -397,6 +400,7 @@ class Execution:
             results_truncated=bool(outcome.get("results_truncated", False)),
             files=[OutputFile.from_json(f) for f in outcome.get("files") or []],
             warnings=list(outcome.get("warnings") or []),
+            audit=str(outcome.get("audit") or "recorded"),
             outcome=dict(outcome),
         )
 

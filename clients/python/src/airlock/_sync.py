@@ -80,11 +80,13 @@ class Client:
         timeout: Optional[float] = None,
         not_found: type = NotFound,
         content_type: Optional[str] = None,
+        extra_headers: Optional[Dict[str, str]] = None,
     ) -> httpx.Response:
         """Sends a request, retrying as the policy allows; returns a successful response
         (read) or raises the matching :class:`AirlockError`."""
         url = self.url + path
         headers = dict(self._headers)
+        headers.update(extra_headers or {})
         body = content
         if json is not None:
             body = dumps(json).encode()
@@ -128,6 +130,7 @@ class Client:
         on_result: ResultCallback,
         on_error: ErrorCallback,
         not_found: type = NotFound,
+        idempotency_key: Optional[str] = None,
     ) -> Execution:
         """Starts a run and reads its event stream to the end, calling the callbacks as
         events arrive. Retried only when the server certainly did not start it."""
@@ -135,6 +138,11 @@ class Client:
         headers = dict(self._headers)
         headers["Content-Type"] = "application/json"
         headers["Accept"] = "application/x-ndjson"
+        # With a key, a resent run cannot run twice: the server answers with the first.
+        kind = "execute"
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+            kind = "idempotent"
         data = dumps(body).encode()
         wait = _core.execution_timeout_s(timeout_ms)
         timeout = httpx.Timeout(self.request_timeout, read=wait)
@@ -145,14 +153,16 @@ class Client:
                     if not r.is_success:
                         r.read()
                         err = _core.response_error(r.status_code, r.headers, r.content, not_found=not_found)
-                        d = self.retry.delay("execute", attempt, waited, status=r.status_code, code=err.code,
+                        d = self.retry.delay(kind, attempt, waited, status=r.status_code, code=err.code,
                                              retry_after=getattr(err, "retry_after", None))
                         if d is None:
                             raise err
                     else:
-                        return self._read_stream(r, on_stdout, on_stderr, on_result, on_error)
+                        return self._read_stream(
+                            r, on_stdout, on_stderr, on_result, on_error, resend=idempotency_key is not None
+                        )
             except httpx.TransportError as e:
-                d = self.retry.delay("execute", attempt, waited, exc=e)
+                d = self.retry.delay(kind, attempt, waited, exc=e)
                 if d is None:
                     raise _core.transport_error(e, self.url) from None
             time.sleep(d)
@@ -166,6 +176,7 @@ class Client:
         on_stderr: StrCallback,
         on_result: ResultCallback,
         on_error: ErrorCallback,
+        resend: bool = False,
     ) -> Execution:
         dec = _core.StreamDecoder(execution_id=r.headers.get("x-airlock-execution-id"))
         callbacks = {"stdout": on_stdout, "stderr": on_stderr, "result": on_result, "error": on_error}
@@ -179,6 +190,8 @@ class Client:
                 if dec.ended:
                     break
         except httpx.TransportError as e:
+            if resend:
+                raise  # the caller sends it again: the server answers with the first run's result
             raise _core.transport_error(e, self.url, execution_id=dec.execution_id) from None
         return dec.finish(self.url)
 
@@ -205,6 +218,7 @@ class Client:
         on_stderr: StrCallback = None,
         on_result: ResultCallback = None,
         on_error: ErrorCallback = None,
+        idempotency_key: Optional[str] = None,
     ) -> Execution:
         """Runs code once in a fresh sandbox that is destroyed afterwards
         (``POST /v1/execute``). See :func:`airlock.run`."""
@@ -213,7 +227,10 @@ class Client:
             files=files, env=env, backend=backend, network=network, outputs=outputs,
         )
         timeout_ms = body.get("limits", {}).get("timeout_ms")
-        return self._execute("/v1/execute", body, timeout_ms, on_stdout, on_stderr, on_result, on_error)
+        return self._execute(
+            "/v1/execute", body, timeout_ms, on_stdout, on_stderr, on_result, on_error,
+            idempotency_key=idempotency_key,
+        )
 
     def create_sandbox(self, **kwargs: Any) -> "Sandbox":
         """Creates a sandbox through this client; the arguments are those of
@@ -396,6 +413,7 @@ class Sandbox:
         api_key: Optional[str] = None,
         client: Optional[Client] = None,
         request_timeout: Optional[float] = None,
+        idempotency_key: Optional[str] = None,
     ) -> "Sandbox":
         """Creates a sandbox on the server (``POST /v1/sandboxes``).
 
@@ -418,6 +436,9 @@ class Sandbox:
                 ``$AIRLOCK_API_KEY``).
             client: A :class:`Client` to share instead of making one.
             request_timeout: Timeout of requests other than runs, in seconds.
+            idempotency_key: A name for this creation, unique per API key. With it, the
+                request is sent again after a broken connection, and a repeat gets the
+                sandbox the first one created instead of a second one.
 
         Raises:
             RateLimited: the server stayed at capacity through the retry budget, or
@@ -431,7 +452,14 @@ class Sandbox:
         )
         c, owns = cls._client_for(client, url, api_key, request_timeout)
         try:
-            r = c._request("POST", "/v1/sandboxes", "create", json=body)
+            if idempotency_key is None:
+                r = c._request("POST", "/v1/sandboxes", "create", json=body)
+            else:
+                # A resent creation with the same key gets the same sandbox, never a second one.
+                r = c._request(
+                    "POST", "/v1/sandboxes", "idempotent", json=body,
+                    extra_headers={"Idempotency-Key": idempotency_key},
+                )
         except BaseException:
             if owns:
                 c.close()
@@ -588,6 +616,7 @@ def run(
     url: Optional[str] = None,
     api_key: Optional[str] = None,
     client: Optional[Client] = None,
+    idempotency_key: Optional[str] = None,
 ) -> Execution:
     """Runs code once, in a fresh sandbox destroyed afterwards (``POST /v1/execute``).
 
@@ -606,6 +635,10 @@ def run(
         on_stdout, on_stderr, on_result, on_error: Called as output happens.
         url, api_key, client: Which server (default ``$AIRLOCK_URL``,
             ``$AIRLOCK_API_KEY``).
+        idempotency_key: A name for this request, unique per API key (e.g.
+            ``str(uuid.uuid4())``). With it, the run is sent again after a broken
+            connection and never runs twice: the server answers a repeat with the first
+            run's result.
 
     Returns:
         The :class:`Execution`.
@@ -616,6 +649,7 @@ def run(
             code, language=language, timeout=timeout, limits=limits, files=files, outputs=outputs, env=env,
             global_variables=global_variables, backend=backend, network=network,
             on_stdout=on_stdout, on_stderr=on_stderr, on_result=on_result, on_error=on_error,
+            idempotency_key=idempotency_key,
         )
     finally:
         if owns:

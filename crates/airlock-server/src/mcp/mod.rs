@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use airlock_core::{BackendKind, Event, Language, Outcome};
 use airlock_service::keys::Principal;
+use airlock_service::service::AuditState;
 use airlock_service::session::CreateSandbox;
 use airlock_service::{Pending, Service, ServiceError};
 use rmcp::handler::server::wrapper::Parameters;
@@ -204,12 +205,20 @@ impl AirlockMcp {
             }
             events
         };
-        let (outcome, events) = tokio::join!(pending.run(Some(tx)), collect);
-        let outcome = match outcome {
+        let (finished, events) = tokio::join!(pending.start(Some(tx)).finish(), collect);
+        let audit = finished.audit;
+        let outcome = match finished.result {
             Ok(o) => o,
             Err(e) => return tool_error(e),
         };
         let mut content = vec![Content::text(format::render(self.mode, &outcome, &events))];
+        if audit != AuditState::Recorded {
+            // Never more than the store holds: say so when the audit log lacks the end.
+            content.push(Content::text(format!(
+                "note: the server's audit log has not recorded this run's end (audit: {})",
+                if audit == AuditState::Pending { "pending" } else { "unrecorded" }
+            )));
+        }
         content.extend(images(&outcome));
         // A failing run is still a successful tool call: the text says what happened.
         CallToolResult::success(content)

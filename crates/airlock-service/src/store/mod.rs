@@ -1,9 +1,11 @@
-//! The durable part of the service: the audit log of executions and the API keys.
+//! The durable part of the service: the audit log of executions, the API keys, what
+//! is remembered of sessions, and idempotency keys.
 //!
-//! Both are traits so that a shared database (PostgreSQL, for several servers behind
+//! All are traits so that a shared database (PostgreSQL, for several servers behind
 //! one load balancer) can replace the embedded SQLite file ([`sqlite::SqliteStore`])
 //! without touching the service.
 
+pub mod fault;
 pub mod sqlite;
 
 use airlock_core::{BackendKind, Error, ErrorInfo, Language, Status, Usage};
@@ -168,6 +170,10 @@ pub struct ExecutionEnd {
     pub usage: Option<Usage>,
     /// When it ended, in ms since the Unix epoch.
     pub finished_at_ms: u64,
+    /// The answer given to the client, as JSON, for a request made with an
+    /// idempotency key (so that a retry gets the same answer); `None` otherwise, or
+    /// when the answer was larger than the server keeps.
+    pub response: Option<String>,
 }
 
 /// One execution in the audit log.
@@ -258,9 +264,144 @@ pub trait AuditStore: Send + Sync {
     fn execution(&self, id: &str, key_id: Option<&str>) -> Result<Option<ExecutionRecord>, Error>;
     /// A page of executions.
     fn executions(&self, q: &ExecutionQuery) -> Result<ExecutionPage, Error>;
-    /// Marks `lost` every `running` record whose server is gone (crashed or killed).
-    /// Returns how many.
+    /// Marks `lost` every `running` record whose server is gone (crashed or killed),
+    /// and ends the sessions such servers held (cause `server_stopped`). Returns how
+    /// many executions.
     fn recover_lost(&self) -> Result<u64, Error>;
+    /// Checks that the store takes writes now (a small write that changes nothing
+    /// the API shows). Used to leave the degraded state after a failure.
+    fn probe(&self) -> Result<(), Error>;
+    /// Deletes what `retention` no longer keeps, oldest first, never a `running`
+    /// record or a live session, in small batches so that other writers wait at most
+    /// one batch; then gives the freed space back where the store can.
+    fn prune(&self, retention: &Retention) -> Result<Pruned, Error>;
+}
+
+/// What the audit store keeps (see [`AuditStore::prune`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Records older than this (by acceptance time), in ms since the Unix epoch, go;
+    /// `None` keeps them whatever their age.
+    pub older_than_ms: Option<u64>,
+    /// Oldest records go until the store's data is under this many bytes (with some
+    /// slack below it, so pruning does not run on every write); `None`: no cap.
+    pub max_bytes: Option<u64>,
+}
+
+/// What one pruning pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    /// Execution records deleted.
+    pub executions: u64,
+    /// Ended sessions forgotten.
+    pub sandboxes: u64,
+    /// Idempotency keys that expired.
+    pub keys: u64,
+    /// Bytes of data in the store before.
+    pub bytes_before: u64,
+    /// Bytes of data in the store after.
+    pub bytes_after: u64,
+}
+
+/// A session as the store keeps it, written when it is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxStart {
+    /// The sandbox id (`sbx_...`).
+    pub id: String,
+    /// The API key that owns it (`None` for unauthenticated local use).
+    pub key_id: Option<String>,
+    /// Its backend.
+    pub backend: BackendKind,
+    /// When it was created, in ms since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// A session the store knows, to answer for it after it is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRecord {
+    /// The sandbox id.
+    pub id: String,
+    /// When it was created, in ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// When it ended, if it did.
+    pub ended_at_ms: Option<u64>,
+    /// Why it ended: `deleted`, `idle`, `lifetime`, `died`, `shutdown` (its server
+    /// shut down), `server_stopped` (its server crashed or was killed), ...
+    pub end_cause: Option<String>,
+}
+
+impl SandboxRecord {
+    /// True when the session ended because its server stopped (a shutdown, a crash or
+    /// a kill), not because of something done to it.
+    pub fn ended_by_restart(&self) -> bool {
+        matches!(self.end_cause.as_deref(), Some(END_SHUTDOWN | END_SERVER_STOPPED))
+    }
+}
+
+/// The end cause of sessions destroyed by a graceful shutdown.
+pub const END_SHUTDOWN: &str = "shutdown";
+/// The end cause of sessions whose server crashed or was killed (set at the next start).
+pub const END_SERVER_STOPPED: &str = "server_stopped";
+
+/// The sessions: what the store remembers of them once they are gone.
+pub trait SandboxStore: Send + Sync {
+    /// Records a new session; with `key`, also binds that idempotency key (claimed
+    /// with [`IdempotencyStore::claim_sandbox_key`]) to it, in the same transaction.
+    fn sandbox_created(&self, s: &SandboxStart, key: Option<&IdempotencyKey>) -> Result<(), Error>;
+    /// Records how a session ended.
+    fn sandbox_ended(&self, id: &str, cause: &str, at_ms: u64) -> Result<(), Error>;
+    /// A session, if the store knows it and it belongs to `key_id`.
+    fn sandbox(&self, id: &str, key_id: Option<&str>) -> Result<Option<SandboxRecord>, Error>;
+}
+
+/// A client-chosen idempotency key, scoped to the API key that sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The API key that sent it (`None`: unauthenticated local use).
+    pub key_id: Option<String>,
+    /// The `Idempotency-Key` header.
+    pub key: String,
+    /// A digest of the endpoint and the request body: the same key with another
+    /// request is refused.
+    pub fingerprint: String,
+}
+
+/// What an idempotency key stood for before this request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyUse {
+    /// Never used (or its earlier use expired): it is recorded for this request now.
+    New,
+    /// Used for a different request (another body or endpoint).
+    Mismatch,
+    /// Used for this execution.
+    Execution {
+        /// The execution id.
+        id: String,
+        /// Its status in the audit log.
+        status: RecordStatus,
+        /// The answer it got, if it was kept.
+        response: Option<String>,
+    },
+    /// Used to create this sandbox; `None` while it is being created.
+    Sandbox {
+        /// The sandbox id, once created.
+        id: Option<String>,
+    },
+}
+
+/// Idempotency keys: a repeated request learns what the first one did.
+pub trait IdempotencyStore: Send + Sync {
+    /// Like [`AuditStore::begin`], for a request with an idempotency key: in one
+    /// transaction, either records the key and the accepted execution (`New`), or
+    /// writes nothing and says what the key was used for.
+    fn begin_keyed(&self, start: &ExecutionStart, key: &IdempotencyKey) -> Result<KeyUse, Error>;
+    /// Claims a key for a sandbox creation: `New` if it is now claimed (bind it with
+    /// [`SandboxStore::sandbox_created`], or give it up with
+    /// [`IdempotencyStore::release_key`]), else what it was used for. A claim left
+    /// unbound by a server that died is taken over.
+    fn claim_sandbox_key(&self, key: &IdempotencyKey) -> Result<KeyUse, Error>;
+    /// Gives up a claim that was not bound (the creation failed or was abandoned).
+    fn release_key(&self, key: &IdempotencyKey) -> Result<(), Error>;
 }
 
 /// An API key as listed (never the key itself: only its hash is stored).
@@ -309,10 +450,10 @@ pub trait KeyStore: Send + Sync {
     fn revoke_key(&self, id_or_name: &str) -> Result<bool, Error>;
 }
 
-/// Both halves of the durable state.
-pub trait Store: AuditStore + KeyStore {}
+/// The whole durable state.
+pub trait Store: AuditStore + KeyStore + SandboxStore + IdempotencyStore {}
 
-impl<T: AuditStore + KeyStore> Store for T {}
+impl<T: AuditStore + KeyStore + SandboxStore + IdempotencyStore> Store for T {}
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {

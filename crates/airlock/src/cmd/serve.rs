@@ -207,6 +207,18 @@ async fn run(a: ServeArgs, mut s: ServerSettings) -> anyhow::Result<()> {
         service.served_backends().iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", "),
         service.default_backend_kind().map(|b| b.to_string()).unwrap_or_else(|| "none".into())
     );
+    let st = service.settings();
+    let days = match st.audit_retention_days {
+        0 => "for ever".to_string(),
+        d => format!("{d} day(s)"),
+    };
+    let size = match st.audit_max_bytes {
+        0 => "no size cap".to_string(),
+        b => format!("at most {}", airlock_core::units::format_size(b)),
+    };
+    eprintln!(
+        "airlock serve: the audit log keeps records {days}, {size} (settings audit_retention_days, audit_max_bytes; 0 keeps everything)"
+    );
     if service.auth_required() && keys == 0 {
         eprintln!("airlock serve: no API key exists yet: create one with `airlock keys create NAME`");
     }
